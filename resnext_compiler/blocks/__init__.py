@@ -1,0 +1,36 @@
+"""Block lowerings: one file per block type, registered in `BLOCKS`.
+
+A block lowering appends the nodes of one residual block to a `GraphBuilder` and returns
+the block's output value. It receives a `BlockContext` with everything it may need.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from resnext_compiler.ir import GraphBuilder
+from resnext_compiler.spec import ResolvedStage
+
+
+@dataclass(frozen=True)
+class BlockContext:
+    prefix: str  # module path of the block, e.g. "layer2.0"
+    in_channels: int
+    stride: int  # this block's stride (the stage stride for block 0, else 1)
+    stage: ResolvedStage
+    shortcut: str  # "A" | "B" | "C"
+    avg_down: bool
+
+
+BlockLowering = Callable[[GraphBuilder, str, BlockContext], str]
+
+
+def _registry() -> dict[str, BlockLowering]:
+    from resnext_compiler.blocks.basic import lower_basic
+    from resnext_compiler.blocks.bottleneck import lower_bottleneck
+
+    return {"bottleneck": lower_bottleneck, "basic": lower_basic}
+
+
+BLOCKS: dict[str, BlockLowering] = _registry()

@@ -1,0 +1,24 @@
+"""Squeeze-and-excitation (Hu et al. 2018), laid out as timm's `SEModule` (`se.fc1`, `se.fc2`)."""
+
+from __future__ import annotations
+
+from resnext_compiler.ir import GraphBuilder
+from resnext_compiler.ops import Conv, GlobalAvgPool, Mul, ReLU, Sigmoid
+
+
+def reduced_channels(channels: int, ratio: float, divisor: int = 8) -> int:
+    """timm's make_divisible(channels * ratio, 8) with no round-down limit."""
+    value = channels * ratio
+    return max(divisor, int(value + divisor / 2) // divisor * divisor)
+
+
+def lower_se(b: GraphBuilder, x: str, prefix: str, channels: int, ratio: float,
+             origin: str) -> str:
+    rd = reduced_channels(channels, ratio)
+    p = f"{prefix}.se"
+    s = b.add(f"{p}.pool", GlobalAvgPool(), x, origin=origin)
+    s = b.add(f"{p}.fc1", Conv(channels, rd, 1, bias=True), s, origin=origin)
+    s = b.add(f"{p}.relu", ReLU(), s)
+    s = b.add(f"{p}.fc2", Conv(rd, channels, 1, bias=True), s, origin=origin)
+    s = b.add(f"{p}.gate", Sigmoid(), s)
+    return b.add(f"{p}.scale", Mul(), x, s)

@@ -1,0 +1,26 @@
+"""Shape inference: fill `Graph.shapes` from the input shape and each operator's rule."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from resnext_compiler.ir import INPUT, Graph
+from resnext_compiler.ops import ShapeError, TensorShape
+
+
+class ShapeProblem(ValueError):
+    def __init__(self, node: str, message: str):
+        self.node = node
+        super().__init__(f"{node}: {message}")
+
+
+def infer_shapes(graph: Graph) -> Graph:
+    """Return a copy of `graph` with every value's shape; raise ShapeProblem at the first failure."""
+    shapes: dict[str, TensorShape] = {}
+    for node in graph.nodes:
+        inputs = [graph.input_shape if name == INPUT else shapes[name] for name in node.inputs]
+        try:
+            shapes[node.name] = node.op.infer(inputs)
+        except ShapeError as exc:
+            raise ShapeProblem(node.name, str(exc)) from None
+    return replace(graph, shapes=shapes)

@@ -1,0 +1,32 @@
+"""spec -> lower -> validate -> shapes: the compiler front half, with located errors."""
+
+from __future__ import annotations
+
+from resnext_compiler.errors import Diagnostic, SpecError
+from resnext_compiler.ir import Graph
+from resnext_compiler.lower import _field_tuple, lower
+from resnext_compiler.passes.shapes import ShapeProblem, infer_shapes
+from resnext_compiler.spec import Spec
+from resnext_compiler.validate import structural_problems
+
+
+def _locate_node(spec: Spec, graph: Graph, node_name: str, message: str) -> Diagnostic:
+    try:
+        origin = graph.node(node_name).origin
+    except KeyError:
+        origin = ""
+    text = f"{message} (at node {node_name})"
+    return Diagnostic(text, origin, spec.locate(_field_tuple(origin)) if origin else spec.locate(()))
+
+
+def compile_spec(spec: Spec) -> Graph:
+    """Lower, check and shape a spec. Raises SpecError with every problem located."""
+    graph = lower(spec)
+    problems = structural_problems(graph)
+    if problems:
+        raise SpecError([_locate_node(spec, graph, n, m) for n, m in problems])
+    try:
+        return infer_shapes(graph)
+    except ShapeProblem as exc:
+        raise SpecError([_locate_node(spec, graph, exc.node, str(exc.args[0]).split(": ", 1)[1])]
+                        ) from None

@@ -1,0 +1,379 @@
+"""Spec v1: the YAML description of one network (DESIGN.md, "Spec v1").
+
+`load_spec(path)` reads a file (following `extends:`), validates it with pydantic and keeps
+a source map, so every problem is reported as `FILE:LINE:COL: field.path: message`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError
+
+from resnext_compiler.errors import Diagnostic, Location, SpecError, format_field_path
+from resnext_compiler.yaml_source import FieldPath, SourceMap, read_yaml, read_yaml_file
+
+SPEC_VERSION = 1
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class InputSpec(_Model):
+    """Per-sample input tensor."""
+
+    channels: int = Field(3, ge=1, description="Input channels (3 for RGB).")
+    height: int = Field(224, ge=1)
+    width: int = Field(224, ge=1)
+
+
+BlockType = Literal["bottleneck", "basic"]
+BlockForm = Literal["A", "B", "C"]
+
+
+class BlockSpec(_Model):
+    """Defaults for every residual block; stages may override any of them."""
+
+    type: BlockType = Field("bottleneck", description="bottleneck (1x1-3x3-1x1) or basic (3x3-3x3).")
+    cardinality: int = Field(1, ge=1, description="Number of parallel paths C (the seed's -cardinality).")
+    base_width: int = Field(
+        64, ge=1, description="Bottleneck width d per path at width 64 (the seed's -baseWidth)."
+    )
+    form: BlockForm = Field(
+        "C", description="A: explicit paths summed; B: paths concatenated; C: grouped conv (Fig. 3)."
+    )
+    expansion: int | None = Field(
+        None, ge=1, description="Block output = width * expansion (default 4 bottleneck, 1 basic)."
+    )
+    preact: bool = Field(False, description="Pre-activation blocks (BN-ReLU-conv).")
+    se_ratio: float = Field(0.0, ge=0, lt=1, description=">0 adds squeeze-excitation.")
+    zero_init_last_bn: bool = False
+
+
+class StageSpec(_Model):
+    """One stage (torchvision's `layerN`): `depth` blocks; other fields override `block`."""
+
+    depth: int = Field(ge=1, description="Number of blocks.")
+    width: int | None = Field(None, ge=1, description="Default 64 * 2**index.")
+    stride: int | None = Field(None, ge=1, description="Default 1 for the first stage, else 2.")
+    type: BlockType | None = None
+    cardinality: int | None = Field(None, ge=1)
+    base_width: int | None = Field(None, ge=1)
+    form: BlockForm | None = None
+    expansion: int | None = Field(None, ge=1)
+    preact: bool | None = None
+    se_ratio: float | None = Field(None, ge=0, lt=1)
+    zero_init_last_bn: bool | None = None
+
+
+class HeadSpec(_Model):
+    num_classes: int = Field(1000, ge=1)
+    dropout: float = Field(0.0, ge=0, lt=1)
+
+
+class TrainSpec(_Model):
+    """Defaults for `resnext-compile train`; CLI flags override."""
+
+    dataset: Literal["imagenet", "cifar10", "cifar100", "imagefolder", "digits", "synthetic"] = (
+        "imagenet"
+    )
+    epochs: int = Field(100, ge=1)
+    batch_size: int = Field(256, ge=1, description="Global batch; lr is the rate at this batch.")
+    lr: float = Field(0.1, gt=0, description="Learning rate at batch_size (scaled linearly).")
+    schedule: Literal["step", "cosine"] = "step"
+    milestones: list[Annotated[int, Field(ge=1)]] | None = Field(
+        None, description="Epochs where a step schedule multiplies lr by 0.1 (default per data set)."
+    )
+    warmup_epochs: int = Field(0, ge=0)
+    weight_decay: float = Field(1.0e-4, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = True
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    augment: Literal["auto", "none", "crop", "crop-flip", "rrc-flip"] = "auto"
+
+
+class ReferenceSpec(_Model):
+    """Published numbers for this network, for reports and evaluation."""
+
+    top1_error: float | None = Field(None, ge=0, le=100)
+    top5_error: float | None = Field(None, ge=0, le=100)
+    gflops: float | None = Field(None, ge=0)
+    source: str = ""
+
+
+def _stage_shorthand(value: Any) -> Any:
+    # `stages: [3, 4, 6, 3]` is shorthand for [{depth: 3}, {depth: 4}, ...].
+    if isinstance(value, list):
+        return [{"depth": item} if type(item) is int else item for item in value]
+    return value
+
+
+Stages = Annotated[
+    list[StageSpec],
+    BeforeValidator(_stage_shorthand, json_schema_input_type=list[int | StageSpec]),
+    Field(min_length=1),
+]
+
+
+class Spec(_Model):
+    """A ResNeXt-family network (Xie et al. 2017) plus its training defaults."""
+
+    spec_version: Literal[1] = 1
+    extends: str | None = Field(
+        None, description="Path of a base spec (relative to this file) whose fields this one overrides."
+    )
+    name: str = Field(min_length=1, max_length=200)
+    description: str = ""
+    input: InputSpec = InputSpec()
+    stem: Literal["imagenet", "cifar", "deep"] = "imagenet"
+    block: BlockSpec = BlockSpec()
+    shortcut: Literal["A", "B", "C"] = "B"
+    avg_down: bool = False
+    stages: Stages
+    head: HeadSpec = HeadSpec()
+    train: TrainSpec = TrainSpec()
+    reference: ReferenceSpec | None = None
+
+    _source: SourceMap = PrivateAttr(default_factory=SourceMap)
+
+    @property
+    def source(self) -> SourceMap:
+        return self._source
+
+    @property
+    def path(self) -> str:
+        return self._source.files[0] if self._source.files else "<spec>"
+
+    def locate(self, field_path: FieldPath) -> Location | None:
+        return self._source.locate(field_path)
+
+    def resolved_stages(self) -> list[ResolvedStage]:
+        return [ResolvedStage.from_spec(self, i) for i in range(len(self.stages))]
+
+    def spec_hash(self) -> str:
+        """sha256 of the resolved spec (after `extends`), independent of formatting."""
+        data = self.model_dump(mode="json", exclude={"extends"})
+        blob = json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
+        return hashlib.sha256(blob).hexdigest()
+
+    def to_yaml(self) -> str:
+        """The resolved spec as YAML (what a run directory stores)."""
+        import yaml
+
+        data = self.model_dump(mode="json", exclude={"extends"}, exclude_none=True)
+        return yaml.safe_dump(data, sort_keys=False, width=100)
+
+
+@dataclass(frozen=True)
+class ResolvedStage:
+    """A stage with every default filled in; `origin(field)` is where a value came from."""
+
+    index: int
+    name: str
+    depth: int
+    width: int
+    stride: int
+    type: str
+    cardinality: int
+    base_width: int
+    form: str
+    expansion: int
+    preact: bool
+    se_ratio: float
+    zero_init_last_bn: bool
+    overrides: frozenset[str]
+
+    @property
+    def group_width(self) -> int:
+        """Channels of the grouped 3x3 conv: floor(width * base_width / 64) * C (seed's resnext.lua)."""
+        return (self.width * self.base_width // 64) * self.cardinality
+
+    @property
+    def out_channels(self) -> int:
+        return self.width * self.expansion
+
+    def origin(self, field_name: str) -> str:
+        """Spec field path that set `field_name` for this stage."""
+        if field_name in self.overrides or field_name in ("depth", "width", "stride"):
+            return f"stages[{self.index}].{field_name}"
+        return f"block.{field_name}"
+
+    @classmethod
+    def from_spec(cls, spec: Spec, index: int) -> ResolvedStage:
+        stage = spec.stages[index]
+        block = spec.block
+        given = stage.model_dump(exclude_none=True)
+
+        def pick(name: str) -> Any:
+            return given[name] if name in given else getattr(block, name)
+
+        block_type = pick("type")
+        expansion = pick("expansion")
+        if expansion is None:
+            expansion = 4 if block_type == "bottleneck" else 1
+        return cls(
+            index=index,
+            name=f"layer{index + 1}",
+            depth=stage.depth,
+            width=stage.width if stage.width is not None else 64 * 2**index,
+            stride=stage.stride if stage.stride is not None else (1 if index == 0 else 2),
+            type=block_type,
+            cardinality=pick("cardinality"),
+            base_width=pick("base_width"),
+            form=pick("form"),
+            expansion=expansion,
+            preact=pick("preact"),
+            se_ratio=pick("se_ratio"),
+            zero_init_last_bn=pick("zero_init_last_bn"),
+            overrides=frozenset(k for k in given if k not in ("depth", "width", "stride")),
+        )
+
+
+# --- loading ---------------------------------------------------------------------------
+
+
+def _merge(base: Any, override: Any, path: FieldPath, source: SourceMap,
+           override_source: SourceMap) -> Any:
+    """Deep-merge mappings; anything else in `override` replaces the base value."""
+    if isinstance(base, dict) and isinstance(override, dict):
+        out = dict(base)
+        for key, value in override.items():
+            out[key] = _merge(base.get(key), value, path + (key,), source, override_source)
+        return out
+    source.drop_under(path)
+    for key, loc in override_source.locations.items():
+        if key[: len(path)] == path:
+            source.locations[key] = loc
+    return override
+
+
+def _resolve_extends(data: Any, source: SourceMap, filename: Path,
+                     chain: tuple[Path, ...]) -> tuple[Any, SourceMap]:
+    if not isinstance(data, dict) or "extends" not in data:
+        return data, source
+    target = data["extends"]
+    field_loc = source.locations.get(("extends",))
+    if not isinstance(target, str) or not target:
+        raise SpecError([Diagnostic("must be a path to a base spec", "extends", field_loc)])
+    base_path = (filename.parent / target).resolve()
+    if base_path in chain:
+        cycle = " -> ".join(str(p) for p in (*chain, base_path))
+        raise SpecError([Diagnostic(f"circular extends: {cycle}", "extends", field_loc)])
+    if not base_path.is_file():
+        raise SpecError([Diagnostic(f"base spec not found: {base_path}", "extends", field_loc)])
+    base_data, base_source = read_yaml_file(base_path)
+    base_data, base_source = _resolve_extends(base_data, base_source, base_path,
+                                              (*chain, base_path))
+    if not isinstance(base_data, dict):
+        raise SpecError([Diagnostic("base spec is not a YAML mapping", "extends", field_loc)])
+    merged_source = SourceMap(dict(base_source.locations), source.files + base_source.files)
+    # Locations of the top level come from the file the user named.
+    merged_source.locations[()] = source.locations[()]
+    override = {k: v for k, v in data.items() if k != "extends"}
+    base_data = {k: v for k, v in base_data.items() if k != "extends"}
+    merged = _merge(base_data, override, (), merged_source, source)
+    merged_source.locations[("extends",)] = field_loc
+    return merged, merged_source
+
+
+def _field_names(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """Allowed keys of the model found at `loc` (for 'did you mean')."""
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        fields = getattr(current, "model_fields", None)
+        if not fields or part not in fields:
+            return []
+        annotation = fields[part].annotation
+        current = _model_in(annotation)
+        if current is None:
+            return []
+    return list(getattr(current, "model_fields", {}))
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    import typing
+
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _diagnostics(exc: ValidationError, source: SourceMap) -> list[Diagnostic]:
+    out = []
+    for err in exc.errors(include_url=False):
+        loc = tuple(err["loc"])
+        # Drop pydantic's union-branch markers such as 'int' or 'StageSpec'.
+        clean = tuple(p for p in loc if isinstance(p, int) or not _is_branch_tag(p))
+        message = err["msg"]
+        if err["type"] == "extra_forbidden":
+            key = clean[-1]
+            allowed = _field_names(Spec, clean[:-1])
+            message = f"unknown field {key!r}"
+            close = difflib.get_close_matches(str(key), allowed, n=1)
+            if close:
+                message += f"; did you mean {close[0]!r}?"
+            elif allowed:
+                message += f" (allowed: {', '.join(allowed)})"
+        elif err["type"] == "missing":
+            message = "required field is missing"
+        elif "input" in err and err["type"] not in ("missing",):
+            message += f" (got {err['input']!r})" if _short(err["input"]) else ""
+        out.append(Diagnostic(message, format_field_path(clean), source.locate(clean)))
+    return out
+
+
+def _is_branch_tag(part: str) -> bool:
+    return part in ("int", "StageSpec", "function-before[_stage_shorthand(), list[StageSpec]]") or (
+        part.startswith(("function-", "literal[", "list[", "json-or-python["))
+    )
+
+
+def _short(value: Any) -> bool:
+    return isinstance(value, (int, float, str, bool)) and len(repr(value)) <= 60
+
+
+def _validate(data: Any, source: SourceMap) -> Spec:
+    if not isinstance(data, dict):
+        raise SpecError([Diagnostic(
+            f"a spec must be a YAML mapping, got {type(data).__name__}", "", source.locate(())
+        )])
+    try:
+        spec = Spec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(_diagnostics(exc, source)) from None
+    spec._source = source
+    return spec
+
+
+def load_spec(path: str | Path) -> Spec:
+    """Read, resolve `extends`, and validate a spec file. Raises SpecError."""
+    file = Path(path)
+    data, source = read_yaml_file(file)
+    data, source = _resolve_extends(data, source, file, (file.resolve(),))
+    return _validate(data, source)
+
+
+def parse_spec(text: str, filename: str = "<string>", base_dir: str | Path = ".") -> Spec:
+    """Like `load_spec`, from text; `extends` paths are relative to `base_dir`."""
+    data, source = read_yaml(text, filename)
+    data, source = _resolve_extends(data, source, Path(base_dir) / filename, ())
+    return _validate(data, source)
+
+
+def json_schema() -> dict[str, Any]:
+    schema = Spec.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "resnext-compile spec v1"
+    return schema

@@ -1,0 +1,55 @@
+"""Network stems, registered in `STEMS`; each returns (output value, channels).
+
+imagenet: 7x7/2 conv + BN + ReLU + 3x3/2 max-pool (He et al. 2016, Table 1).
+cifar:    3x3 conv + BN + ReLU (the seed's CIFAR ResNeXt-29).
+deep:     three 3x3 convs 32-32-64, the first strided, + BN + ReLU + max-pool
+          (ResNet-C of He et al. 2019; timm's `stem_type='deep'` names `conv1.0/.1/.3/.4/.6`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from resnext_compiler.ir import INPUT, GraphBuilder
+from resnext_compiler.ops import BatchNorm, Conv, MaxPool, ReLU
+
+STEM_WIDTH = 64
+
+
+def imagenet_stem(b: GraphBuilder, in_channels: int) -> tuple[str, int]:
+    x = b.add("conv1", Conv(in_channels, STEM_WIDTH, 7, 2, 3), INPUT)
+    x = b.add("bn1", BatchNorm(STEM_WIDTH), x)
+    x = b.add("relu", ReLU(), x)
+    return b.add("maxpool", MaxPool(3, 2, 1), x), STEM_WIDTH
+
+
+def cifar_stem(b: GraphBuilder, in_channels: int) -> tuple[str, int]:
+    x = b.add("conv1", Conv(in_channels, STEM_WIDTH, 3, 1, 1), INPUT)
+    x = b.add("bn1", BatchNorm(STEM_WIDTH), x)
+    return b.add("relu", ReLU(), x), STEM_WIDTH
+
+
+def deep_stem(b: GraphBuilder, in_channels: int) -> tuple[str, int]:
+    mid = STEM_WIDTH // 2
+    x = b.add("conv1.0", Conv(in_channels, mid, 3, 2, 1), INPUT)
+    x = b.add("conv1.1", BatchNorm(mid), x)
+    x = b.add("conv1.2", ReLU(), x)
+    x = b.add("conv1.3", Conv(mid, mid, 3, 1, 1), x)
+    x = b.add("conv1.4", BatchNorm(mid), x)
+    x = b.add("conv1.5", ReLU(), x)
+    x = b.add("conv1.6", Conv(mid, STEM_WIDTH, 3, 1, 1), x)
+    x = b.add("bn1", BatchNorm(STEM_WIDTH), x)
+    x = b.add("relu", ReLU(), x)
+    return b.add("maxpool", MaxPool(3, 2, 1), x), STEM_WIDTH
+
+
+StemLowering = Callable[[GraphBuilder, int], tuple[str, int]]
+
+STEMS: dict[str, StemLowering] = {"imagenet": imagenet_stem, "cifar": cifar_stem, "deep": deep_stem}
+
+# Spatial reduction of each stem, for checks made before lowering.
+STEM_STRIDES: dict[str, list[tuple[int, int, int]]] = {
+    "imagenet": [(7, 2, 3), (3, 2, 1)],
+    "cifar": [(3, 1, 1)],
+    "deep": [(3, 2, 1), (3, 2, 1)],
+}
