@@ -377,3 +377,12 @@ def json_schema() -> dict[str, Any]:
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "resnext-compile spec v1"
     return schema
+
+
+def with_form(spec: Spec, form: str) -> Spec:
+    """The same network with every block in form `form` (A, B or C); keeps the source map."""
+    block = spec.block.model_copy(update={"form": form})
+    stages = [stage.model_copy(update={"form": None}) for stage in spec.stages]
+    rewritten = spec.model_copy(update={"block": block, "stages": stages})
+    rewritten._source = spec._source
+    return rewritten

@@ -1,0 +1,161 @@
+"""IR -> in-memory `torch.nn.Module` (a `torch.fx.GraphModule`), built by walking the graph.
+
+Submodules sit at the IR node names (`layer1.0.conv2`), so `state_dict()` keys are
+torchvision's. Initialisation follows torchvision's ResNet: Kaiming normal (fan_out, ReLU)
+for convs, BN weight 1 and bias 0, optional zero-init of each block's last BN, PyTorch's
+default for the classifier.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from resnext_compiler import ops
+from resnext_compiler.errors import UserError
+from resnext_compiler.ir import INPUT, Graph, Node
+from resnext_compiler.naming import class_name
+
+
+def make_module(op: ops.Op) -> nn.Module | None:
+    """The PyTorch module holding an operator's parameters, or None for stateless ops."""
+    if isinstance(op, ops.Conv):
+        return nn.Conv2d(op.in_channels, op.out_channels, op.kernel_size, op.stride, op.padding,
+                         groups=op.groups, bias=op.bias)
+    if isinstance(op, ops.BatchNorm):
+        return nn.BatchNorm2d(op.num_features, eps=op.eps, momentum=op.momentum)
+    if isinstance(op, ops.Linear):
+        return nn.Linear(op.in_features, op.out_features, bias=op.bias)
+    if isinstance(op, ops.Dropout):
+        return nn.Dropout(op.p)
+    return None
+
+
+def _pad_channels(x: torch.Tensor, extra: int) -> torch.Tensor:
+    return F.pad(x, (0, 0, 0, 0, 0, extra))
+
+
+def _subsample(x: torch.Tensor, stride: int) -> torch.Tensor:
+    return x[:, :, ::stride, ::stride]
+
+
+def _channel_slice(x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    return x[:, start:stop]
+
+
+fx.wrap("_pad_channels")
+fx.wrap("_subsample")
+fx.wrap("_channel_slice")
+
+
+def _emit_function(g: fx.Graph, node: Node, args: list[fx.Node]) -> fx.Node:
+    op = node.op
+    kind = op.kind
+    if kind == "relu":
+        return g.call_function(F.relu, (args[0],))
+    if kind == "sigmoid":
+        return g.call_function(torch.sigmoid, (args[0],))
+    if kind == "maxpool":
+        return g.call_function(F.max_pool2d, (args[0], op.kernel_size, op.stride, op.padding))
+    if kind == "avgpool":
+        return g.call_function(F.avg_pool2d, (args[0], op.kernel_size, op.stride, op.padding,
+                                              op.ceil_mode, op.count_include_pad))
+    if kind == "global_avgpool":
+        return g.call_function(F.adaptive_avg_pool2d, (args[0], 1))
+    if kind == "flatten":
+        return g.call_function(torch.flatten, (args[0], 1))
+    if kind == "add":
+        out = args[0]
+        for other in args[1:]:
+            out = g.call_function(operator.add, (out, other))
+        return out
+    if kind == "mul":
+        return g.call_function(operator.mul, (args[0], args[1]))
+    if kind == "concat":
+        return g.call_function(torch.cat, (list(args), 1))
+    if kind == "slice":
+        return g.call_function(_channel_slice, (args[0], op.start, op.stop))
+    if kind == "pad_channels":
+        return g.call_function(_pad_channels, (args[0], op.extra))
+    if kind == "subsample":
+        return g.call_function(_subsample, (args[0], op.stride))
+    raise NotImplementedError(f"the torch backend has no lowering for op {kind!r}")
+
+
+def _attach(root: nn.Module, path: str, module: nn.Module) -> None:
+    *parents, leaf = path.split(".")
+    current = root
+    for part in parents:
+        child = current._modules.get(part)
+        if child is None:
+            child = nn.Module()
+            current.add_module(part, child)
+        current = child
+    current.add_module(leaf, module)
+
+
+def initialise(model: nn.Module, graph: Graph) -> None:
+    """torchvision's ResNet initialisation, driven by the IR's ops."""
+    for node in graph.nodes:
+        module = model.get_submodule(node.name) if _has_module(node) else None
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.BatchNorm2d):
+            nn.init.constant_(module.weight, 0.0 if node.op.zero_init else 1.0)
+            nn.init.zeros_(module.bias)
+
+
+def _has_module(node: Node) -> bool:
+    return node.op.kind in ("conv", "batchnorm", "linear", "dropout")
+
+
+def build_module(graph: Graph, seed: int | None = 0) -> fx.GraphModule:
+    """An `nn.Module` computing `graph`; `seed` makes the initial weights reproducible."""
+    if not graph.shapes:
+        raise ValueError("build_module needs a shaped graph (run compile_spec / infer_shapes)")
+    with torch.random.fork_rng(devices=[]):
+        if seed is not None:
+            torch.manual_seed(seed)
+        root = nn.Module()
+        g = fx.Graph()
+        env: dict[str, fx.Node] = {INPUT: g.placeholder("x")}
+        for node in graph.nodes:
+            args = [env[name] for name in node.inputs]
+            module = make_module(node.op)
+            if module is not None:
+                _attach(root, node.name, module)
+                env[node.name] = g.call_module(node.name, tuple(args))
+            else:
+                env[node.name] = _emit_function(g, node, args)
+        g.output(env[graph.output])
+        model = fx.GraphModule(root, g, class_name=class_name(graph.name))
+        initialise(model, graph)
+    model.ir_name = graph.name  # type: ignore[assignment]
+    return model
+
+
+def load_weights(model: nn.Module, tensors: Mapping[str, torch.Tensor], strict: bool = True) -> None:
+    """Copy tensors into `model`, checking names and shapes; list mismatches on failure."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in tensors]
+    unexpected = [k for k in tensors if k not in own]
+    wrong = [
+        f"{k}: expected {tuple(own[k].shape)}, got {tuple(tensors[k].shape)}"
+        for k in own
+        if k in tensors and tuple(own[k].shape) != tuple(tensors[k].shape)
+    ]
+    if wrong or (strict and (missing or unexpected)):
+        lines = [*wrong[:10]]
+        lines += [f"{k}: missing from the weights" for k in missing[:10]]
+        lines += [f"{k}: not a parameter of this model" for k in unexpected[:10]]
+        raise UserError("weights do not fit the model:\n  " + "\n  ".join(lines))
+    with torch.no_grad():
+        for key, value in tensors.items():
+            if key in own:
+                own[key].copy_(value.to(own[key].dtype))

@@ -1,0 +1,99 @@
+"""`resnext-compile`: the command-line interface (DESIGN.md, "CLI").
+
+`resnext-compile SPEC [options]` compiles (no subcommand word needed); other commands are
+registered from `resnext_compiler.commands`. Exit codes: 0 ok, 1 runtime failure, 2 user
+error. Errors are printed without a traceback (set RESNEXT_DEBUG=1 to see one).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+
+import typer
+from typer.core import TyperGroup
+
+from resnext_compiler import __version__
+from resnext_compiler.commands import compile as compile_commands
+from resnext_compiler.errors import ResnextError, SpecError, UserError
+
+EXIT_OK, EXIT_FAILURE, EXIT_USER_ERROR = 0, 1, 2
+
+
+class _CompileByDefault(TyperGroup):
+    """A group whose default command is `compile`: `resnext-compile SPEC ...` just works."""
+
+    def parse_args(self, ctx, args):  # noqa: ANN001, ANN201 - click's signature
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h", "--version"):
+            args = ["compile", *args]
+        return super().parse_args(ctx, args)
+
+
+app = typer.Typer(
+    cls=_CompileByDefault,
+    invoke_without_command=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    help=(
+        "Compile ResNeXt-family YAML specs to PyTorch, ONNX and Triton; train and serve them.\n\n"
+        "Example: resnext-compile specs/resnext50_32x4d.yaml --backend onnx"
+    ),
+)
+
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    version: bool = typer.Option(False, "--version", help="Print the version and exit."),
+) -> None:
+    if version:
+        typer.echo(f"resnext-compile {__version__}")
+        raise typer.Exit(EXIT_OK)
+    if ctx.invoked_subcommand is None:
+        typer.echo(ctx.get_help())
+        raise typer.Exit(EXIT_OK)
+
+
+compile_commands.register(app)
+
+# Other command families register themselves here (each module has `register(app)`).
+for _module_name in ():
+    __import__(f"resnext_compiler.commands.{_module_name}", fromlist=["register"]).register(app)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point: runs the app and maps errors to exit codes."""
+    try:
+        app(args=argv, prog_name="resnext-compile")
+    except UserError as exc:
+        _report(exc)
+        sys.exit(EXIT_USER_ERROR)
+    except ResnextError as exc:
+        _report(exc)
+        sys.exit(EXIT_FAILURE)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    except BrokenPipeError:
+        sys.exit(EXIT_FAILURE)
+    except Exception as exc:  # a bug: say so plainly, without a wall of traceback
+        if os.environ.get("RESNEXT_DEBUG"):
+            traceback.print_exc()
+        print(f"internal error: {type(exc).__name__}: {exc}\n"
+              "(set RESNEXT_DEBUG=1 for a traceback and please report it)", file=sys.stderr)
+        sys.exit(EXIT_FAILURE)
+
+
+def _report(exc: Exception) -> None:
+    if os.environ.get("RESNEXT_DEBUG"):
+        traceback.print_exc()
+    # Located spec errors already read `FILE:LINE:COL: field: message`.
+    prefix = "" if isinstance(exc, SpecError) else "error: "
+    print(f"{prefix}{exc}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+"""compile (the default command), check, inspect, schema."""
+
+from __future__ import annotations
+
+import difflib
+import json
+import sys
+from pathlib import Path
+
+import typer
+
+from resnext_compiler.errors import SpecError, UserError
+
+BACKEND_HELP = "onnx | torch (standalone source) | triton (model repository) | dot (picture)"
+
+
+def _parse_batch(value: str) -> int | None:
+    if value == "dynamic":
+        return None
+    try:
+        batch = int(value)
+    except ValueError:
+        raise typer.BadParameter("must be a positive integer or 'dynamic'") from None
+    if batch < 1:
+        raise typer.BadParameter("must be a positive integer or 'dynamic'")
+    return batch
+
+
+def _load(spec_path: Path, form: str | None = None):  # noqa: ANN202 - (Spec, Graph)
+    from resnext_compiler.pipeline import compile_spec
+    from resnext_compiler.spec import load_spec, with_form
+
+    spec = load_spec(spec_path)
+    if form is not None:
+        spec = with_form(spec, form)
+    return spec, compile_spec(spec)
+
+
+def compile_command(
+    ctx: typer.Context,
+    spec: Path = typer.Argument(..., help="Spec file (YAML).", show_default=False),
+    backend: str = typer.Option("onnx", "--backend", "-b", help=BACKEND_HELP),
+    output: Path | None = typer.Option(None, "--output", "-o", help="Output file or directory."),
+    weights: Path | None = typer.Option(
+        None, "--weights", "-w",
+        help="safetensors file, train checkpoint or import-weights output (default: fresh init)."),
+    opset: int | None = typer.Option(None, "--opset", help="ONNX opset (default: backend's)."),
+    batch: str = typer.Option("dynamic", "--batch", help="Static batch size, or 'dynamic'."),
+    dtype: str = typer.Option("fp32", "--dtype", help="fp32 | fp16"),
+    form: str | None = typer.Option(None, "--form", help="Rewrite every block to form A, B or C."),
+    fold_bn: bool = typer.Option(True, "--fold-bn/--no-fold-bn", help="Fold BatchNorm into convs."),
+    expand: bool = typer.Option(False, "--expand", help="dot: draw every node, not blocks."),
+    max_batch: int = typer.Option(32, "--max-batch", min=1, help="triton: max_batch_size."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the initial weights without --weights."),
+) -> None:
+    """Compile SPEC with a backend (the default command: `resnext-compile SPEC`)."""
+    from resnext_compiler.backend import CompileOptions, load_backend
+
+    if not spec.exists() and not spec.suffix:
+        commands = list(ctx.parent.command.commands) if ctx.parent else []  # type: ignore[union-attr]
+        close = difflib.get_close_matches(str(spec), commands, n=1)
+        if close:
+            raise UserError(f"no such spec file or command {str(spec)!r}; did you mean "
+                            f"'resnext-compile {close[0]}'?")
+    if dtype not in ("fp32", "fp16"):
+        raise UserError(f"--dtype must be fp32 or fp16, got {dtype!r}")
+    if form is not None and form not in ("A", "B", "C"):
+        raise UserError(f"--form must be A, B or C, got {form!r}")
+    if weights is not None and not weights.is_file():
+        raise UserError(f"weights file not found: {weights}")
+    chosen = load_backend(backend)
+    parsed_spec, graph = _load(spec, form)
+    options = CompileOptions(weights=weights, opset=opset, batch=_parse_batch(batch), dtype=dtype,
+                             fold_bn=fold_bn, expand=expand, max_batch=max_batch, seed=seed)
+    target = output if output is not None else chosen.default_output(parsed_spec)
+    written = chosen.emit(graph, parsed_spec, options, target)
+    for path in written:
+        typer.echo(f"wrote {path}")
+
+
+def check_command(
+    specs: list[Path] = typer.Argument(..., help="Spec files to lint.", show_default=False),
+) -> None:
+    """Validate specs: schema, shapes, groups. Exit 2 with FILE:LINE:COL messages on problems."""
+    from resnext_compiler.passes.complexity import analyse
+
+    failed = 0
+    for path in specs:
+        try:
+            _, graph = _load(path)
+        except SpecError as exc:
+            failed += 1
+            print(str(exc), file=sys.stderr)
+            continue
+        cost = analyse(graph)
+        typer.echo(f"ok {path}: {cost.params:,} params, {cost.macs / 1e9:.2f} GMACs")
+    if failed:
+        print(f"{failed} of {len(specs)} spec(s) have problems", file=sys.stderr)
+        raise typer.Exit(2)
+
+
+def inspect_command(
+    spec: Path = typer.Argument(..., help="Spec file.", show_default=False),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object instead of a table."),
+) -> None:
+    """Per-stage shapes, parameters, multiply-accumulates and activation memory."""
+    from resnext_compiler.passes.complexity import analyse
+    from resnext_compiler.report import report_dict, report_table
+
+    parsed_spec, graph = _load(spec)
+    cost = analyse(graph)
+    if as_json:
+        typer.echo(json.dumps(report_dict(parsed_spec, graph, cost), indent=2))
+    else:
+        typer.echo(report_table(parsed_spec, graph, cost))
+
+
+def schema_command() -> None:
+    """Print the JSON Schema of spec v1 (for yaml-language-server completion)."""
+    from resnext_compiler.spec import json_schema
+
+    typer.echo(json.dumps(json_schema(), indent=2))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("compile")(compile_command)
+    app.command("check")(check_command)
+    app.command("inspect")(inspect_command)
+    app.command("schema")(schema_command)

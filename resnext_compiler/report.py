@@ -1,0 +1,96 @@
+"""Human and JSON reports of a compiled network (`resnext-compile inspect`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from resnext_compiler.ir import Graph
+from resnext_compiler.ops import TensorShape
+from resnext_compiler.passes.complexity import Complexity
+from resnext_compiler.spec import Spec
+
+
+def _shape(shape: TensorShape, flat: bool = False) -> list[int]:
+    """Batch-1 shape as PyTorch reports it: [1, C, H, W], or [1, C] for the logits."""
+    return [1, shape.channels] if flat else [1, *shape.as_list()]
+
+
+def report_dict(spec: Spec, graph: Graph, cost: Complexity) -> dict[str, Any]:
+    stages_by_name = {s.name: s for s in spec.resolved_stages()}
+    stages = []
+    for stage in cost.stages:
+        entry: dict[str, Any] = {
+            "name": stage.name,
+            "blocks": stage.blocks,
+            "output_shape": _shape(stage.output_shape, flat=stage.name == "head"),
+            "params": stage.params,
+            "macs": stage.macs,
+            "activation_bytes": stage.activation_bytes,
+        }
+        resolved = stages_by_name.get(stage.name)
+        if resolved is not None:
+            entry.update(
+                block=resolved.type,
+                cardinality=resolved.cardinality,
+                base_width=resolved.base_width,
+                group_width=resolved.group_width if resolved.type == "bottleneck" else None,
+                width=resolved.width,
+                stride=resolved.stride,
+                form=resolved.form,
+            )
+        stages.append(entry)
+    return {
+        "name": spec.name,
+        "spec": spec.path,
+        "spec_hash": spec.spec_hash(),
+        "input_shape": _shape(graph.input_shape),
+        "output_shape": _shape(graph.output_shape, flat=True),
+        "params": cost.params,
+        "buffers": cost.buffers,
+        "macs": cost.macs,
+        "gmacs": round(cost.macs / 1e9, 4),
+        "param_bytes": cost.param_bytes,
+        "activation_bytes": cost.activation_bytes,
+        "nodes": len(graph.nodes),
+        "stages": stages,
+    }
+
+
+def report_table(spec: Spec, graph: Graph, cost: Complexity) -> str:
+    data = report_dict(spec, graph, cost)
+    header = ["stage", "blocks", "C x d", "output", "params", "GMACs", "act. MB"]
+    rows = []
+    for st in data["stages"]:
+        cxd = ""
+        if st.get("block") == "bottleneck":
+            cxd = f"{st['cardinality']} x {st['group_width'] // st['cardinality']}d"
+        elif st.get("block") == "basic":
+            cxd = "basic"
+        rows.append([
+            st["name"], str(st["blocks"] or ""), cxd,
+            "x".join(str(d) for d in st["output_shape"][1:]),
+            f"{st['params']:,}", f"{st['macs'] / 1e9:.3f}", f"{st['activation_bytes'] / 2**20:.1f}",
+        ])
+    rows.append(["total", str(sum(s["blocks"] for s in data["stages"])), "",
+                 "x".join(str(d) for d in data["output_shape"][1:]),
+                 f"{data['params']:,}", f"{data['macs'] / 1e9:.3f}",
+                 f"{data['activation_bytes'] / 2**20:.1f}"])
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.ljust(w) if i < 4 else c.rjust(w) for i, (c, w) in
+                         enumerate(zip(cells, widths, strict=True))).rstrip()
+
+    out = [
+        f"{spec.name}: {data['params']:,} parameters, {data['macs'] / 1e9:.2f} GMACs "
+        f"(batch 1, input {'x'.join(str(d) for d in data['input_shape'][1:])})",
+        f"parameters {data['param_bytes'] / 2**20:.1f} MB fp32, activations "
+        f"{data['activation_bytes'] / 2**20:.1f} MB per image (all node outputs)",
+        "",
+        line(header),
+        line(["-" * w for w in widths]),
+        *[line(r) for r in rows[:-1]],
+        line(["-" * w for w in widths]),
+        line(rows[-1]),
+    ]
+    return "\n".join(out)
