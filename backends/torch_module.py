@@ -24,8 +24,15 @@ from resnext_compiler.naming import class_name
 def make_module(op: ops.Op) -> nn.Module | None:
     """The PyTorch module holding an operator's parameters, or None for stateless ops."""
     if isinstance(op, ops.Conv):
-        return nn.Conv2d(op.in_channels, op.out_channels, op.kernel_size, op.stride, op.padding,
-                         groups=op.groups, bias=op.bias)
+        return nn.Conv2d(
+            op.in_channels,
+            op.out_channels,
+            op.kernel_size,
+            op.stride,
+            op.padding,
+            groups=op.groups,
+            bias=op.bias,
+        )
     if isinstance(op, ops.BatchNorm):
         return nn.BatchNorm2d(op.num_features, eps=op.eps, momentum=op.momentum)
     if isinstance(op, ops.Linear):
@@ -62,8 +69,10 @@ def _emit_function(g: fx.Graph, node: Node, args: list[fx.Node]) -> fx.Node:
     if kind == "maxpool":
         return g.call_function(F.max_pool2d, (args[0], op.kernel_size, op.stride, op.padding))
     if kind == "avgpool":
-        return g.call_function(F.avg_pool2d, (args[0], op.kernel_size, op.stride, op.padding,
-                                              op.ceil_mode, op.count_include_pad))
+        return g.call_function(
+            F.avg_pool2d,
+            (args[0], op.kernel_size, op.stride, op.padding, op.ceil_mode, op.count_include_pad),
+        )
     if kind == "global_avgpool":
         return g.call_function(F.adaptive_avg_pool2d, (args[0], 1))
     if kind == "flatten":
@@ -140,7 +149,9 @@ def build_module(graph: Graph, seed: int | None = 0) -> fx.GraphModule:
     return model
 
 
-def load_weights(model: nn.Module, tensors: Mapping[str, torch.Tensor], strict: bool = True) -> None:
+def load_weights(
+    model: nn.Module, tensors: Mapping[str, torch.Tensor], strict: bool = True
+) -> None:
     """Copy tensors into `model`, checking names and shapes; list mismatches on failure."""
     own = model.state_dict()
     missing = [k for k in own if k not in tensors]

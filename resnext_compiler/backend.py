@@ -40,7 +40,9 @@ class Backend(Protocol):
 
     def default_output(self, spec: Spec) -> Path: ...
 
-    def emit(self, graph: Graph, spec: Spec, options: CompileOptions, output: Path) -> list[Path]: ...
+    def emit(
+        self, graph: Graph, spec: Spec, options: CompileOptions, output: Path
+    ) -> list[Path]: ...
 
 
 def available_backends() -> dict[str, object]:

@@ -82,8 +82,11 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:  # a bug: say so plainly, without a wall of traceback
         if os.environ.get("RESNEXT_DEBUG"):
             traceback.print_exc()
-        print(f"internal error: {type(exc).__name__}: {exc}\n"
-              "(set RESNEXT_DEBUG=1 for a traceback and please report it)", file=sys.stderr)
+        print(
+            f"internal error: {type(exc).__name__}: {exc}\n"
+            "(set RESNEXT_DEBUG=1 for a traceback and please report it)",
+            file=sys.stderr,
+        )
         sys.exit(EXIT_FAILURE)
 
 

@@ -77,8 +77,13 @@ class Graph:
             for spec in node.param_specs():
                 if spec.trainable or include_buffers:
                     out.append(
-                        Param(f"{node.name}.{spec.suffix}", spec.shape, spec.trainable,
-                              spec.dtype, node.name)
+                        Param(
+                            f"{node.name}.{spec.suffix}",
+                            spec.shape,
+                            spec.trainable,
+                            spec.dtype,
+                            node.name,
+                        )
                     )
         return out
 
@@ -124,11 +129,18 @@ class GraphBuilder:
             raise ValueError(f"duplicate node name {name!r}")
         self._names.add(name)
         self.nodes.append(
-            Node(name, op, tuple(inputs), self.stage, self.block,
-                 self.origin if origin is None else origin)
+            Node(
+                name,
+                op,
+                tuple(inputs),
+                self.stage,
+                self.block,
+                self.origin if origin is None else origin,
+            )
         )
         return name
 
     def build(self, output: str, metadata: dict[str, str] | None = None) -> Graph:
-        return Graph(self.name, self.input_shape, tuple(self.nodes), output,
-                     metadata=dict(metadata or {}))
+        return Graph(
+            self.name, self.input_shape, tuple(self.nodes), output, metadata=dict(metadata or {})
+        )

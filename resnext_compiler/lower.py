@@ -9,7 +9,15 @@ from resnext_compiler import __version__
 from resnext_compiler.blocks import BLOCKS, BlockContext
 from resnext_compiler.errors import Diagnostic, SpecError
 from resnext_compiler.ir import Graph, GraphBuilder
-from resnext_compiler.ops import BatchNorm, Dropout, Flatten, GlobalAvgPool, Linear, ReLU, TensorShape
+from resnext_compiler.ops import (
+    BatchNorm,
+    Dropout,
+    Flatten,
+    GlobalAvgPool,
+    Linear,
+    ReLU,
+    TensorShape,
+)
 from resnext_compiler.spec import ResolvedStage, Spec
 from resnext_compiler.stems import STEM_STRIDES, STEMS
 
@@ -35,10 +43,14 @@ def check_spec(spec: Spec) -> list[Diagnostic]:
     height, width = spec.input.height, spec.input.width
     for kernel, stride, padding in STEM_STRIDES[spec.stem]:
         if height < stride or width < stride:
-            problems.append(diagnostic(
-                spec, "input",
-                f"a {spec.input.height}x{spec.input.width} input is too small for the "
-                f"{spec.stem} stem (a stride-{stride} layer would see {height}x{width})"))
+            problems.append(
+                diagnostic(
+                    spec,
+                    "input",
+                    f"a {spec.input.height}x{spec.input.width} input is too small for the "
+                    f"{spec.stem} stem (a stride-{stride} layer would see {height}x{width})",
+                )
+            )
             return problems
         height = (height + 2 * padding - kernel) // stride + 1
         width = (width + 2 * padding - kernel) // stride + 1
@@ -49,11 +61,15 @@ def check_spec(spec: Spec) -> list[Diagnostic]:
             # A stride larger than the map has nothing left to downsample: the map would
             # already be smaller than one output pixel per stride step.
             if height < stage.stride or width < stage.stride:
-                problems.append(diagnostic(
-                    spec, f"stages[{stage.index}].stride",
-                    f"stride {stage.stride} is too large: {stage.name} receives a "
-                    f"{height}x{width} feature map (input {spec.input.height}x"
-                    f"{spec.input.width}); use a larger input or a smaller stride"))
+                problems.append(
+                    diagnostic(
+                        spec,
+                        f"stages[{stage.index}].stride",
+                        f"stride {stage.stride} is too large: {stage.name} receives a "
+                        f"{height}x{width} feature map (input {spec.input.height}x"
+                        f"{spec.input.width}); use a larger input or a smaller stride",
+                    )
+                )
             height = (height - 1) // stage.stride + 1
             width = (width - 1) // stage.stride + 1
         in_channels = stage.out_channels
@@ -64,24 +80,40 @@ def _check_stage(spec: Spec, stage: ResolvedStage, in_channels: int) -> list[Dia
     out: list[Diagnostic] = []
     if stage.type == "basic":
         if stage.cardinality != 1:
-            out.append(diagnostic(spec, stage.origin("cardinality"),
-                                  "the basic block has no grouped conv; cardinality must be 1 "
-                                  "(use type: bottleneck for ResNeXt)"))
+            out.append(
+                diagnostic(
+                    spec,
+                    stage.origin("cardinality"),
+                    "the basic block has no grouped conv; cardinality must be 1 "
+                    "(use type: bottleneck for ResNeXt)",
+                )
+            )
         if stage.form != "C":
-            out.append(diagnostic(spec, stage.origin("form"),
-                                  "block forms A/B/C apply to bottleneck blocks only"))
+            out.append(
+                diagnostic(
+                    spec, stage.origin("form"), "block forms A/B/C apply to bottleneck blocks only"
+                )
+            )
     else:
         path_width = stage.width * stage.base_width // 64
         if path_width == 0:
-            out.append(diagnostic(
-                spec, stage.origin("base_width"),
-                f"bottleneck width floor({stage.width} * {stage.base_width} / 64) is 0; "
-                f"raise base_width or width"))
+            out.append(
+                diagnostic(
+                    spec,
+                    stage.origin("base_width"),
+                    f"bottleneck width floor({stage.width} * {stage.base_width} / 64) is 0; "
+                    f"raise base_width or width",
+                )
+            )
     if spec.shortcut == "A" and stage.out_channels < in_channels:
-        out.append(diagnostic(
-            spec, f"stages[{stage.index}].width",
-            f"shortcut A cannot reduce channels ({in_channels} -> {stage.out_channels}); "
-            f"use shortcut B or C"))
+        out.append(
+            diagnostic(
+                spec,
+                f"stages[{stage.index}].width",
+                f"shortcut A cannot reduce channels ({in_channels} -> {stage.out_channels}); "
+                f"use shortcut B or C",
+            )
+        )
     return out
 
 

@@ -60,8 +60,9 @@ def _conv_out(size: int, kernel: int, stride: int, padding: int, ceil: bool = Fa
     return steps + 1
 
 
-def _spatial(op_name: str, shape: TensorShape, kernel: int, stride: int, padding: int,
-             ceil: bool = False) -> tuple[int, int]:
+def _spatial(
+    op_name: str, shape: TensorShape, kernel: int, stride: int, padding: int, ceil: bool = False
+) -> tuple[int, int]:
     if stride > 1 and (shape.height < stride or shape.width < stride):
         raise ShapeError(
             f"{op_name} with stride {stride} needs a feature map of at least {stride}x{stride}, "
@@ -91,7 +92,7 @@ class Op:
         return []
 
     def macs(self, inputs: list[TensorShape], output: TensorShape) -> int:
-        """Multiply-accumulates per sample; like torchvision's "GFLOPS", only conv and linear count."""
+        """Multiply-accumulates per sample (only conv and linear count, like torchvision)."""
         return 0
 
     def attrs(self) -> dict[str, object]:
@@ -342,9 +343,21 @@ class Subsample(Op):
 OPS: dict[str, type[Op]] = {
     cls.kind: cls
     for cls in (
-        Conv, BatchNorm, ReLU, Sigmoid, MaxPool, AvgPool, GlobalAvgPool, Flatten, Dropout,
-        Linear, Add, Mul, Concat, Slice, PadChannels, Subsample,
+        Conv,
+        BatchNorm,
+        ReLU,
+        Sigmoid,
+        MaxPool,
+        AvgPool,
+        GlobalAvgPool,
+        Flatten,
+        Dropout,
+        Linear,
+        Add,
+        Mul,
+        Concat,
+        Slice,
+        PadChannels,
+        Subsample,
     )
 }
-
-

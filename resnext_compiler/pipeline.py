@@ -16,7 +16,9 @@ def _locate_node(spec: Spec, graph: Graph, node_name: str, message: str) -> Diag
     except KeyError:
         origin = ""
     text = f"{message} (at node {node_name})"
-    return Diagnostic(text, origin, spec.locate(_field_tuple(origin)) if origin else spec.locate(()))
+    return Diagnostic(
+        text, origin, spec.locate(_field_tuple(origin)) if origin else spec.locate(())
+    )
 
 
 def compile_spec(spec: Spec) -> Graph:
@@ -28,5 +30,6 @@ def compile_spec(spec: Spec) -> Graph:
     try:
         return infer_shapes(graph)
     except ShapeProblem as exc:
-        raise SpecError([_locate_node(spec, graph, exc.node, str(exc.args[0]).split(": ", 1)[1])]
-                        ) from None
+        raise SpecError(
+            [_locate_node(spec, graph, exc.node, str(exc.args[0]).split(": ", 1)[1])]
+        ) from None

@@ -66,20 +66,35 @@ def report_table(spec: Spec, graph: Graph, cost: Complexity) -> str:
             cxd = f"{st['cardinality']} x {st['group_width'] // st['cardinality']}d"
         elif st.get("block") == "basic":
             cxd = "basic"
-        rows.append([
-            st["name"], str(st["blocks"] or ""), cxd,
-            "x".join(str(d) for d in st["output_shape"][1:]),
-            f"{st['params']:,}", f"{st['macs'] / 1e9:.3f}", f"{st['activation_bytes'] / 2**20:.1f}",
-        ])
-    rows.append(["total", str(sum(s["blocks"] for s in data["stages"])), "",
-                 "x".join(str(d) for d in data["output_shape"][1:]),
-                 f"{data['params']:,}", f"{data['macs'] / 1e9:.3f}",
-                 f"{data['activation_bytes'] / 2**20:.1f}"])
+        rows.append(
+            [
+                st["name"],
+                str(st["blocks"] or ""),
+                cxd,
+                "x".join(str(d) for d in st["output_shape"][1:]),
+                f"{st['params']:,}",
+                f"{st['macs'] / 1e9:.3f}",
+                f"{st['activation_bytes'] / 2**20:.1f}",
+            ]
+        )
+    rows.append(
+        [
+            "total",
+            str(sum(s["blocks"] for s in data["stages"])),
+            "",
+            "x".join(str(d) for d in data["output_shape"][1:]),
+            f"{data['params']:,}",
+            f"{data['macs'] / 1e9:.3f}",
+            f"{data['activation_bytes'] / 2**20:.1f}",
+        ]
+    )
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
 
     def line(cells: list[str]) -> str:
-        return "  ".join(c.ljust(w) if i < 4 else c.rjust(w) for i, (c, w) in
-                         enumerate(zip(cells, widths, strict=True))).rstrip()
+        return "  ".join(
+            c.ljust(w) if i < 4 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        ).rstrip()
 
     out = [
         f"{spec.name}: {data['params']:,} parameters, {data['macs'] / 1e9:.2f} GMACs "

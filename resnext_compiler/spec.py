@@ -40,13 +40,18 @@ BlockForm = Literal["A", "B", "C"]
 class BlockSpec(_Model):
     """Defaults for every residual block; stages may override any of them."""
 
-    type: BlockType = Field("bottleneck", description="bottleneck (1x1-3x3-1x1) or basic (3x3-3x3).")
-    cardinality: int = Field(1, ge=1, description="Number of parallel paths C (the seed's -cardinality).")
+    type: BlockType = Field(
+        "bottleneck", description="bottleneck (1x1-3x3-1x1) or basic (3x3-3x3)."
+    )
+    cardinality: int = Field(
+        1, ge=1, description="Number of parallel paths C (the seed's -cardinality)."
+    )
     base_width: int = Field(
         64, ge=1, description="Bottleneck width d per path at width 64 (the seed's -baseWidth)."
     )
     form: BlockForm = Field(
-        "C", description="A: explicit paths summed; B: paths concatenated; C: grouped conv (Fig. 3)."
+        "C",
+        description="A: explicit paths summed; B: paths concatenated; C: grouped conv (Fig. 3).",
     )
     expansion: int | None = Field(
         None, ge=1, description="Block output = width * expansion (default 4 bottleneck, 1 basic)."
@@ -88,7 +93,8 @@ class TrainSpec(_Model):
     lr: float = Field(0.1, gt=0, description="Learning rate at batch_size (scaled linearly).")
     schedule: Literal["step", "cosine"] = "step"
     milestones: list[Annotated[int, Field(ge=1)]] | None = Field(
-        None, description="Epochs where a step schedule multiplies lr by 0.1 (default per data set)."
+        None,
+        description="Epochs where a step schedule multiplies lr by 0.1 (default per data set).",
     )
     warmup_epochs: int = Field(0, ge=0)
     weight_decay: float = Field(1.0e-4, ge=0)
@@ -126,7 +132,8 @@ class Spec(_Model):
 
     spec_version: Literal[1] = 1
     extends: str | None = Field(
-        None, description="Path of a base spec (relative to this file) whose fields this one overrides."
+        None,
+        description="Path of a base spec (relative to this file) whose fields this one overrides.",
     )
     name: str = Field(min_length=1, max_length=200)
     description: str = ""
@@ -191,7 +198,7 @@ class ResolvedStage:
 
     @property
     def group_width(self) -> int:
-        """Channels of the grouped 3x3 conv: floor(width * base_width / 64) * C (seed's resnext.lua)."""
+        """Grouped 3x3 conv channels: floor(width * base_width / 64) * C (seed: resnext.lua)."""
         return (self.width * self.base_width // 64) * self.cardinality
 
     @property
@@ -238,8 +245,9 @@ class ResolvedStage:
 # --- loading ---------------------------------------------------------------------------
 
 
-def _merge(base: Any, override: Any, path: FieldPath, source: SourceMap,
-           override_source: SourceMap) -> Any:
+def _merge(
+    base: Any, override: Any, path: FieldPath, source: SourceMap, override_source: SourceMap
+) -> Any:
     """Deep-merge mappings; anything else in `override` replaces the base value."""
     if isinstance(base, dict) and isinstance(override, dict):
         out = dict(base)
@@ -253,8 +261,9 @@ def _merge(base: Any, override: Any, path: FieldPath, source: SourceMap,
     return override
 
 
-def _resolve_extends(data: Any, source: SourceMap, filename: Path,
-                     chain: tuple[Path, ...]) -> tuple[Any, SourceMap]:
+def _resolve_extends(
+    data: Any, source: SourceMap, filename: Path, chain: tuple[Path, ...]
+) -> tuple[Any, SourceMap]:
     if not isinstance(data, dict) or "extends" not in data:
         return data, source
     target = data["extends"]
@@ -268,8 +277,9 @@ def _resolve_extends(data: Any, source: SourceMap, filename: Path,
     if not base_path.is_file():
         raise SpecError([Diagnostic(f"base spec not found: {base_path}", "extends", field_loc)])
     base_data, base_source = read_yaml_file(base_path)
-    base_data, base_source = _resolve_extends(base_data, base_source, base_path,
-                                              (*chain, base_path))
+    base_data, base_source = _resolve_extends(
+        base_data, base_source, base_path, (*chain, base_path)
+    )
     if not isinstance(base_data, dict):
         raise SpecError([Diagnostic("base spec is not a YAML mapping", "extends", field_loc)])
     merged_source = SourceMap(dict(base_source.locations), source.files + base_source.files)
@@ -346,9 +356,15 @@ def _short(value: Any) -> bool:
 
 def _validate(data: Any, source: SourceMap) -> Spec:
     if not isinstance(data, dict):
-        raise SpecError([Diagnostic(
-            f"a spec must be a YAML mapping, got {type(data).__name__}", "", source.locate(())
-        )])
+        raise SpecError(
+            [
+                Diagnostic(
+                    f"a spec must be a YAML mapping, got {type(data).__name__}",
+                    "",
+                    source.locate(()),
+                )
+            ]
+        )
     try:
         spec = Spec.model_validate(data)
     except ValidationError as exc:

@@ -72,15 +72,22 @@ def read_yaml(text: str, filename: str) -> tuple[Any, SourceMap]:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         problem = exc.problem or exc.context or "invalid YAML"
-        raise SpecError([Diagnostic(f"YAML syntax error: {problem}", "", _mark(filename, mark))])
+        raise SpecError(
+            [Diagnostic(f"YAML syntax error: {problem}", "", _mark(filename, mark))]
+        ) from None
     except yaml.YAMLError as exc:
-        raise SpecError([Diagnostic(f"YAML error: {exc}", "", Location(filename, 1, 1))])
+        raise SpecError([Diagnostic(f"YAML error: {exc}", "", Location(filename, 1, 1))]) from None
     finally:
         loader.dispose()
     source = SourceMap(files=[filename])
     if root is None:
-        raise SpecError([Diagnostic("the file is empty; a spec is a YAML mapping", "",
-                                    Location(filename, 1, 1))])
+        raise SpecError(
+            [
+                Diagnostic(
+                    "the file is empty; a spec is a YAML mapping", "", Location(filename, 1, 1)
+                )
+            ]
+        )
     problems: list[Diagnostic] = []
     data = _convert(root, (), filename, source, problems, loader)
     if problems:
@@ -88,8 +95,14 @@ def read_yaml(text: str, filename: str) -> tuple[Any, SourceMap]:
     return data, source
 
 
-def _convert(node: yaml.Node, path: FieldPath, filename: str, source: SourceMap,
-             problems: list[Diagnostic], loader: yaml.SafeLoader) -> Any:
+def _convert(
+    node: yaml.Node,
+    path: FieldPath,
+    filename: str,
+    source: SourceMap,
+    problems: list[Diagnostic],
+    loader: yaml.SafeLoader,
+) -> Any:
     from resnext_compiler.errors import format_field_path
 
     source.locations.setdefault(path, _mark(filename, node.start_mark))
@@ -99,12 +112,16 @@ def _convert(node: yaml.Node, path: FieldPath, filename: str, source: SourceMap,
             key = loader.construct_object(key_node, deep=True)
             key_loc = _mark(filename, key_node.start_mark)
             if not isinstance(key, str):
-                problems.append(Diagnostic(f"keys must be strings, got {key!r}",
-                                           format_field_path(path), key_loc))
+                problems.append(
+                    Diagnostic(
+                        f"keys must be strings, got {key!r}", format_field_path(path), key_loc
+                    )
+                )
                 continue
             if key in out:
-                problems.append(Diagnostic(f"duplicate key {key!r}",
-                                           format_field_path(path + (key,)), key_loc))
+                problems.append(
+                    Diagnostic(f"duplicate key {key!r}", format_field_path(path + (key,)), key_loc)
+                )
                 continue
             source.locations[path + (key,)] = key_loc
             out[key] = _convert(value_node, path + (key,), filename, source, problems, loader)
@@ -117,8 +134,13 @@ def _convert(node: yaml.Node, path: FieldPath, filename: str, source: SourceMap,
     try:
         return loader.construct_object(node, deep=True)
     except yaml.YAMLError as exc:
-        problems.append(Diagnostic(f"cannot read value: {exc}", format_field_path(path),
-                                   _mark(filename, node.start_mark)))
+        problems.append(
+            Diagnostic(
+                f"cannot read value: {exc}",
+                format_field_path(path),
+                _mark(filename, node.start_mark),
+            )
+        )
         return None
 
 
@@ -131,8 +153,15 @@ def read_yaml_file(path: Path) -> tuple[Any, SourceMap]:
     except IsADirectoryError:
         raise SpecError([Diagnostic(f"expected a YAML file, got a directory: {display}")]) from None
     except UnicodeDecodeError as exc:
-        raise SpecError([Diagnostic(f"not UTF-8 text ({exc.reason} at byte {exc.start})", "",
-                                    Location(display, 1, 1))]) from None
+        raise SpecError(
+            [
+                Diagnostic(
+                    f"not UTF-8 text ({exc.reason} at byte {exc.start})",
+                    "",
+                    Location(display, 1, 1),
+                )
+            ]
+        ) from None
     except OSError as exc:
         raise SpecError([Diagnostic(f"cannot read {display}: {exc.strerror}")]) from None
     return read_yaml(text, display)

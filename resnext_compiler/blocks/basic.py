@@ -17,14 +17,22 @@ def lower_basic(b: GraphBuilder, x: str, ctx: BlockContext) -> str:
     if st.preact:
         x = b.add(f"{p}.bn1", BatchNorm(ctx.in_channels), x)
         x = b.add(f"{p}.relu1", ReLU(), x)
-        y = b.add(f"{p}.conv1", Conv(ctx.in_channels, st.width, 3, ctx.stride, 1), x,
-                  origin=st.origin("stride"))
+        y = b.add(
+            f"{p}.conv1",
+            Conv(ctx.in_channels, st.width, 3, ctx.stride, 1),
+            x,
+            origin=st.origin("stride"),
+        )
         y = b.add(f"{p}.bn2", BatchNorm(st.width), y)
         y = b.add(f"{p}.relu2", ReLU(), y)
         y = b.add(f"{p}.conv2", Conv(st.width, out, 3, 1, 1), y)
     else:
-        y = b.add(f"{p}.conv1", Conv(ctx.in_channels, st.width, 3, ctx.stride, 1), x,
-                  origin=st.origin("stride"))
+        y = b.add(
+            f"{p}.conv1",
+            Conv(ctx.in_channels, st.width, 3, ctx.stride, 1),
+            x,
+            origin=st.origin("stride"),
+        )
         y = b.add(f"{p}.bn1", BatchNorm(st.width), y)
         y = b.add(f"{p}.relu1", ReLU(), y)
         y = b.add(f"{p}.conv2", Conv(st.width, out, 3, 1, 1), y)

@@ -39,8 +39,12 @@ def lower_bottleneck(b: GraphBuilder, x: str, ctx: BlockContext) -> str:
     if st.form == "C":
         y = b.add(f"{p}.conv1", Conv(ctx.in_channels, group_width, 1), x, origin=card_origin)
         y = _norm_act(b, p, names, 0, group_width, y)
-        y = b.add(f"{p}.conv2", Conv(group_width, group_width, 3, ctx.stride, 1, cardinality),
-                  y, origin=stride_origin)
+        y = b.add(
+            f"{p}.conv2",
+            Conv(group_width, group_width, 3, ctx.stride, 1, cardinality),
+            y,
+            origin=stride_origin,
+        )
         y = _norm_act(b, p, names, 1, group_width, y)
         y = b.add(f"{p}.conv3", Conv(group_width, out, 1), y, origin=card_origin)
     else:
@@ -49,8 +53,12 @@ def lower_bottleneck(b: GraphBuilder, x: str, ctx: BlockContext) -> str:
             q = f"{p}.paths.{i}"
             y = b.add(f"{q}.conv1", Conv(ctx.in_channels, path_width, 1), x, origin=card_origin)
             y = _norm_act(b, q, names, 0, path_width, y)
-            y = b.add(f"{q}.conv2", Conv(path_width, path_width, 3, ctx.stride, 1), y,
-                      origin=stride_origin)
+            y = b.add(
+                f"{q}.conv2",
+                Conv(path_width, path_width, 3, ctx.stride, 1),
+                y,
+                origin=stride_origin,
+            )
             y = _norm_act(b, q, names, 1, path_width, y)
             if st.form == "A":
                 y = b.add(f"{q}.conv3", Conv(path_width, out, 1), y, origin=card_origin)
@@ -78,8 +86,9 @@ def _names(preact: bool) -> list[tuple[str, str]]:
     return [("bn1", "relu1"), ("bn2", "relu2")]
 
 
-def _norm_act(b: GraphBuilder, prefix: str, names: list[tuple[str, str]], index: int,
-              channels: int, x: str) -> str:
+def _norm_act(
+    b: GraphBuilder, prefix: str, names: list[tuple[str, str]], index: int, channels: int, x: str
+) -> str:
     bn, relu = names[index]
     x = b.add(f"{prefix}.{bn}", BatchNorm(channels), x)
     return b.add(f"{prefix}.{relu}", ReLU(), x)

@@ -29,18 +29,25 @@ def lower_shortcut(b: GraphBuilder, x: str, ctx: BlockContext, out_channels: int
         if ctx.stride != 1:
             x = b.add(f"{p}.subsample", Subsample(ctx.stride), x, origin=ctx.stage.origin("stride"))
         if out_channels != ctx.in_channels:
-            x = b.add(f"{p}.pad", PadChannels(out_channels - ctx.in_channels), x,
-                      origin="shortcut")
+            x = b.add(f"{p}.pad", PadChannels(out_channels - ctx.in_channels), x, origin="shortcut")
         return x
     if not needs_projection(ctx, out_channels):
         return x
     if ctx.avg_down:
         # timm's layout: downsample.0 is the pool (Identity at stride 1), .1 conv, .2 BN.
         if ctx.stride != 1:
-            x = b.add(f"{p}.0", AvgPool(2, ctx.stride, 0, ceil_mode=True, count_include_pad=False),
-                      x, origin=ctx.stage.origin("stride"))
+            x = b.add(
+                f"{p}.0",
+                AvgPool(2, ctx.stride, 0, ceil_mode=True, count_include_pad=False),
+                x,
+                origin=ctx.stage.origin("stride"),
+            )
         x = b.add(f"{p}.1", Conv(ctx.in_channels, out_channels, 1), x)
         return b.add(f"{p}.2", BatchNorm(out_channels), x)
-    x = b.add(f"{p}.0", Conv(ctx.in_channels, out_channels, 1, ctx.stride), x,
-              origin=ctx.stage.origin("stride"))
+    x = b.add(
+        f"{p}.0",
+        Conv(ctx.in_channels, out_channels, 1, ctx.stride),
+        x,
+        origin=ctx.stage.origin("stride"),
+    )
     return b.add(f"{p}.1", BatchNorm(out_channels), x)

@@ -12,8 +12,7 @@ def reduced_channels(channels: int, ratio: float, divisor: int = 8) -> int:
     return max(divisor, int(value + divisor / 2) // divisor * divisor)
 
 
-def lower_se(b: GraphBuilder, x: str, prefix: str, channels: int, ratio: float,
-             origin: str) -> str:
+def lower_se(b: GraphBuilder, x: str, prefix: str, channels: int, ratio: float, origin: str) -> str:
     rd = reduced_channels(channels, ratio)
     p = f"{prefix}.se"
     s = b.add(f"{p}.pool", GlobalAvgPool(), x, origin=origin)

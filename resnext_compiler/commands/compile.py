@@ -42,8 +42,11 @@ def compile_command(
     backend: str = typer.Option("onnx", "--backend", "-b", help=BACKEND_HELP),
     output: Path | None = typer.Option(None, "--output", "-o", help="Output file or directory."),
     weights: Path | None = typer.Option(
-        None, "--weights", "-w",
-        help="safetensors file, train checkpoint or import-weights output (default: fresh init)."),
+        None,
+        "--weights",
+        "-w",
+        help="safetensors file, train checkpoint or import-weights output (default: fresh init).",
+    ),
     opset: int | None = typer.Option(None, "--opset", help="ONNX opset (default: backend's)."),
     batch: str = typer.Option("dynamic", "--batch", help="Static batch size, or 'dynamic'."),
     dtype: str = typer.Option("fp32", "--dtype", help="fp32 | fp16"),
@@ -60,8 +63,10 @@ def compile_command(
         commands = list(ctx.parent.command.commands) if ctx.parent else []  # type: ignore[union-attr]
         close = difflib.get_close_matches(str(spec), commands, n=1)
         if close:
-            raise UserError(f"no such spec file or command {str(spec)!r}; did you mean "
-                            f"'resnext-compile {close[0]}'?")
+            raise UserError(
+                f"no such spec file or command {str(spec)!r}; did you mean "
+                f"'resnext-compile {close[0]}'?"
+            )
     if dtype not in ("fp32", "fp16"):
         raise UserError(f"--dtype must be fp32 or fp16, got {dtype!r}")
     if form is not None and form not in ("A", "B", "C"):
@@ -70,8 +75,16 @@ def compile_command(
         raise UserError(f"weights file not found: {weights}")
     chosen = load_backend(backend)
     parsed_spec, graph = _load(spec, form)
-    options = CompileOptions(weights=weights, opset=opset, batch=_parse_batch(batch), dtype=dtype,
-                             fold_bn=fold_bn, expand=expand, max_batch=max_batch, seed=seed)
+    options = CompileOptions(
+        weights=weights,
+        opset=opset,
+        batch=_parse_batch(batch),
+        dtype=dtype,
+        fold_bn=fold_bn,
+        expand=expand,
+        max_batch=max_batch,
+        seed=seed,
+    )
     target = output if output is not None else chosen.default_output(parsed_spec)
     written = chosen.emit(graph, parsed_spec, options, target)
     for path in written:

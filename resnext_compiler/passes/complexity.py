@@ -53,19 +53,31 @@ def analyse(graph: Graph) -> Complexity:
         inputs = [graph.input_shape if n == INPUT else graph.shapes[n] for n in node.inputs]
         output = graph.shapes[node.name]
         params = sum(p.numel for p in node.param_specs() if p.trainable)
-        nodes.append(NodeCost(node.name, node.op.kind, node.stage, node.block, output, params,
-                              node.op.macs(inputs, output), output.numel * 4))
+        nodes.append(
+            NodeCost(
+                node.name,
+                node.op.kind,
+                node.stage,
+                node.block,
+                output,
+                params,
+                node.op.macs(inputs, output),
+                output.numel * 4,
+            )
+        )
     stages = []
     for stage in graph.stages():
         members = [c for c in nodes if c.stage == stage]
-        stages.append(StageCost(
-            name=stage,
-            blocks=len(graph.blocks(stage)) if stage.startswith("layer") else 0,
-            output_shape=members[-1].output_shape,
-            params=sum(c.params for c in members),
-            macs=sum(c.macs for c in members),
-            activation_bytes=sum(c.activation_bytes for c in members),
-        ))
+        stages.append(
+            StageCost(
+                name=stage,
+                blocks=len(graph.blocks(stage)) if stage.startswith("layer") else 0,
+                output_shape=members[-1].output_shape,
+                params=sum(c.params for c in members),
+                macs=sum(c.macs for c in members),
+                activation_bytes=sum(c.activation_bytes for c in members),
+            )
+        )
     all_params = graph.params()
     return Complexity(
         params=sum(p.numel for p in all_params if p.trainable),

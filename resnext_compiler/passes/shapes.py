@@ -15,7 +15,7 @@ class ShapeProblem(ValueError):
 
 
 def infer_shapes(graph: Graph) -> Graph:
-    """Return a copy of `graph` with every value's shape; raise ShapeProblem at the first failure."""
+    """A copy of `graph` with every value shaped; raises ShapeProblem at the first failure."""
     shapes: dict[str, TensorShape] = {}
     for node in graph.nodes:
         inputs = [graph.input_shape if name == INPUT else shapes[name] for name in node.inputs]
