@@ -7,11 +7,14 @@ error. Errors are printed without a traceback (set RESNEXT_DEBUG=1 to see one).
 
 from __future__ import annotations
 
+import difflib
 import os
 import sys
 import traceback
+from pathlib import Path
 
 import typer
+from typer._click.exceptions import UsageError  # typer vendors click
 from typer.core import TyperGroup
 
 from resnext_compiler import __version__
@@ -26,6 +29,13 @@ class _CompileByDefault(TyperGroup):
 
     def parse_args(self, ctx, args):  # noqa: ANN001, ANN201 - click's signature
         if args and args[0] not in self.commands and args[0] not in ("--help", "-h", "--version"):
+            first = args[0]
+            if not first.startswith("-") and not Path(first).exists() and not Path(first).suffix:
+                close = difflib.get_close_matches(first, list(self.commands), n=1)
+                if close:
+                    raise UsageError(
+                        f"no such command or spec file {first!r}; did you mean {close[0]!r}?", ctx
+                    )
             args = ["compile", *args]
         return super().parse_args(ctx, args)
 

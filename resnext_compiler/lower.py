@@ -88,10 +88,28 @@ def _check_stage(spec: Spec, stage: ResolvedStage, in_channels: int) -> list[Dia
                     "(use type: bottleneck for ResNeXt)",
                 )
             )
+        if stage.explicit_group_width is not None:
+            out.append(
+                diagnostic(
+                    spec,
+                    stage.origin("group_width"),
+                    "group_width applies to bottleneck blocks only",
+                )
+            )
         if stage.form != "C":
             out.append(
                 diagnostic(
                     spec, stage.origin("form"), "block forms A/B/C apply to bottleneck blocks only"
+                )
+            )
+    elif stage.explicit_group_width is not None:
+        if stage.explicit_group_width % stage.cardinality:
+            out.append(
+                diagnostic(
+                    spec,
+                    stage.origin("group_width"),
+                    f"group width {stage.explicit_group_width} is not divisible by cardinality "
+                    f"{stage.cardinality} (each of the C paths needs the same width)",
                 )
             )
     else:

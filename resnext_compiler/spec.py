@@ -56,6 +56,11 @@ class BlockSpec(_Model):
     expansion: int | None = Field(
         None, ge=1, description="Block output = width * expansion (default 4 bottleneck, 1 basic)."
     )
+    group_width: int | None = Field(
+        None,
+        ge=1,
+        description="Explicit grouped-conv width (pycls style); default floor(width*base_width/64)*C.",
+    )
     preact: bool = Field(False, description="Pre-activation blocks (BN-ReLU-conv).")
     se_ratio: float = Field(0.0, ge=0, lt=1, description=">0 adds squeeze-excitation.")
     zero_init_last_bn: bool = False
@@ -71,6 +76,7 @@ class StageSpec(_Model):
     cardinality: int | None = Field(None, ge=1)
     base_width: int | None = Field(None, ge=1)
     form: BlockForm | None = None
+    group_width: int | None = Field(None, ge=1)
     expansion: int | None = Field(None, ge=1)
     preact: bool | None = None
     se_ratio: float | None = Field(None, ge=0, lt=1)
@@ -116,7 +122,8 @@ class ReferenceSpec(_Model):
 def _stage_shorthand(value: Any) -> Any:
     # `stages: [3, 4, 6, 3]` is shorthand for [{depth: 3}, {depth: 4}, ...].
     if isinstance(value, list):
-        return [{"depth": item} if type(item) is int else item for item in value]
+        # Anything that is not a mapping is meant as a depth; validate it as one.
+        return [item if isinstance(item, dict) else {"depth": item} for item in value]
     return value
 
 
@@ -191,6 +198,7 @@ class ResolvedStage:
     base_width: int
     form: str
     expansion: int
+    explicit_group_width: int | None
     preact: bool
     se_ratio: float
     zero_init_last_bn: bool
@@ -199,6 +207,8 @@ class ResolvedStage:
     @property
     def group_width(self) -> int:
         """Grouped 3x3 conv channels: floor(width * base_width / 64) * C (seed: resnext.lua)."""
+        if self.explicit_group_width is not None:
+            return self.explicit_group_width
         return (self.width * self.base_width // 64) * self.cardinality
 
     @property
@@ -235,6 +245,7 @@ class ResolvedStage:
             base_width=pick("base_width"),
             form=pick("form"),
             expansion=expansion,
+            explicit_group_width=pick("group_width"),
             preact=pick("preact"),
             se_ratio=pick("se_ratio"),
             zero_init_last_bn=pick("zero_init_last_bn"),
@@ -341,7 +352,12 @@ def _diagnostics(exc: ValidationError, source: SourceMap) -> list[Diagnostic]:
         elif "input" in err and err["type"] not in ("missing",):
             message += f" (got {err['input']!r})" if _short(err["input"]) else ""
         out.append(Diagnostic(message, format_field_path(clean), source.locate(clean)))
-    return out
+    return sorted(out, key=_position)
+
+
+def _position(diagnostic: Diagnostic) -> tuple[str, int, int]:
+    loc = diagnostic.location
+    return ("", 0, 0) if loc is None else (loc.file, loc.line, loc.column)
 
 
 def _is_branch_tag(part: str) -> bool:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import json
 import sys
 from pathlib import Path
@@ -37,8 +36,7 @@ def _load(spec_path: Path, form: str | None = None):  # noqa: ANN202 - (Spec, Gr
 
 
 def compile_command(
-    ctx: typer.Context,
-    spec: Path = typer.Argument(..., help="Spec file (YAML).", show_default=False),
+    spec: Path = typer.Argument(..., metavar="SPEC", help="Spec file (YAML).", show_default=False),
     backend: str = typer.Option("onnx", "--backend", "-b", help=BACKEND_HELP),
     output: Path | None = typer.Option(None, "--output", "-o", help="Output file or directory."),
     weights: Path | None = typer.Option(
@@ -92,7 +90,9 @@ def compile_command(
 
 
 def check_command(
-    specs: list[Path] = typer.Argument(..., help="Spec files to lint.", show_default=False),
+    specs: list[Path] = typer.Argument(
+        ..., metavar="SPEC...", help="Spec files to lint.", show_default=False
+    ),
 ) -> None:
     """Validate specs: schema, shapes, groups. Exit 2 with FILE:LINE:COL messages on problems."""
     from resnext_compiler.passes.complexity import analyse
@@ -113,7 +113,7 @@ def check_command(
 
 
 def inspect_command(
-    spec: Path = typer.Argument(..., help="Spec file.", show_default=False),
+    spec: Path = typer.Argument(..., metavar="SPEC", help="Spec file.", show_default=False),
     as_json: bool = typer.Option(False, "--json", help="One JSON object instead of a table."),
 ) -> None:
     """Per-stage shapes, parameters, multiply-accumulates and activation memory."""
