@@ -59,7 +59,7 @@ class BlockSpec(_Model):
     group_width: int | None = Field(
         None,
         ge=1,
-        description="Explicit grouped-conv width (pycls style); default floor(width*base_width/64)*C.",
+        description="Explicit grouped-conv width (pycls); default floor(width*base_width/64)*C.",
     )
     preact: bool = Field(False, description="Pre-activation blocks (BN-ReLU-conv).")
     se_ratio: float = Field(0.0, ge=0, lt=1, description=">0 adds squeeze-excitation.")

@@ -95,7 +95,8 @@ CASES = [
     ),
     (
         "explicit-stride-too-large",
-        "name: n\ninput: {height: 32, width: 32}\nstem: cifar\nstages:\n  - 1\n  - {depth: 1, stride: 64}\n",
+        "name: n\ninput: {height: 32, width: 32}\nstem: cifar\n"
+        "stages:\n  - 1\n  - {depth: 1, stride: 64}\n",
         6,
         "stages[1].stride",
         "stride 64 is too large",

@@ -9,7 +9,7 @@ from resnext_compiler.passes.complexity import analyse
 from resnext_compiler.pipeline import compile_spec
 from resnext_compiler.spec import load_spec, parse_spec
 
-# torchvision's documented parameter counts; CIFAR ones from Xie et al. 2017, Table 7 (34.4M, 68.1M).
+# torchvision's parameter counts; CIFAR: Xie et al. 2017, Table 7 (34.4M, 68.1M).
 PARAMS = {
     "resnet50": 25_557_032,
     "resnext50_32x4d": 25_028_904,

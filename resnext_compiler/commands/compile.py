@@ -57,14 +57,6 @@ def compile_command(
     """Compile SPEC with a backend (the default command: `resnext-compile SPEC`)."""
     from resnext_compiler.backend import CompileOptions, load_backend
 
-    if not spec.exists() and not spec.suffix:
-        commands = list(ctx.parent.command.commands) if ctx.parent else []  # type: ignore[union-attr]
-        close = difflib.get_close_matches(str(spec), commands, n=1)
-        if close:
-            raise UserError(
-                f"no such spec file or command {str(spec)!r}; did you mean "
-                f"'resnext-compile {close[0]}'?"
-            )
     if dtype not in ("fp32", "fp16"):
         raise UserError(f"--dtype must be fp32 or fp16, got {dtype!r}")
     if form is not None and form not in ("A", "B", "C"):
