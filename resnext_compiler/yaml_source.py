@@ -107,8 +107,21 @@ def _convert(
 
     source.locations.setdefault(path, _mark(filename, node.start_mark))
     if isinstance(node, yaml.MappingNode):
+        explicit = sum(1 for key, _ in node.value if key.tag != "tag:yaml.org,2002:merge")
+        try:
+            loader.flatten_mapping(node)  # YAML merge keys (`<<: *defaults`) come first
+        except yaml.YAMLError as exc:
+            problems.append(
+                Diagnostic(
+                    f"bad merge key: {exc}",
+                    format_field_path(path),
+                    _mark(filename, node.start_mark),
+                )
+            )
+        merged = len(node.value) - explicit
         out: dict[str, Any] = {}
-        for key_node, value_node in node.value:
+        from_merge: set[str] = set()
+        for index, (key_node, value_node) in enumerate(node.value):
             key = loader.construct_object(key_node, deep=True)
             key_loc = _mark(filename, key_node.start_mark)
             if not isinstance(key, str):
@@ -118,11 +131,16 @@ def _convert(
                     )
                 )
                 continue
-            if key in out:
+            if key in out and key not in from_merge:
                 problems.append(
                     Diagnostic(f"duplicate key {key!r}", format_field_path(path + (key,)), key_loc)
                 )
                 continue
+            if index < merged:
+                from_merge.add(key)
+            else:
+                from_merge.discard(key)
+            source.drop_under(path + (key,))
             source.locations[path + (key,)] = key_loc
             out[key] = _convert(value_node, path + (key,), filename, source, problems, loader)
         return out

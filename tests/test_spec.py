@@ -120,3 +120,10 @@ def test_json_schema_describes_every_top_level_field():
     for key in ("name", "stages", "block", "stem", "shortcut", "head", "train", "extends"):
         assert key in schema["properties"]
     assert schema["additionalProperties"] is False
+
+
+def test_yaml_anchors_and_merge_keys_work_and_explicit_keys_win():
+    spec = parse_spec(
+        "name: n\nstages:\n  - &s {depth: 1, cardinality: 4}\n  - {<<: *s, depth: 2}\n"
+    )
+    assert [(s.depth, s.cardinality) for s in spec.stages] == [(1, 4), (2, 4)]
