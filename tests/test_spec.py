@@ -127,3 +127,16 @@ def test_yaml_anchors_and_merge_keys_work_and_explicit_keys_win():
         "name: n\nstages:\n  - &s {depth: 1, cardinality: 4}\n  - {<<: *s, depth: 2}\n"
     )
     assert [(s.depth, s.cardinality) for s in spec.stages] == [(1, 4), (2, 4)]
+
+
+def test_shipped_json_schema_is_current_and_specs_point_to_it():
+    from conftest import SPECS
+
+    from resnext_compiler.spec import json_schema
+
+    shipped = json.loads((SPECS / "spec.schema.json").read_text())
+    assert shipped == json.loads(json.dumps(json_schema())), (
+        "run: resnext-compile schema > specs/spec.schema.json"
+    )
+    for path in SPECS.glob("*.yaml"):
+        assert path.read_text().startswith("# yaml-language-server: $schema=spec.schema.json")
