@@ -17,6 +17,10 @@ def atomic_writer(path: str | Path, mode: str = "wb") -> Iterator[BinaryIO]:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
+        # mkstemp creates 0600; give the artifact the mode a plain open() would (umask).
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)
         with os.fdopen(fd, mode) as handle:
             yield handle  # type: ignore[misc]
             handle.flush()

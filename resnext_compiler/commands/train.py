@@ -1,0 +1,157 @@
+"""train, evaluate, plot: the training runtime's commands (torch is imported inside them)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from resnext_compiler.errors import UserError
+
+EXIT_INTERRUPTED = 130
+
+
+def _milestones(value: str | None) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    try:
+        return tuple(int(part) for part in value.split(",") if part.strip())
+    except ValueError:
+        raise UserError(f"--milestones must be comma-separated epochs like 30,60,90; got "
+                        f"{value!r}") from None
+
+
+def _device(device: str, gpus: int) -> str:
+    if device not in ("auto", "cpu", "cuda"):
+        raise UserError(f"--device must be auto, cpu or cuda; got {device!r}")
+    if gpus > 0:
+        device = "cuda"
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        import torch
+
+        available = torch.cuda.device_count()
+        if available < max(1, gpus):
+            raise UserError(f"asked for {max(1, gpus)} GPU(s) but {available} are visible")
+    return device
+
+
+def train_command(
+    spec: Path | None = typer.Argument(
+        None, help="Spec file (YAML). Default: a small ResNeXt on the embedded digits.",
+        show_default=False),
+    data: Path | None = typer.Option(
+        None, "--data", help="CIFAR batches folder, or an image folder with train/ and val/."),
+    dataset: str | None = typer.Option(
+        None, "--dataset",
+        help="digits | cifar10 | cifar100 | imagenet | imagefolder | synthetic (default: spec)."),
+    epochs: int | None = typer.Option(None, "--epochs", help="Epochs (default: spec)."),
+    batch_size: int | None = typer.Option(
+        None, "--batch-size", help="Global batch; the spec's lr is scaled linearly to it."),
+    lr: float | None = typer.Option(None, "--lr", help="Learning rate, used as given."),
+    schedule: str | None = typer.Option(None, "--schedule", help="step | cosine"),
+    milestones: str | None = typer.Option(
+        None, "--milestones", help="Step schedule: epochs where lr x0.1, e.g. 30,60,90."),
+    warmup_epochs: int | None = typer.Option(None, "--warmup-epochs", help="Linear warmup."),
+    weight_decay: float | None = typer.Option(None, "--weight-decay"),
+    label_smoothing: float | None = typer.Option(None, "--label-smoothing"),
+    augment: str | None = typer.Option(
+        None, "--augment", help="auto | none | crop | crop-flip | rrc-flip"),
+    accum_steps: int = typer.Option(
+        1, "--accum-steps", help="Gradient accumulation steps per optimizer step."),
+    nproc: int = typer.Option(1, "--nproc", help="CPU processes (DDP over gloo, via torchrun)."),
+    gpus: int = typer.Option(0, "--gpus", help="GPUs (one process each, DDP over NCCL)."),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+    amp: bool = typer.Option(False, "--amp", help="Mixed precision (bf16 on CPU, fp16 on GPU)."),
+    amp_dtype: str | None = typer.Option(None, "--amp-dtype", help="bf16 | fp16"),
+    channels_last: bool = typer.Option(False, "--channels-last", help="NHWC memory format."),
+    compile_model: bool = typer.Option(False, "--compile", help="Use torch.compile."),
+    workers: int = typer.Option(2, "--workers", help="Data loader workers (image folders)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of weights, data order, augmentation."),
+    threads: int = typer.Option(0, "--threads", help="CPU threads per process (0: default)."),
+    run_dir: Path | None = typer.Option(
+        None, "--run-dir", "-o", help="Run directory (default: runs/NAME-TIMESTAMP)."),
+    resume: Path | None = typer.Option(
+        None, "--resume", help="Continue the run in this directory from its last checkpoint."),
+) -> None:
+    """Train a spec (seed recipe: SGD + Nesterov, linear lr scaling, step/cosine schedule)."""
+    from resnext_compiler.runtimes.train.config import TrainOverrides
+    from resnext_compiler.runtimes.train.runner import execute, prepare_run, resume_config
+
+    if nproc > 1 and gpus > 1:
+        raise UserError("use --nproc for CPU processes or --gpus for GPUs, not both")
+    if resume is not None:
+        given = [flag for flag, value in (
+            ("SPEC", spec), ("--data", data), ("--dataset", dataset),
+            ("--batch-size", batch_size), ("--lr", lr), ("--schedule", schedule),
+            ("--run-dir", run_dir)) if value is not None]
+        if given:
+            raise UserError(f"--resume continues with the run's own settings; drop {', '.join(given)}"
+                            " (only --epochs may change)")
+        config = resume_config(resume, epochs)
+    else:
+        overrides = TrainOverrides(
+            dataset=dataset, data_dir=str(data) if data is not None else None, epochs=epochs,
+            batch_size=batch_size, lr=lr, schedule=schedule, milestones=_milestones(milestones),
+            warmup_epochs=warmup_epochs, weight_decay=weight_decay,
+            label_smoothing=label_smoothing, augment=augment, accum_steps=accum_steps,
+            nproc=max(nproc, gpus, 1), device=_device(device, gpus), amp=amp,
+            amp_dtype=amp_dtype, channels_last=channels_last, compile=compile_model,
+            seed=seed, workers=workers, threads=threads)
+        config = prepare_run(spec, overrides, run_dir)
+    summary = execute(config, resume=resume is not None)
+    for line in summary.lines():
+        typer.echo(line)
+    if summary.interrupted:
+        raise typer.Exit(EXIT_INTERRUPTED)
+
+
+def evaluate_command(
+    spec: Path = typer.Argument(..., help="Spec file (e.g. RUN/spec.yaml).", show_default=False),
+    weights: Path = typer.Option(
+        ..., "--weights", "-w", help=".safetensors, train checkpoint or state-dict .pt."),
+    data: Path | None = typer.Option(
+        None, "--data", help="Data folder (not needed for the embedded digits)."),
+    dataset: str | None = typer.Option(None, "--dataset", help="Default: the spec's."),
+    batch_size: int = typer.Option(256, "--batch-size", min=1),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+    workers: int = typer.Option(2, "--workers", help="Data loader workers (image folders)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Single-crop top-1/top-5 error on the validation split (the paper's table metric)."""
+    from resnext_compiler.runtimes.train.evaluate import evaluate_weights
+
+    if not spec.is_file():
+        raise UserError(f"spec file not found: {spec}")
+    result, description = evaluate_weights(
+        spec, weights, dataset, str(data) if data is not None else None, batch_size,
+        _device(device, 0), workers)
+    if as_json:
+        typer.echo(json.dumps({"top1_error": result.top1_error, "top5_error": result.top5_error,
+                               "loss": result.loss, "images": result.images}))
+    else:
+        typer.echo(f"{description}\nsingle-crop top-1 error {result.top1_error:.2f}%, top-5 "
+                   f"error {result.top5_error:.2f}% on {result.images} images")
+
+
+def plot_command(
+    runs: list[Path] = typer.Argument(..., help="Run directories.", show_default=False),
+    output: Path | None = typer.Option(
+        None, "--output", "-o", help="PNG (default: RUN/curves.png, or curves.png for several)."),
+    title: str | None = typer.Option(None, "--title"),
+) -> None:
+    """Top-1 error against epochs, train dashed and val solid (like the paper's Figure 5)."""
+    from resnext_compiler.runtimes.plot import plot_runs
+
+    target = output or (runs[0] / "curves.png" if len(runs) == 1 else Path("curves.png"))
+    typer.echo(f"wrote {plot_runs(runs, target, title)}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train_command)
+    app.command("evaluate")(evaluate_command)
+    app.command("plot")(plot_command)

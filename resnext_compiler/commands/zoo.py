@@ -1,0 +1,131 @@
+"""design (the 1x-complexity solver) and import-weights (torchvision, timm, Torch7)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from resnext_compiler.errors import UserError
+
+
+def _format_design(design, verbose: bool = True) -> str:  # noqa: ANN001 - design.Design
+    criterion = "whole-network parameters" if design.criterion == "params" else (
+        "whole-network multiply-accumulates")
+    lines = [
+        f"template {design.template}: {design.target_params:,} params, "
+        f"{design.target_macs / 1e9:.3f} GMACs",
+        f"criterion: {criterion} (--match {design.criterion}; Xie et al. 2017 keep parameters)",
+        f"cardinality {design.cardinality}: base width d = {design.base_width} "
+        f"(grouped width {design.cardinality * design.base_width} at stage width 64)",
+        "",
+        f"{'d':>5}  {'params':>12}  {'GMACs':>7}  {'vs template':>11}",
+    ]
+    for cand in design.neighbours:
+        mark = "  <- chosen" if cand.base_width == design.base_width else ""
+        lines.append(f"{cand.base_width:>5}  {cand.params:>12,}  {cand.macs / 1e9:>7.3f}  "
+                     f"{design.deviation(cand):>+10.2%}{mark}")
+    return "\n".join(lines)
+
+
+def _format_table(designs: list) -> str:
+    first = designs[0]
+    lines = [
+        f"1x-complexity table from {first.template} ({first.target_params:,} params, "
+        f"{first.target_macs / 1e9:.3f} GMACs), matching "
+        f"{'parameters' if first.criterion == 'params' else 'MACs'}:",
+        "",
+        f"{'C':>4}  {'d':>4}  {'C x d':>6}  {'params':>12}  {'GMACs':>7}  {'vs template':>11}",
+    ]
+    for design in designs:
+        cand = design.chosen
+        lines.append(f"{design.cardinality:>4}  {cand.base_width:>4}  "
+                     f"{design.cardinality * cand.base_width:>6}  {cand.params:>12,}  "
+                     f"{cand.macs / 1e9:>7.3f}  {design.deviation(cand):>+10.2%}")
+    return "\n".join(lines)
+
+
+def design_command(
+    template: Path = typer.Option(..., "--template", "-t", metavar="SPEC",
+                                  help="Spec whose complexity to keep (e.g. specs/resnet50.yaml)."),
+    cardinality: int | None = typer.Option(
+        None, "--cardinality", "-c", min=1, help="Number of paths C of the new network."),
+    match: str = typer.Option("params", "--match",
+                              help="params (the paper's rule, default) | macs"),
+    output: Path | None = typer.Option(None, "--output", "-o",
+                                       help="Write the designed spec here (YAML)."),
+    name: str | None = typer.Option(None, "--name", help="Name of the designed spec."),
+    table: bool = typer.Option(False, "--table",
+                               help="Print the table for C = 1, 2, 4, 8, 16, 32, 64."),
+) -> None:
+    """Find the base width d at cardinality C that keeps the template's complexity (Table 2).
+
+    Example: resnext-compile design --template specs/resnet50.yaml --cardinality 8 -o r50_8x.yaml
+    """
+    from resnext_compiler.design import design_spec, design_table, solve
+    from resnext_compiler.spec import load_spec
+
+    if match not in ("params", "macs"):
+        raise UserError(f"--match must be params or macs, got {match!r}")
+    spec = load_spec(template)
+    if table:
+        typer.echo(_format_table(design_table(spec, match=match)))  # type: ignore[arg-type]
+        if cardinality is None:
+            if output is not None:
+                raise UserError("--output needs --cardinality (which row to write)")
+            return
+        typer.echo("")
+    if cardinality is None:
+        raise UserError("give --cardinality C (or --table for the whole table)")
+    design = solve(spec, cardinality, match)  # type: ignore[arg-type]
+    typer.echo(_format_design(design))
+    designed = design_spec(spec, design, name=name)
+    if output is None:
+        typer.echo(f"\n# {designed.name}.yaml (write it with -o)\n{designed.to_yaml()}", nl=False)
+        return
+    from resnext_compiler.artifacts import write_text_atomic
+
+    write_text_atomic(output, designed.to_yaml())
+    typer.echo(f"wrote {output}")
+
+
+def import_weights_command(
+    source: Path = typer.Argument(..., metavar="SRC", show_default=False,
+                                  help="torchvision/timm state dict (.pth, .safetensors) or a "
+                                       "Torch7 model (.t7)."),
+    spec_path: Path = typer.Option(..., "--spec", "-s", metavar="SPEC",
+                                   help="Spec the weights belong to."),
+    output: Path = typer.Option(..., "--output", "-o", help="Output .safetensors file."),
+    form: str | None = typer.Option(None, "--form",
+                                    help="Write the weights for block form A, B or C "
+                                         "(default: the spec's)."),
+    allow_partial: bool = typer.Option(
+        False, "--allow-partial",
+        help="Write only the tensors that fit instead of stopping at the first mismatches."),
+) -> None:
+    """Convert pretrained weights to a safetensors file keyed by the spec's IR names.
+
+    Example: resnext-compile import-weights resnext101_32x8d.pth
+    --spec specs/resnext101_32x8d.yaml -o r101.safetensors
+    """
+    from resnext_compiler.importers import import_weights, save_safetensors
+    from resnext_compiler.spec import load_spec, with_form
+
+    if form is not None and form not in ("A", "B", "C"):
+        raise UserError(f"--form must be A, B or C, got {form!r}")
+    if output.suffix != ".safetensors":
+        raise UserError(f"--output must end in .safetensors, got {output}")
+    spec = load_spec(spec_path)
+    if form is not None:
+        spec = with_form(spec, form)
+    result = import_weights(source, spec, allow_partial=allow_partial)
+    for line in result.problems[:10]:
+        typer.echo(f"skipped {line}", err=True)
+    save_safetensors(output, result, {"source": source.name, "spec": str(spec_path)})
+    typer.echo(result.summary())
+    typer.echo(f"wrote {output}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("design")(design_command)
+    app.command("import-weights")(import_weights_command)

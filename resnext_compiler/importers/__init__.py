@@ -1,0 +1,44 @@
+"""Pretrained weights from elsewhere -> a safetensors file keyed by IR names.
+
+Sources: torchvision and timm state dicts (`.pth`, `.pt`, `.bin`, `.safetensors`; their
+ResNet/ResNeXt names are already ours), and the seed's Torch7 models (`.t7`, the fb.resnet
+layout of facebookresearch/ResNeXt). `import_weights` reads, renames, converts block forms
+(`passes.forms`) and checks every name and shape against the spec's graph.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from resnext_compiler.errors import UserError
+from resnext_compiler.importers.fit import ImportResult, fit_to_graph, save_safetensors
+from resnext_compiler.spec import Spec
+
+__all__ = ["ImportResult", "import_weights", "save_safetensors"]
+
+TORCH7_SUFFIXES = (".t7", ".th7")
+
+
+def import_weights(source: str | Path, spec: Spec, allow_partial: bool = False) -> ImportResult:
+    """Read `source` and fit it to `spec` (in the spec's block form). Raises UserError."""
+    from resnext_compiler.passes.forms import convert_weights
+    from resnext_compiler.pipeline import compile_spec
+
+    path = Path(source)
+    if not path.is_file():
+        raise UserError(f"weights file not found: {path}")
+    graph = compile_spec(spec)
+    if path.suffix.lower() in TORCH7_SUFFIXES:
+        from resnext_compiler.importers.torch7 import read_torch7_model
+
+        tensors, detail = read_torch7_model(path, spec)
+        source_format = f"Torch7 ({detail})"
+    else:
+        from resnext_compiler.importers.state_dict import read_state_dict
+
+        tensors, source_format = read_state_dict(path)
+    try:
+        tensors = convert_weights(tensors, graph)
+    except ValueError as exc:
+        raise UserError(f"{path}: {exc}") from None
+    return fit_to_graph(tensors, graph, source_format, allow_partial, source_name=path.name)

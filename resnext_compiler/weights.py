@@ -1,0 +1,229 @@
+"""Model weights as numpy arrays keyed by IR parameter names (torchvision state-dict keys).
+
+Three sources, all read one tensor at a time so an exporter can stream them:
+
+- a `.safetensors` file (what `import-weights` and training write), memory-mapped with numpy:
+  no torch, no copy until a tensor is used;
+- a PyTorch checkpoint (`.pt`/`.pth`): a plain state dict or a dict holding one under `"model"`
+  or `"state_dict"`, with a DDP `module.` prefix stripped; torch is imported only here and
+  `torch.load(..., weights_only=True)` never runs pickled code;
+- `initial_weights(graph, seed)`: deterministic initialisation (same seed, same bytes).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import zlib
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import numpy as np
+
+from resnext_compiler import ops
+from resnext_compiler.errors import UserError
+from resnext_compiler.ir import Graph, Param
+
+# Buffers that inference never reads; a weights file may leave them out.
+OPTIONAL_SUFFIXES = ("num_batches_tracked",)
+
+_SAFETENSORS_DTYPES = {
+    "F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"),
+    "BF16": np.dtype("<u2"),  # widened to float32 on read: numpy has no bfloat16
+    "I64": np.dtype("<i8"), "I32": np.dtype("<i4"), "I16": np.dtype("<i2"), "I8": np.dtype("i1"),
+    "U8": np.dtype("u1"), "BOOL": np.dtype("?"),
+}
+_MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors format's own limit
+
+
+class SafetensorsWeights(Mapping[str, np.ndarray]):
+    """A `.safetensors` file as a read-only mapping of memory-mapped numpy arrays."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._entries, self._data_start = _read_safetensors_header(self.path)
+        size = self.path.stat().st_size - self._data_start
+        self._data = np.memmap(self.path, np.uint8, "r", self._data_start, (size,)) if size else (
+            np.zeros(0, np.uint8))
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        dtype_name, shape, (begin, end) = self._entries[name]
+        dtype = _SAFETENSORS_DTYPES[dtype_name]
+        array = self._data[begin:end].view(dtype).reshape(shape)
+        if dtype_name == "BF16":
+            return (array.astype(np.uint32) << 16).view(np.float32)
+        return array
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self._entries[name][1]
+
+
+def _read_safetensors_header(path: Path) -> tuple[dict, int]:
+    """Parse and check the header: 8-byte little-endian length, then JSON (safetensors spec)."""
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        prefix = handle.read(8)
+        length = int.from_bytes(prefix, "little") if len(prefix) == 8 else -1
+        if not 2 <= length <= min(_MAX_HEADER_BYTES, size - 8):
+            raise UserError(f"{path}: not a safetensors file (bad header length)")
+        try:
+            header = json.loads(handle.read(length))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise UserError(f"{path}: not a safetensors file (header is not JSON)") from None
+    if not isinstance(header, dict):
+        raise UserError(f"{path}: not a safetensors file (header is not a JSON object)")
+    data_size = size - 8 - length
+    entries = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype_name, shape, (begin, end) = info["dtype"], tuple(info["shape"]), info[
+                "data_offsets"]
+            itemsize = _SAFETENSORS_DTYPES[dtype_name].itemsize
+        except (KeyError, TypeError, ValueError):
+            raise UserError(f"{path}: tensor {name!r} has an unsupported or malformed entry "
+                            f"{info!r}") from None
+        if not (0 <= begin <= end <= data_size and end - begin == math.prod(shape) * itemsize):
+            raise UserError(f"{path}: tensor {name!r} has data offsets {begin}..{end} that do "
+                            f"not fit its shape {list(shape)} or the file")
+        entries[name] = (dtype_name, shape, (begin, end))
+    return entries, 8 + length
+
+
+def read_torch_checkpoint(path: str | Path) -> dict[str, np.ndarray]:
+    """A state dict from a PyTorch checkpoint, as float32/int64 numpy arrays."""
+    import pickle
+
+    import torch  # only this branch needs torch
+
+    try:
+        loaded = torch.load(Path(path), map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{path}: cannot read as a PyTorch checkpoint: {first_line}") from None
+    state = loaded
+    if isinstance(loaded, dict):
+        for key in ("model", "state_dict", "model_state_dict"):
+            if isinstance(loaded.get(key), dict):
+                state = loaded[key]
+                break
+    if not isinstance(state, dict) or not state:
+        raise UserError(f"{path}: expected a state dict (or a dict with a 'model' state dict)")
+    out: dict[str, np.ndarray] = {}
+    for key, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            raise UserError(f"{path}: entry {key!r} is a {type(value).__name__}, not a tensor")
+        name = key.removeprefix("module.").removeprefix("_orig_mod.")
+        if value.dtype == torch.bfloat16:
+            value = value.float()
+        out[name] = value.detach().cpu().numpy()
+    return out
+
+
+def read_weights(path: str | Path) -> Mapping[str, np.ndarray]:
+    """Open a weights file: safetensors (detected by content) or a PyTorch checkpoint."""
+    file = Path(path)
+    if not file.is_file():
+        raise UserError(f"weights file not found: {file}")
+    with open(file, "rb") as handle:
+        head = handle.read(9)
+    if head[:2] == b"PK" or head[:1] == b"\x80" or file.suffix in (".pt", ".pth", ".ckpt"):
+        return read_torch_checkpoint(file)  # zip (torch.save) or legacy pickle
+    if len(head) == 9 and head[8:9] == b"{":
+        return SafetensorsWeights(file)
+    raise UserError(f"{file}: not a safetensors file or a PyTorch checkpoint")
+
+
+def check_weights(graph: Graph, weights: Mapping[str, np.ndarray], source: str = "weights") -> None:
+    """Raise UserError listing the first mismatching keys (with shapes) if `weights` do not fit."""
+    expected = {p.name: p.shape for p in graph.params()}
+    wrong, missing = [], []
+    for name, shape in expected.items():
+        if name not in weights:
+            if not name.endswith(OPTIONAL_SUFFIXES):
+                missing.append(f"{name}: missing (expected shape {list(shape)})")
+            continue
+        got = _shape(weights, name)
+        if got != shape:
+            wrong.append(f"{name}: expected shape {list(shape)}, got {list(got)}")
+    unexpected = [f"{name}: not a parameter of {graph.name} (shape {list(_shape(weights, name))})"
+                  for name in weights if name not in expected]
+    problems = wrong + missing + unexpected
+    if problems:
+        shown = "\n  ".join(problems[:10])
+        more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
+        raise UserError(f"{source} do not fit {graph.name} ({len(wrong)} wrong shapes, "
+                        f"{len(missing)} missing, {len(unexpected)} unexpected):\n  {shown}{more}")
+
+
+def _shape(weights: Mapping[str, np.ndarray], name: str) -> tuple[int, ...]:
+    if isinstance(weights, (SafetensorsWeights, InitialWeights)):
+        return weights.shape(name)
+    return tuple(np.shape(weights[name]))
+
+
+class InitialWeights(Mapping[str, np.ndarray]):
+    """Deterministic initial weights, generated on demand, one tensor at a time.
+
+    Each tensor has its own random stream seeded by (seed, crc32(name)), so the bytes do not
+    depend on the order tensors are asked for. Convs follow torchvision's ResNet init
+    (He et al. 2015, fan_out, gain sqrt(2)) with the same variance 2 / fan_out, drawn from a
+    uniform distribution (bound sqrt(6 / fan_out)) because it is 3x cheaper to sample than a
+    normal one; BN weight 1 (0 for a zero-init last BN), bias 0, mean 0, variance 1; the
+    classifier uses PyTorch's nn.Linear default U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+    """
+
+    def __init__(self, graph: Graph, seed: int = 0):
+        self.seed = seed
+        self._params: dict[str, Param] = {p.name: p for p in graph.params()}
+        self._ops = {node.name: node.op for node in graph.nodes}
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._params)
+
+    def __len__(self) -> int:
+        return len(self._params)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self._params[name].shape
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        param = self._params[name]
+        op = self._ops[param.node]
+        suffix = name[len(param.node) + 1:]
+        if param.dtype == "int64":
+            return np.zeros(param.shape, np.int64)
+        if isinstance(op, ops.BatchNorm):
+            one = suffix == "running_var" or (suffix == "weight" and not op.zero_init)
+            return np.full(param.shape, 1.0 if one else 0.0, np.float32)
+        if isinstance(op, ops.Conv):
+            if suffix == "bias":
+                return np.zeros(param.shape, np.float32)
+            fan_out = op.out_channels * op.kernel_size**2
+            return self._uniform(name, param.shape, math.sqrt(6.0 / fan_out))
+        if isinstance(op, ops.Linear):
+            return self._uniform(name, param.shape, 1.0 / math.sqrt(op.in_features))
+        raise KeyError(f"no initialiser for {name} ({op.kind})")
+
+    def _uniform(self, name: str, shape: tuple[int, ...], bound: float) -> np.ndarray:
+        seed = np.random.SeedSequence([self.seed % 2**64, zlib.crc32(name.encode())])
+        values = np.random.Generator(np.random.SFC64(seed)).random(shape, np.float32)
+        values *= np.float32(2 * bound)  # in place: U[0, 1) -> U[-bound, bound)
+        values -= np.float32(bound)
+        return values
+
+
+def model_weights(graph: Graph, path: str | Path | None, seed: int = 0) -> Mapping[str, np.ndarray]:
+    """Weights for `graph`: read from `path` and checked, or initialised from `seed`."""
+    if path is None:
+        return InitialWeights(graph, seed)
+    weights = read_weights(path)
+    check_weights(graph, weights, source=f"weights {Path(path).name}")
+    return weights

@@ -1,0 +1,241 @@
+"""The HTTP application: Open Inference Protocol v2 routes, `/v1/classify` and `/metrics`.
+
+Routes (KServe v2 / Triton HTTP): `GET /v2/health/live`, `GET /v2/health/ready`, `GET /v2`,
+`GET /v2/models/{name}[/versions/{v}]`, `.../ready`, `.../config`, `POST .../infer`,
+`POST /v2/repository/index`; plus `POST /v1/classify` (an image -> top-k classes) and
+`GET /metrics` (Prometheus text format).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import zlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import numpy as np
+from fastapi import FastAPI, Query, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from resnext_compiler.runtimes.serve.batching import DynamicBatcher
+from resnext_compiler.runtimes.serve.config import ServeConfig
+from resnext_compiler.runtimes.serve.datatypes import triton_type
+from resnext_compiler.runtimes.serve.errors import ServeError, bad_request, install_error_handlers
+from resnext_compiler.runtimes.serve.images import decode_image, preprocess, top_k
+from resnext_compiler.runtimes.serve.limits import BodyLimitMiddleware
+from resnext_compiler.runtimes.serve.metrics import MetricsMiddleware, ServeMetrics
+from resnext_compiler.runtimes.serve.model import LoadedModel
+from resnext_compiler.runtimes.serve.protocol import (
+    check_model_version,
+    encode_infer_response,
+    parse_infer_request,
+    split_body,
+)
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+
+from resnext_compiler import __version__
+
+SERVER_NAME = "resnext-compile"
+EXTENSIONS = ["binary_tensor_data", "classification", "model_configuration"]
+PARSE_IN_THREAD_BYTES = 64 * 1024  # big JSON bodies are parsed off the event loop
+IMAGE_TYPES = ("image/jpeg", "image/png", "application/octet-stream")
+
+
+@dataclass
+class ServedModel:
+    model: LoadedModel
+    batcher: DynamicBatcher
+    labels: list[str] | None = None
+
+
+def create_app(models: list[LoadedModel], config: ServeConfig,
+               labels: dict[str, list[str]] | None = None) -> FastAPI:
+    """The ASGI app serving `models`; starts one batcher thread per model."""
+    metrics = ServeMetrics(max(model.max_batch for model in models))
+    served: dict[str, ServedModel] = {}
+    for model in models:
+        batcher = DynamicBatcher(model.run, model.max_batch, config.max_delay_s, config.max_queue,
+                                 on_batch=metrics.batch_observer(model.name), name=model.name)
+        metrics.track_queue(model.name, lambda b=batcher: b.depth)
+        served[model.name] = ServedModel(model, batcher, (labels or {}).get(model.name))
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        # uvicorn has already let in-flight requests finish; drain and stop the batchers
+        await asyncio.gather(*(asyncio.to_thread(s.batcher.close, config.graceful_timeout_s)
+                               for s in served.values()))
+
+    app = FastAPI(title=SERVER_NAME, version=__version__, lifespan=lifespan, docs_url=None,
+                  redoc_url=None, openapi_url=None)
+    app.state.served = served
+    app.state.metrics = metrics
+    install_error_handlers(app)
+    _add_protocol_routes(app, served, config)
+    _add_classify_route(app, served, config)
+
+    @app.get("/metrics")
+    async def prometheus_metrics() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=config.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    return app
+
+
+def _lookup(served: dict[str, ServedModel], name: str, version: str | None = None) -> ServedModel:
+    if name not in served:
+        raise ServeError(404, f"unknown model {name!r} (serving {', '.join(sorted(served))})")
+    check_model_version(version, served[name].model.version)
+    return served[name]
+
+
+def _add_protocol_routes(app: FastAPI, served: dict[str, ServedModel],
+                         config: ServeConfig) -> None:
+    def ready() -> bool:
+        return all(s.batcher.accepting for s in served.values())
+
+    @app.get("/v2/health/live")
+    async def live() -> dict:
+        return {"live": True}
+
+    @app.get("/v2/health/ready")
+    async def server_ready() -> dict:
+        if not ready():  # KServe v2: "a 4xx status code indicates false"
+            raise ServeError(400, "not ready: shutting down")
+        return {"ready": True}
+
+    @app.get("/v2")
+    async def server_metadata() -> dict:
+        return {"name": SERVER_NAME, "version": __version__, "extensions": EXTENSIONS}
+
+    @app.post("/v2/repository/index")
+    async def repository_index() -> list[dict]:
+        return [{"name": name, "version": s.model.version,
+                 "state": "READY" if s.batcher.accepting else "UNAVAILABLE"}
+                for name, s in served.items()]
+
+    @app.get("/v2/models/{name}")
+    @app.get("/v2/models/{name}/versions/{version}")
+    async def model_metadata(name: str, version: str | None = None) -> dict:
+        model = _lookup(served, name, version).model
+        return {"name": model.name, "versions": [model.version], "platform": "onnxruntime_onnx",
+                "inputs": [model.input.metadata()],
+                "outputs": [output.metadata() for output in model.outputs],
+                "parameters": model.metadata}
+
+    @app.get("/v2/models/{name}/ready")
+    @app.get("/v2/models/{name}/versions/{version}/ready")
+    async def model_ready(name: str, version: str | None = None) -> dict:
+        entry = _lookup(served, name, version)
+        if not entry.batcher.accepting:
+            raise ServeError(400, f"model {name!r} is not ready: shutting down")
+        return {"name": name, "ready": True}
+
+    @app.get("/v2/models/{name}/config")
+    @app.get("/v2/models/{name}/versions/{version}/config")
+    async def model_config(name: str, version: str | None = None) -> dict:
+        model = _lookup(served, name, version).model
+        batched = model.static_batch is None
+        def dims(shape: tuple[int, ...]) -> list[int]:
+            return list(shape[1:] if batched else shape)
+        return {
+            "name": model.name, "platform": "onnxruntime_onnx", "backend": "onnxruntime",
+            "max_batch_size": model.max_batch if batched else 0,
+            "input": [{"name": model.input.name, "data_type": triton_type(model.input.datatype),
+                       "dims": dims(model.input.shape)}],
+            "output": [{"name": out.name, "data_type": triton_type(out.datatype),
+                        "dims": dims(out.shape)} for out in model.outputs],
+            "dynamic_batching": {"max_queue_delay_microseconds": int(config.max_delay_ms * 1000)},
+        }
+
+    @app.post("/v2/models/{name}/infer")
+    @app.post("/v2/models/{name}/versions/{version}/infer")
+    async def infer(name: str, request: Request, version: str | None = None) -> Response:
+        entry = _lookup(served, name, version)
+        model = entry.model
+        body = _decode_content(await request.body(), request.headers.get("content-encoding"),
+                               config.max_body_bytes)
+        header, binary = split_body(body, request.headers.get("inference-header-content-length"))
+        arguments = (header, binary, model.input, model.outputs, model.max_batch,
+                     model.static_batch)
+        if len(header) > PARSE_IN_THREAD_BYTES:
+            parsed = await run_in_threadpool(parse_infer_request, *arguments)
+        else:
+            parsed = parse_infer_request(*arguments)
+        outputs = await entry.batcher.submit(parsed.inputs)
+        results = {info.name: array for info, array in zip(model.outputs, outputs, strict=True)}
+        infos = {info.name: info for info in model.outputs}
+        payload, headers = encode_infer_response(model.name, model.version, parsed, results,
+                                                 infos, entry.labels)
+        return Response(payload, headers=headers)
+
+
+def _decode_content(body: bytes, encoding: str | None, limit: int) -> bytes:
+    """Undo gzip/deflate request compression (tritonclient's option), never past `limit`."""
+    if encoding is None or encoding.strip().lower() in ("", "identity"):
+        return body
+    wbits = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}.get(encoding.strip().lower())
+    if wbits is None:
+        raise ServeError(415, f"unsupported Content-Encoding {encoding[:40]!r} (gzip, deflate)")
+    decompressor = zlib.decompressobj(wbits)
+    try:
+        data = decompressor.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise bad_request(f"corrupt {encoding} body: {exc}") from None
+    if len(data) > limit or decompressor.unconsumed_tail:
+        raise ServeError(413, f"decompressed body exceeds the {limit}-byte limit")
+    if not decompressor.eof:
+        raise bad_request(f"truncated {encoding} body")
+    return data
+
+
+def _add_classify_route(app: FastAPI, served: dict[str, ServedModel],
+                        config: ServeConfig) -> None:
+    @app.post("/v1/classify")
+    async def classify(request: Request, model: str | None = Query(None),
+                       top_k_count: int = Query(config.default_top_k, alias="top_k", ge=1,
+                                                le=10000)) -> dict:
+        if model is None and len(served) > 1:
+            raise bad_request(f"several models are served; choose one with ?model= "
+                              f"({', '.join(sorted(served))})")
+        entry = _lookup(served, model or next(iter(served)))
+        loaded = entry.model
+        if len(loaded.input.shape) != 4 or loaded.input.shape[1] != 3:
+            raise bad_request(f"model {loaded.name!r} does not take RGB images "
+                              f"(input shape {list(loaded.input.shape)})")
+        if loaded.static_batch not in (None, 1):
+            raise bad_request(f"model {loaded.name!r} has a fixed batch of "
+                              f"{loaded.static_batch}; classify sends one image")
+        data = await _image_bytes(request)
+        _, height, width = loaded.image_size
+        pixels = await run_in_threadpool(_prepare, data, config.max_image_pixels, height, width)
+        outputs = await entry.batcher.submit(pixels.astype(loaded.input_dtype, copy=False))
+        return {"model": loaded.name, "model_version": loaded.version,
+                "predictions": top_k(outputs[0][0], top_k_count, entry.labels)}
+
+
+def _prepare(data: bytes, max_pixels: int, height: int, width: int) -> np.ndarray:
+    return preprocess(decode_image(data, max_pixels, height, width), height, width)
+
+
+async def _image_bytes(request: Request) -> bytes:
+    """The uploaded image: a multipart field `file` (or `image`), or a raw image body."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type in IMAGE_TYPES:
+        return await request.body()
+    if content_type != "multipart/form-data":
+        raise ServeError(415, "send the image as multipart/form-data (field 'file') or as an "
+                         "image/jpeg or image/png body")
+    try:
+        form = await request.form(max_files=1, max_fields=16)
+    except Exception as exc:  # python-multipart's parse errors have no common base class
+        raise bad_request(f"malformed multipart body: {getattr(exc, 'detail', exc)}") from None
+    upload = form.get("file") or form.get("image")
+    if not isinstance(upload, UploadFile):
+        raise bad_request("multipart body has no file field named 'file' (or 'image')")
+    try:
+        return await upload.read()
+    finally:
+        await form.close()

@@ -1,0 +1,31 @@
+"""Serving settings: one frozen value passed from the CLI to the app, batchers and server."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Every knob of `resnext-compile serve`; the defaults are the CLI's defaults."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_batch: int = 32  # rows per onnxruntime call (Triton's max_batch_size)
+    max_delay_ms: float = 5.0  # how long the first request of a batch waits for company
+    max_queue: int = 256  # requests waiting for a batch; more -> 503 + Retry-After
+    device: str = "auto"  # auto | cpu | cuda
+    labels: Path | None = None
+    max_body_bytes: int = 64 * MiB  # refused with 413 before it is read
+    max_image_pixels: int = 50_000_000  # decompression-bomb guard, checked before decoding
+    default_top_k: int = 5
+    intra_op_threads: int = 0  # 0: onnxruntime's default (one per core)
+    graceful_timeout_s: float = 30.0  # in-flight requests get this long at shutdown
+    log_level: str = "info"
+
+    @property
+    def max_delay_s(self) -> float:
+        return self.max_delay_ms / 1000.0

@@ -1,0 +1,119 @@
+"""Running the app under uvicorn: in the foreground (the CLI) or in a thread (tests, benchmark).
+
+The listening socket is bound here, before uvicorn starts, so a busy port or a bad host is a
+`UserError` (exit 2) instead of uvicorn's own exit. On SIGINT/SIGTERM uvicorn stops accepting
+connections, lets in-flight requests finish (up to `graceful_timeout_s`), then the app's
+lifespan drains and stops the batchers.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+import threading
+import time
+from pathlib import Path
+
+from resnext_compiler.runtimes.serve.config import ServeConfig
+
+from resnext_compiler.errors import UserError
+
+log = logging.getLogger("resnext_compiler.serve")
+
+
+def load_models(model_path: Path, config: ServeConfig) -> tuple[list, dict[str, list[str]]]:
+    """Load every model under `model_path` and the labels file (if any) for each of them."""
+    from resnext_compiler.runtimes.serve.labels import load_labels
+    from resnext_compiler.runtimes.serve.model import LoadedModel, find_models
+
+    models = [LoadedModel(source, config.device, config.max_batch, config.intra_op_threads)
+              for source in find_models(model_path)]
+    labels = {}
+    if config.labels is not None:
+        for model in models:
+            labels[model.name] = load_labels(config.labels, model.outputs[0].shape[-1])
+    return models, labels
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on host:port (port 0: any free port)."""
+    try:
+        family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+    except ValueError:
+        family = socket.AF_INET  # a host name: resolved by bind()
+    # proto=IPPROTO_TCP: asyncio only sets TCP_NODELAY on accepted sockets whose proto says TCP;
+    # without it, Nagle + delayed ACK add 40 ms to every response written in two parts
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise UserError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _uvicorn_server(app, config: ServeConfig, log_config: dict | None):  # noqa: ANN001, ANN202
+    import uvicorn
+
+    settings = uvicorn.Config(app, log_level=config.log_level, access_log=False,
+                              timeout_graceful_shutdown=int(config.graceful_timeout_s),
+                              lifespan="on", log_config=log_config, server_header=False)
+    return uvicorn.Server(settings)
+
+
+def serve(model_path: Path, config: ServeConfig) -> None:
+    """Load, bind, serve until interrupted (the `resnext-compile serve` command)."""
+    import uvicorn.config
+    from resnext_compiler.runtimes.serve.app import create_app
+
+    models, labels = load_models(model_path, config)
+    sock = bind_socket(config.host, config.port)
+    if not ipaddress.ip_address(sock.getsockname()[0]).is_loopback:
+        log.warning("listening on %s, reachable from other machines; the server has no "
+                    "authentication", config.host)
+    for model in models:
+        log.info("serving %s v%s on %s (max batch %d, max delay %g ms) at http://%s:%d/v2/models/"
+                 "%s", model.name, model.version, model.provider, model.max_batch,
+                 config.max_delay_ms, config.host, sock.getsockname()[1], model.name)
+    server = _uvicorn_server(create_app(models, config, labels), config,
+                             uvicorn.config.LOGGING_CONFIG)
+    server.run(sockets=[sock])
+
+
+class BackgroundServer:
+    """A real uvicorn server on 127.0.0.1 and a free port, in a thread (`with` block)."""
+
+    def __init__(self, app, config: ServeConfig | None = None):  # noqa: ANN001 - ASGI app
+        self.config = config or ServeConfig(log_level="warning")
+        self._server = _uvicorn_server(app, self.config, None)
+        self._socket = bind_socket("127.0.0.1", 0)
+        self.port = self._socket.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._socket]},
+                                        name="uvicorn", daemon=True)
+
+    def __enter__(self) -> BackgroundServer:
+        self._thread.start()
+        deadline = time.monotonic() + 30
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self, timeout: float = 30) -> None:
+        """Graceful shutdown, as on SIGTERM: in-flight requests finish first."""
+        self._server.should_exit = True
+        self._thread.join(timeout)
+        self._socket.close()
+
+    @property
+    def stopped(self) -> bool:
+        return not self._thread.is_alive()
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()

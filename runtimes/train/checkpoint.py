@@ -1,0 +1,81 @@
+"""Checkpoints: the full training state (`checkpoints/last.pt`) and the weights alone
+(`model.safetensors`), both written atomically (temp file + fsync + rename).
+
+`last.pt` holds only tensors and plain containers, so `torch.load(weights_only=True)` reads
+it: {"format", "model", "optimizer", "scaler", "rng", "position": {"epoch", "step"},
+"partial" (running sums of an unfinished epoch), "history" (metrics rows), "spec_hash"}.
+Weight keys are the IR's state-dict names (torchvision's), never prefixed with `module.`.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from resnext_compiler.artifacts import atomic_writer, write_bytes_atomic
+from resnext_compiler.errors import UserError
+
+FORMAT = "resnext-compile-train/1"
+CHECKPOINT = Path("checkpoints") / "last.pt"
+WEIGHTS = Path("model.safetensors")
+
+
+def portable_state(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Contiguous CPU copies with wrapper prefixes (`module.`, `_orig_mod.`) removed."""
+    out = {}
+    for key, value in state_dict.items():
+        for prefix in ("module.", "_orig_mod."):
+            key = key.removeprefix(prefix)
+        out[key] = value.detach().to("cpu", copy=True).contiguous()
+    return out
+
+
+def save_training_state(path: Path, state: dict[str, Any]) -> None:
+    with atomic_writer(path, "wb") as handle:
+        torch.save({"format": FORMAT, **state}, handle)
+
+
+def load_training_state(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise UserError(f"no checkpoint to resume from: expected {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a damaged file
+        raise UserError(f"{path}: not a readable training checkpoint ({exc})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise UserError(f"{path}: not a resnext-compile training checkpoint "
+                        f"(expected format {FORMAT!r})")
+    return state
+
+
+def save_weights(path: Path, state_dict: Mapping[str, torch.Tensor],
+                 metadata: dict[str, str] | None = None) -> None:
+    from safetensors.torch import save
+
+    write_bytes_atomic(path, save(portable_state(state_dict), metadata=metadata))
+
+
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors from `.safetensors`, a training checkpoint, or a `.pt` state dict."""
+    if not path.is_file():
+        raise UserError(f"weights file not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load
+
+        try:
+            return load(path.read_bytes())
+        except Exception as exc:
+            raise UserError(f"{path}: not a readable safetensors file ({exc})") from None
+    try:
+        data = torch.load(io.BytesIO(path.read_bytes()), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise UserError(f"{path}: not a readable PyTorch weights file ({exc})") from None
+    if isinstance(data, dict) and isinstance(data.get("model"), dict):
+        data = data["model"]
+    if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
+        raise UserError(f"{path}: expected a state dict (or a checkpoint with a 'model' entry)")
+    return portable_state(data)

@@ -1,0 +1,105 @@
+"""CIFAR-10/100 in their "python version" batch format (Krizhevsky 2009), read without pickle's
+power to run code: only numpy arrays, lists, dicts and bytes may appear in the files.
+
+Layout (as extracted from cifar-10-python.tar.gz / cifar-100-python.tar.gz):
+  CIFAR-10:  data_batch_1 ... data_batch_5, test_batch, batches.meta
+  CIFAR-100: train, test, meta
+Each batch is a dict with b"data" (N, 3072) uint8 (R, G, B planes of 32x32) and b"labels"
+(CIFAR-10) or b"fine_labels" (CIFAR-100).
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from resnext_compiler.errors import UserError
+
+_LAYOUT = {
+    "cifar10": (["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4",
+                 "data_batch_5"], ["test_batch"], "batches.meta", b"labels", b"label_names", 10),
+    "cifar100": (["train"], ["test"], "meta", b"fine_labels", b"fine_label_names", 100),
+}
+_SUBFOLDER = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
+_ARCHIVE = {"cifar10": "cifar-10-python.tar.gz", "cifar100": "cifar-100-python.tar.gz"}
+
+_ALLOWED = {
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"), ("_codecs", "encode"),
+}
+
+
+class _ArraysOnly(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+
+
+def _read_pickle(path: Path) -> Any:
+    try:
+        return _ArraysOnly(io.BytesIO(path.read_bytes()), encoding="bytes").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
+            IndexError, KeyError) as exc:
+        raise UserError(f"{path}: not a CIFAR python batch file ({exc})") from None
+
+
+def find_root(data_dir: Path, dataset: str) -> Path:
+    """`data_dir` itself or its standard sub-folder, whichever holds the batch files."""
+    train_files = _LAYOUT[dataset][0]
+    for root in (data_dir, data_dir / _SUBFOLDER[dataset]):
+        if (root / train_files[0]).is_file():
+            return root
+    train, test = _LAYOUT[dataset][:2]
+    expected = ", ".join([*train, *test])
+    raise UserError(
+        f"{dataset} data not found in {data_dir}: expected the python-version batch files "
+        f"({expected}) there or in {data_dir / _SUBFOLDER[dataset]} (extract "
+        f"{_ARCHIVE[dataset]}; nothing is downloaded)")
+
+
+def _read_batch(path: Path, label_key: bytes, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    if not path.is_file():
+        raise UserError(f"{path}: missing CIFAR batch file")
+    batch = _read_pickle(path)
+    if not isinstance(batch, dict) or b"data" not in batch or label_key not in batch:
+        keys = sorted(batch) if isinstance(batch, dict) else type(batch).__name__
+        raise UserError(f"{path}: expected a dict with b'data' and {label_key!r}; got {keys}")
+    data = np.asarray(batch[b"data"])
+    labels = np.asarray(batch[label_key])
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        raise UserError(f"{path}: expected b'data' of shape (N, 3072) uint8; got "
+                        f"{data.shape} {data.dtype}")
+    if labels.shape != (data.shape[0],) or labels.min() < 0 or labels.max() >= num_classes:
+        raise UserError(f"{path}: expected {data.shape[0]} labels in 0..{num_classes - 1}")
+    return data.reshape(-1, 3, 32, 32), labels.astype(np.int64)
+
+
+def _class_names(root: Path, meta_file: str, names_key: bytes, num_classes: int) -> list[str]:
+    path = root / meta_file
+    if path.is_file():
+        meta = _read_pickle(path)
+        names = meta.get(names_key) if isinstance(meta, dict) else None
+        if isinstance(names, list) and len(names) == num_classes:
+            return [n.decode() if isinstance(n, bytes) else str(n) for n in names]
+    return [str(i) for i in range(num_classes)]
+
+
+def read_cifar(data_dir: Path, dataset: str) -> tuple[dict[str, tuple[torch.Tensor,
+                                                                        torch.Tensor]], list[str]]:
+    """{"train": (images, labels), "val": (images, labels)} as tensors, and class names."""
+    root = find_root(data_dir, dataset)
+    train_files, test_files, meta_file, label_key, names_key, num_classes = _LAYOUT[dataset]
+    splits = {}
+    for split, files in (("train", train_files), ("val", test_files)):
+        parts = [_read_batch(root / f, label_key, num_classes) for f in files]
+        images = np.concatenate([p[0] for p in parts])
+        labels = np.concatenate([p[1] for p in parts])
+        splits[split] = (torch.from_numpy(images), torch.from_numpy(labels))
+    return splits, _class_names(root, meta_file, names_key, num_classes)

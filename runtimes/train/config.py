@@ -1,0 +1,204 @@
+"""The resolved settings of one training run: the spec's `train:` section plus CLI overrides.
+
+Learning-rate scaling follows the seed (facebookresearch/ResNeXt `opts.lua`, Goyal et al. 2017):
+the spec's `(batch_size, lr)` pair is a reference point and the rate scales linearly with the
+global batch (ImageNet 256 -> 0.1; CIFAR 128 -> 0.1, 64 -> 0.05, 32 -> 0.025).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from resnext_compiler.errors import UserError
+from resnext_compiler.spec import Spec
+
+SCHEDULES = ("step", "cosine")
+AUGMENTS = ("auto", "none", "crop", "crop-flip", "rrc-flip")
+DATASETS = ("imagenet", "cifar10", "cifar100", "imagefolder", "digits", "synthetic")
+AMP_DTYPES = ("bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class TrainOverrides:
+    """CLI flags; None means "take the spec's value"."""
+
+    dataset: str | None = None
+    data_dir: str | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    schedule: str | None = None
+    milestones: tuple[int, ...] | None = None
+    warmup_epochs: int | None = None
+    weight_decay: float | None = None
+    label_smoothing: float | None = None
+    augment: str | None = None
+    accum_steps: int = 1
+    nproc: int = 1
+    device: str = "cpu"  # cpu | cuda
+    amp: bool = False
+    amp_dtype: str | None = None  # default: bf16 on CPU, fp16 on CUDA
+    channels_last: bool = False
+    compile: bool = False
+    seed: int = 0
+    workers: int = 2
+    threads: int = 0  # 0: PyTorch's default (one per core)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training process needs; stored as `train.json` in the run directory."""
+
+    run_dir: str
+    dataset: str
+    data_dir: str | None
+    epochs: int
+    batch_size: int  # global batch per optimizer step
+    lr: float  # rate at `batch_size`
+    reference_batch: int  # the spec's (batch_size, lr) pair the rate was scaled from
+    reference_lr: float
+    lr_from_flag: bool
+    schedule: str
+    milestones: tuple[int, ...]
+    warmup_epochs: int
+    weight_decay: float
+    momentum: float
+    nesterov: bool
+    label_smoothing: float
+    augment: str
+    accum_steps: int = 1
+    nproc: int = 1
+    device: str = "cpu"
+    amp_dtype: str | None = None  # None: fp32
+    channels_last: bool = False
+    compile: bool = False
+    seed: int = 0
+    workers: int = 2
+    threads: int = 0
+    eval_batch_size: int = 256
+
+    @property
+    def micro_batch(self) -> int:
+        """Images per forward pass in one process."""
+        return self.batch_size // (self.nproc * self.accum_steps)
+
+    def describe_lr(self) -> str:
+        if self.lr_from_flag:
+            return f"lr {self.lr:g} (from --lr)"
+        return (f"lr {self.lr:g} = {self.reference_lr:g} x {self.batch_size}/{self.reference_batch}"
+                f" (linear scaling from the spec's batch {self.reference_batch} -> lr "
+                f"{self.reference_lr:g})")
+
+    def describe_schedule(self) -> str:
+        if self.schedule == "cosine":
+            text = "cosine"
+        else:
+            text = "step x0.1 at epochs " + (", ".join(map(str, self.milestones)) or "(none)")
+        if self.warmup_epochs:
+            text += f", {self.warmup_epochs} warmup epoch(s)"
+        return text
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> TrainConfig:
+        data = json.loads(text)
+        known = {f.name for f in fields(cls)}
+        data = {k: v for k, v in data.items() if k in known}
+        data["milestones"] = tuple(data.get("milestones", ()))
+        return cls(**data)
+
+    def with_epochs(self, epochs: int) -> TrainConfig:
+        return replace(self, epochs=epochs)
+
+
+def scaled_lr(reference_lr: float, reference_batch: int, batch_size: int) -> float:
+    """Linear scaling rule: the rate grows with the global batch (Goyal et al. 2017)."""
+    return reference_lr * batch_size / reference_batch
+
+
+def default_milestones(dataset: str, epochs: int) -> tuple[int, ...]:
+    """ImageNet: x0.1 every 30 epochs (seed, He et al. 2016); CIFAR-style: at 50% and 75%."""
+    if dataset in ("imagenet", "imagefolder"):
+        return tuple(range(30, epochs, 30))
+    return tuple(sorted({max(1, math.ceil(epochs * 0.5)), max(1, math.ceil(epochs * 0.75))}))
+
+
+def _check_choice(flag: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise UserError(f"{flag} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def resolve_config(spec: Spec, overrides: TrainOverrides, run_dir: Path) -> TrainConfig:
+    """Merge the spec's `train:` defaults with CLI overrides and check they fit together."""
+    train = spec.train
+    o = overrides
+    dataset = o.dataset or train.dataset
+    _check_choice("--dataset", dataset, DATASETS)
+    schedule = o.schedule or train.schedule
+    _check_choice("--schedule", schedule, SCHEDULES)
+    augment = o.augment or train.augment
+    _check_choice("--augment", augment, AUGMENTS)
+    epochs = o.epochs if o.epochs is not None else train.epochs
+    batch_size = o.batch_size if o.batch_size is not None else train.batch_size
+    for flag, value in (("--epochs", epochs), ("--batch-size", batch_size),
+                        ("--accum-steps", o.accum_steps), ("--nproc/--gpus", o.nproc)):
+        if value < 1:
+            raise UserError(f"{flag} must be at least 1; got {value}")
+    if batch_size % (o.nproc * o.accum_steps):
+        raise UserError(
+            f"the global batch {batch_size} does not split evenly over {o.nproc} process(es) x "
+            f"{o.accum_steps} accumulation step(s); choose --batch-size as a multiple of "
+            f"{o.nproc * o.accum_steps}")
+    if o.lr is not None and o.lr <= 0:
+        raise UserError(f"--lr must be positive; got {o.lr}")
+    warmup = o.warmup_epochs if o.warmup_epochs is not None else train.warmup_epochs
+    if warmup < 0 or (warmup > 0 and warmup >= epochs):
+        raise UserError(f"--warmup-epochs must be between 0 and epochs - 1 ({epochs - 1}); "
+                        f"got {warmup}")
+    milestones = o.milestones if o.milestones is not None else train.milestones
+    if milestones is None:
+        milestones = default_milestones(dataset, epochs)
+    if list(milestones) != sorted(set(milestones)) or any(m < 1 for m in milestones):
+        raise UserError(f"milestones must be increasing positive epochs; got {list(milestones)}")
+    amp_dtype = None
+    if o.amp:
+        amp_dtype = o.amp_dtype or ("bf16" if o.device == "cpu" else "fp16")
+        _check_choice("--amp-dtype", amp_dtype, AMP_DTYPES)
+        if amp_dtype == "fp16" and o.device == "cpu":
+            raise UserError("fp16 autocast needs a GPU; on CPU use --amp-dtype bf16")
+    if o.data_dir is None and dataset in ("imagenet", "imagefolder", "cifar10", "cifar100"):
+        raise UserError(f"the {dataset} data set needs --data DIR (nothing is downloaded); "
+                        "run `resnext-compile train` with no arguments for the embedded digits")
+    lr = o.lr if o.lr is not None else scaled_lr(train.lr, train.batch_size, batch_size)
+    return TrainConfig(
+        run_dir=str(run_dir), dataset=dataset, data_dir=o.data_dir, epochs=epochs,
+        batch_size=batch_size, lr=lr, reference_batch=train.batch_size, reference_lr=train.lr,
+        lr_from_flag=o.lr is not None, schedule=schedule, milestones=tuple(milestones),
+        warmup_epochs=warmup,
+        weight_decay=o.weight_decay if o.weight_decay is not None else train.weight_decay,
+        momentum=train.momentum, nesterov=train.nesterov,
+        label_smoothing=(o.label_smoothing if o.label_smoothing is not None
+                         else train.label_smoothing),
+        augment=augment, accum_steps=o.accum_steps, nproc=o.nproc, device=o.device,
+        amp_dtype=amp_dtype, channels_last=o.channels_last, compile=o.compile, seed=o.seed,
+        workers=o.workers, threads=o.threads,
+    )
+
+
+def effective_spec(spec: Spec, config: TrainConfig) -> Spec:
+    """The spec with its `train:` section set to what this run used (written as spec.yaml)."""
+    from resnext_compiler.spec import TrainSpec
+
+    train = TrainSpec(
+        dataset=config.dataset, epochs=config.epochs, batch_size=config.batch_size,
+        lr=config.lr, schedule=config.schedule, milestones=list(config.milestones) or None,
+        warmup_epochs=config.warmup_epochs, weight_decay=config.weight_decay,
+        momentum=config.momentum, nesterov=config.nesterov,
+        label_smoothing=config.label_smoothing, augment=config.augment)
+    resolved = spec.model_copy(update={"train": train})
+    resolved._source = spec._source
+    return resolved

@@ -1,0 +1,136 @@
+"""Open a data set by name as (train, val) image sets that fit a spec.
+
+digits:      embedded UCI handwritten digits (1797 real 8x8 grey images, `data/digits.npz`);
+             every fifth image (index % 5 == 4) is the validation split, 359 images.
+cifar10/100: python-version batches from `--data DIR` (see `cifar.py`).
+imagenet, imagefolder: `DIR/train/<class>/` and `DIR/val/<class>/` (see `folder.py`).
+synthetic:   random images and labels at the spec's input size, for benchmarking.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from resnext_compiler.errors import Diagnostic, SpecError, UserError
+from resnext_compiler.runtimes.train.folder import EVAL_CROP_FRACTION, FolderImages, scan
+from resnext_compiler.runtimes.train.images import ImageSet, InMemoryImages, channel_stats
+from resnext_compiler.spec import Spec
+
+SYNTHETIC_TRAIN, SYNTHETIC_VAL = 512, 128
+SMALL_INPUT = 64  # at or below this many pixels, ImageNet-style sets use the CIFAR pad crop
+
+
+@dataclass
+class DataSplits:
+    train: ImageSet
+    val: ImageSet
+    description: str
+
+
+def resolve_augment(augment: str, dataset: str, size: int) -> str:
+    """`auto`: CIFAR pad crop + flip; ImageNet rrc + flip (pad crop + flip when <= 64 px);
+    digits pad crop without flip (a mirrored 2 is not a 2); synthetic none."""
+    if augment != "auto":
+        return augment
+    if dataset == "digits":
+        return "crop"
+    if dataset == "synthetic":
+        return "none"
+    if dataset in ("imagenet", "imagefolder") and size > SMALL_INPUT:
+        return "rrc-flip"
+    return "crop-flip"
+
+
+def _spec_problem(spec: Spec, field: tuple[str, ...], message: str) -> SpecError:
+    return SpecError([Diagnostic(message, ".".join(field), spec.locate(field))])
+
+
+def _check_fit(spec: Spec, dataset: str, num_classes: int, channels: int | None) -> None:
+    if spec.head.num_classes != num_classes:
+        raise _spec_problem(
+            spec, ("head", "num_classes"),
+            f"the spec has {spec.head.num_classes} classes but the {dataset} data has "
+            f"{num_classes}; set head.num_classes: {num_classes}")
+    if channels is not None and spec.input.channels != channels:
+        raise _spec_problem(
+            spec, ("input", "channels"),
+            f"the spec's input has {spec.input.channels} channel(s) but {dataset} images have "
+            f"{channels}; set input.channels: {channels}")
+
+
+def _digits() -> tuple[torch.Tensor, torch.Tensor]:
+    with resources.files("resnext_compiler.runtimes.train.data").joinpath(
+            "digits.npz").open("rb") as handle:
+        data = np.load(handle)
+        images, labels = data["images"], data["labels"]
+    # Pixel counts 0..16 -> 0..255 so every data set shares one uint8 convention.
+    scaled = np.round(images.astype(np.float32) * (255.0 / 16.0)).astype(np.uint8)
+    return torch.from_numpy(scaled[:, None]), torch.from_numpy(labels.astype(np.int64))
+
+
+def _in_memory(spec: Spec, name: str, stats_name: str, splits: dict[str, tuple[torch.Tensor,
+               torch.Tensor]], classes: list[str], augment: str, seed: int) -> DataSplits:
+    size = (spec.input.height, spec.input.width)
+    mean, std = channel_stats(stats_name, spec.input.channels)
+    train_x, train_y = splits["train"]
+    val_x, val_y = splits["val"]
+    train = InMemoryImages(name, train_x, train_y, classes, mean, std, size, augment, seed)
+    val = InMemoryImages(name, val_x, val_y, classes, mean, std, size)
+    return DataSplits(train, val, f"{name}: {len(train)} train / {len(val)} val images, "
+                      f"{len(classes)} classes, {train_x.shape[2]}x{train_x.shape[3]} px"
+                      + (f" resized to {size[0]}x{size[1]}" if size != tuple(train_x.shape[2:])
+                         else ""))
+
+
+def open_dataset(spec: Spec, dataset: str, data_dir: str | None, augment: str = "auto",
+                 seed: int = 0) -> DataSplits:
+    """Train and val splits of `dataset`, checked against the spec's classes and channels."""
+    recipe = resolve_augment(augment, dataset, min(spec.input.height, spec.input.width))
+    if dataset == "digits":
+        images, labels = _digits()
+        _check_fit(spec, "digits", 10, 1)
+        val = torch.arange(len(labels)) % 5 == 4
+        splits = {"train": (images[~val], labels[~val]), "val": (images[val], labels[val])}
+        return _in_memory(spec, "digits (embedded UCI handwritten digits)", "digits", splits,
+                          [str(i) for i in range(10)], recipe, seed)
+    if dataset == "synthetic":
+        c, h, w = spec.input.channels, spec.input.height, spec.input.width
+        k = spec.head.num_classes
+        g = torch.Generator().manual_seed(seed)
+        splits = {
+            split: (torch.randint(0, 256, (n, c, h, w), dtype=torch.uint8, generator=g),
+                    torch.randint(0, k, (n,), generator=g))
+            for split, n in (("train", SYNTHETIC_TRAIN), ("val", SYNTHETIC_VAL))
+        }
+        return _in_memory(spec, "synthetic (random images)", "synthetic", splits,
+                          [str(i) for i in range(k)], recipe, seed)
+    if data_dir is None:
+        raise UserError(f"the {dataset} data set needs --data DIR (nothing is downloaded)")
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise UserError(f"--data {data_dir}: no such directory")
+    if dataset in ("cifar10", "cifar100"):
+        from resnext_compiler.runtimes.train.cifar import read_cifar
+
+        splits, classes = read_cifar(root, dataset)
+        _check_fit(spec, dataset, len(classes), 3)
+        return _in_memory(spec, dataset, dataset, splits, classes, recipe, seed)
+    if dataset in ("imagenet", "imagefolder"):
+        train_samples, classes = scan(root / "train")
+        val_samples, _ = scan(root / "val", classes)
+        _check_fit(spec, f"{dataset} folder {root}", len(classes), None)
+        size = (spec.input.height, spec.input.width)
+        mean, std = channel_stats("imagenet", spec.input.channels)
+        fraction = EVAL_CROP_FRACTION if min(size) > SMALL_INPUT else 1.0
+        train = FolderImages(dataset, train_samples, classes, spec.input.channels, size, mean,
+                             std, recipe, seed, fraction)
+        val = FolderImages(dataset, val_samples, classes, spec.input.channels, size, mean, std,
+                           "none", seed, fraction)
+        return DataSplits(train, val, f"{dataset} {root}: {len(train)} train / {len(val)} val "
+                          f"images, {len(classes)} classes, crops of {size[0]}x{size[1]}")
+    raise UserError(f"unknown data set {dataset!r}")

@@ -1,0 +1,84 @@
+"""Single-crop top-1 / top-5 error, the metric of the paper's tables (Xie et al. 2017, Table 3-5).
+
+ImageNet-style folders: resize the shorter side to 256 and take the centre 224 crop (in
+proportion for other input sizes); CIFAR and digits: the test images as they are.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from resnext_compiler.runtimes.train.distributed import DistContext
+from resnext_compiler.runtimes.train.images import ImageSet
+from resnext_compiler.runtimes.train.loader import batches
+from resnext_compiler.runtimes.train.metrics import topk_wrong
+from resnext_compiler.runtimes.train.sampler import shard
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    loss: float
+    top1_error: float  # percent
+    top5_error: float  # percent
+    images: int
+
+
+def autocast(device: str, amp_dtype: str | None) -> contextlib.AbstractContextManager:
+    if amp_dtype is None:
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if amp_dtype == "bf16" else torch.float16
+    return torch.autocast(device_type=device, dtype=dtype)
+
+
+@torch.no_grad()
+def evaluate_model(model: torch.nn.Module, images: ImageSet, batch_size: int = 256,
+                   device: str = "cpu", context: DistContext | None = None,
+                   channels_last: bool = False, amp_dtype: str | None = None,
+                   workers: int = 0) -> EvalResult:
+    """Error of `model` on every image of `images` (sharded over ranks, sums all-reduced)."""
+    context = context or DistContext()
+    was_training = model.training
+    model.eval()
+    indices = shard(len(images), context.world_size, context.rank)
+    jobs = list(indices.split(batch_size))
+    totals = torch.zeros(4, dtype=torch.float64)  # loss sum, top-1 misses, top-5 misses, n
+    for x, y in batches(images, jobs, epoch=0, workers=workers):
+        x = x.to(device, non_blocking=True)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = y.to(device, non_blocking=True)
+        with autocast(device, amp_dtype):
+            logits = model(x)
+        logits = logits.float()
+        loss = F.cross_entropy(logits, y, reduction="sum")
+        totals += torch.cat([loss.double().reshape(1), topk_wrong(logits, y),
+                             torch.tensor([len(y)], dtype=torch.float64, device=y.device)]).cpu()
+    totals = context.all_reduce_sum(totals)
+    model.train(was_training)
+    n = max(1.0, float(totals[3]))
+    return EvalResult(float(totals[0]) / n, 100 * float(totals[1]) / n,
+                      100 * float(totals[2]) / n, int(totals[3]))
+
+
+def evaluate_weights(spec_path: Path, weights: Path, dataset: str | None, data_dir: str | None,
+                     batch_size: int = 256, device: str = "cpu",
+                     workers: int = 2) -> tuple[EvalResult, str]:
+    """Load SPEC with WEIGHTS and measure it on the validation split of the data set."""
+    from resnext_compiler.backends.torch_module import build_module, load_weights
+    from resnext_compiler.pipeline import compile_spec
+    from resnext_compiler.runtimes.train.checkpoint import read_weights
+    from resnext_compiler.runtimes.train.datasets import open_dataset
+    from resnext_compiler.spec import load_spec
+
+    spec = load_spec(spec_path)
+    chosen = dataset or spec.train.dataset
+    data = open_dataset(spec, chosen, data_dir, augment="none")
+    model = build_module(compile_spec(spec), seed=None)
+    load_weights(model, read_weights(weights))
+    model.to(device)
+    return evaluate_model(model, data.val, batch_size, device, workers=workers), data.description

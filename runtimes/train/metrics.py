@@ -1,0 +1,47 @@
+"""Top-k error (the seed's table metric) and the per-epoch metrics log of a run.
+
+The log is `metrics.jsonl` (one JSON object per epoch) and `metrics.csv` (the same rows),
+both rewritten atomically from the history kept in the checkpoint, so a killed run never
+leaves rows for an epoch whose checkpoint was not written.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from resnext_compiler.artifacts import write_text_atomic
+
+COLUMNS = ("epoch", "train_loss", "train_top1_error", "train_top5_error", "val_loss",
+           "val_top1_error", "val_top5_error", "lr", "images_per_s", "epoch_time_s")
+
+
+def topk_wrong(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """[top-1 misses, top-5 misses] as a float64 tensor (top-k capped at the class count)."""
+    k = min(5, logits.shape[1])
+    top = logits.topk(k, dim=1).indices
+    hit = top == target[:, None]
+    return torch.stack([(~hit[:, 0]).sum(), (~hit.any(dim=1)).sum()]).to(torch.float64)
+
+
+def write_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
+    lines = "".join(json.dumps(row) + "\n" for row in history)
+    write_text_atomic(run_dir / "metrics.jsonl", lines)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(history)
+    write_text_atomic(run_dir / "metrics.csv", buffer.getvalue())
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """The rows of `run_dir/metrics.jsonl` (empty when the run has not finished an epoch)."""
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

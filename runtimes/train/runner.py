@@ -1,0 +1,165 @@
+"""Start or resume a run: prepare the run directory, check the data, then train in this process
+or in `nproc` torchrun workers, and summarise the result from the run directory.
+
+A run directory holds `spec.yaml` (the spec with the `train:` values this run used),
+`train.json` (every resolved setting), `metrics.jsonl`/`metrics.csv`, `checkpoints/last.pt`
+and `model.safetensors`.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from contextlib import ExitStack
+from dataclasses import dataclass, replace
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from resnext_compiler.artifacts import write_text_atomic
+from resnext_compiler.errors import ResnextError, UserError
+from resnext_compiler.runtimes.train.checkpoint import CHECKPOINT, WEIGHTS
+from resnext_compiler.runtimes.train.config import (
+    TrainConfig,
+    TrainOverrides,
+    effective_spec,
+    resolve_config,
+)
+from resnext_compiler.runtimes.train.metrics import read_metrics
+from resnext_compiler.spec import Spec, load_spec
+
+CONFIG_FILE = "train.json"
+DEFAULT_SPEC = "default_spec.yaml"
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    run_dir: Path
+    spec_name: str
+    epochs: int
+    history: list[dict[str, Any]]
+    interrupted: bool
+    reference_top1_error: float | None
+
+    @property
+    def final(self) -> dict[str, Any] | None:
+        return self.history[-1] if self.history else None
+
+    def lines(self) -> list[str]:
+        out = []
+        final = self.final
+        if final is not None:
+            line = (f"{self.spec_name}: val top-1 error {final['val_top1_error']:.2f}% "
+                    f"(accuracy {100 - final['val_top1_error']:.2f}%), top-5 error "
+                    f"{final['val_top5_error']:.2f}% after {final['epoch']} epoch(s)")
+            if self.reference_top1_error is not None:
+                line += f"; this spec's reference: top-1 error <= {self.reference_top1_error}%"
+            out.append(line)
+        if self.interrupted:
+            out.append(f"interrupted: state saved to {self.run_dir / CHECKPOINT}; continue with\n"
+                       f"  resnext-compile train --resume {self.run_dir}")
+        out.append(f"run directory: {self.run_dir}")
+        if (self.run_dir / WEIGHTS).is_file():
+            out.append("export it with:\n  resnext-compile "
+                       f"{self.run_dir / 'spec.yaml'} --backend onnx --weights "
+                       f"{self.run_dir / WEIGHTS}")
+        return out
+
+
+def default_spec_path(stack: ExitStack) -> Path:
+    """The small spec `resnext-compile train` uses with no arguments (package data)."""
+    resource = resources.files("resnext_compiler.runtimes.train").joinpath(DEFAULT_SPEC)
+    return stack.enter_context(resources.as_file(resource))
+
+
+def default_run_dir(spec: Spec, root: Path = Path("runs")) -> Path:
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    candidate = root / f"{spec.name}-{stamp}"
+    suffix = 2
+    while candidate.exists():
+        candidate = root / f"{spec.name}-{stamp}-{suffix}"
+        suffix += 1
+    return candidate
+
+
+def prepare_run(spec_path: Path | None, overrides: TrainOverrides,
+                run_dir: Path | None) -> TrainConfig:
+    """Resolve settings, check the spec and data, and write spec.yaml + train.json."""
+    from resnext_compiler.pipeline import compile_spec
+    from resnext_compiler.runtimes.train.datasets import open_dataset
+
+    with ExitStack() as stack:
+        path = spec_path if spec_path is not None else default_spec_path(stack)
+        if not path.is_file():
+            raise UserError(f"spec file not found: {path}")
+        spec = load_spec(path)
+    compile_spec(spec)  # located spec errors before anything is written
+    run_dir = run_dir if run_dir is not None else default_run_dir(spec)
+    if (run_dir / CHECKPOINT).exists() or (run_dir / CONFIG_FILE).exists():
+        raise UserError(f"{run_dir} already holds a run; continue it with "
+                        f"`resnext-compile train --resume {run_dir}` or choose another --run-dir")
+    config = resolve_config(spec, overrides, run_dir)
+    open_dataset(spec, config.dataset, config.data_dir, config.augment, config.seed)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(run_dir / "spec.yaml", effective_spec(spec, config).to_yaml())
+    write_text_atomic(run_dir / CONFIG_FILE, config.to_json())
+    return config
+
+
+def resume_config(run_dir: Path, epochs: int | None = None) -> TrainConfig:
+    """The settings of an existing run (optionally with more epochs)."""
+    path = run_dir / CONFIG_FILE
+    if not run_dir.is_dir():
+        raise UserError(f"--resume {run_dir}: no such run directory")
+    if not path.is_file() or not (run_dir / "spec.yaml").is_file():
+        raise UserError(f"--resume {run_dir}: not a run directory (expected {CONFIG_FILE} and "
+                        "spec.yaml written by `resnext-compile train`)")
+    if not (run_dir / CHECKPOINT).is_file():
+        raise UserError(f"--resume {run_dir}: no checkpoint yet (expected {run_dir / CHECKPOINT};"
+                        " the run stopped before finishing its first epoch)")
+    config = TrainConfig.from_json(path.read_text())
+    config = replace(config, run_dir=str(run_dir))
+    if epochs is not None:
+        if epochs < 1:
+            raise UserError(f"--epochs must be at least 1; got {epochs}")
+        config = config.with_epochs(epochs)
+        write_text_atomic(path, config.to_json())
+    done = len(read_metrics(run_dir))
+    if done >= config.epochs:
+        raise UserError(f"{run_dir} has already finished {done} of {config.epochs} epochs; pass "
+                        "--epochs N with a larger N to train longer")
+    return config
+
+
+def _launch_workers(config: TrainConfig, resume: bool) -> None:
+    from resnext_compiler.runtimes.train.distributed import launch
+
+    args = ["--resume"] if resume else []
+    process = launch(Path(config.run_dir) / CONFIG_FILE, config.nproc, args)
+    while True:
+        try:
+            code = process.wait()
+            break
+        except KeyboardInterrupt:  # workers got the signal too; wait for them to save
+            continue
+    if code != 0:
+        raise ResnextError(f"training failed in a worker process (torchrun exit code {code}); "
+                           "see the messages above")
+
+
+def execute(config: TrainConfig, resume: bool = False) -> RunSummary:
+    """Train to `config.epochs` and summarise; raises on failure, returns when interrupted."""
+    from resnext_compiler.runtimes.train.distributed import DistContext
+    from resnext_compiler.runtimes.train.loop import train_process
+
+    run_dir = Path(config.run_dir)
+    if config.nproc > 1:
+        _launch_workers(config, resume)
+    else:
+        train_process(config, DistContext(), resume)
+    history = read_metrics(run_dir)
+    spec = load_spec(run_dir / "spec.yaml")
+    reference = spec.reference.top1_error if spec.reference is not None else None
+    return RunSummary(run_dir, spec.name, config.epochs, history,
+                      interrupted=len(history) < config.epochs,
+                      reference_top1_error=reference)
+

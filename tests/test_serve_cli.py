@@ -1,0 +1,57 @@
+"""`resnext-compile serve` as a user runs it: a subprocess, provider logged, clean SIGTERM."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+from test_serve_helpers import write_tiny_onnx
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_serve_command_logs_provider_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
+    model = write_tiny_onnx(tmp_path / "tiny.onnx", spec_name="tiny")
+    labels = tmp_path / "labels.txt"
+    labels.write_text("".join(f"label{index}\n" for index in range(10)))
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "resnext_compiler.cli", "serve", str(model), "--port", str(port),
+         "--labels", str(labels), "--max-batch", "4", "--threads", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, process.communicate()[0]
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/v2/health/ready").status_code == 200:
+                    break
+            except httpx.ConnectError:
+                assert time.monotonic() < deadline, "server did not start"
+                time.sleep(0.1)
+        config = httpx.get(f"http://127.0.0.1:{port}/v2/models/tiny/config").json()
+        assert config["max_batch_size"] == 4
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, output
+    assert "on CPUExecutionProvider" in output and f"127.0.0.1:{port}" in output
+
+
+def test_serving_modules_do_not_import_torch() -> None:
+    code = ("import sys, resnext_compiler.cli, resnext_compiler.runtimes.serve.server, "
+            "resnext_compiler.runtimes.serve.app; print('torch' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True)
+    assert result.stdout.strip() == "False"
