@@ -24,7 +24,7 @@ from resnext_compiler.ir import Graph
 from resnext_compiler.naming import file_stem, one_line
 from resnext_compiler.passes.fold_bn import fold_batchnorm
 from resnext_compiler.spec import Spec
-from resnext_compiler.weights import model_weights
+from resnext_compiler.weights import check_weights, model_weights
 
 # Opset 18 runs on every onnxruntime this project supports (>= 1.18) and on Triton's
 # onnxruntime backend; the operators used here have not changed since opset 15.
@@ -41,8 +41,12 @@ def max_opset() -> int:
 
 
 def export_onnx(graph: Graph, options: CompileOptions, output: str | Path,
-                description: str = "") -> Path:
-    """Write `graph` as an ONNX model to `output` (atomically) and return the path."""
+                description: str = "", weights: Mapping[str, np.ndarray] | None = None) -> Path:
+    """Write `graph` as an ONNX model to `output` (atomically) and return the path.
+
+    Weights come from `weights` (numpy arrays keyed by parameter name, e.g. a training run's
+    state dict) when given, else from `options.weights` (a file) or `options.seed`.
+    """
     opset = options.opset if options.opset is not None else DEFAULT_OPSET
     if not MIN_OPSET <= opset <= max_opset():
         raise UserError(f"--opset must be between {MIN_OPSET} and {max_opset()}, got {opset}")
@@ -51,17 +55,24 @@ def export_onnx(graph: Graph, options: CompileOptions, output: str | Path,
     if options.batch is not None and options.batch < 1:
         raise UserError(f"--batch must be a positive integer, got {options.batch}")
     float_type = FLOAT_TYPES[options.dtype]
-    weights: Mapping[str, np.ndarray] = model_weights(graph, options.weights, options.seed)
+    if weights is not None:
+        check_weights(graph, weights)
+        source = "in-memory state dict"
+    elif options.weights is not None:
+        weights, source = model_weights(graph, options.weights), options.weights.name
+    else:
+        weights = model_weights(graph, None, options.seed)
+        source = f"initialised, seed {options.seed}"
     if options.fold_bn:
         graph, weights = fold_batchnorm(graph, weights)
-    model = _model_proto(graph, opset, float_type, options, description)
+    model = _model_proto(graph, opset, float_type, options, description, source)
     initializers = [Initializer(s.name, s.shape, s.elem_type)
                     for s in weight_specs(graph, float_type)]
     return write_model(output, model, initializers, weights.__getitem__)
 
 
 def _model_proto(graph: Graph, opset: int, float_type: int, options: CompileOptions,
-                 description: str) -> ModelProto:
+                 description: str, weights_source: str) -> ModelProto:
     model = ModelProto(
         ir_version=helper.find_min_ir_version_for([OperatorSetIdProto(domain="", version=opset)]),
         producer_name="resnext-compile",
@@ -75,8 +86,7 @@ def _model_proto(graph: Graph, opset: int, float_type: int, options: CompileOpti
         "spec_name": graph.metadata.get("spec_name", graph.name),
         "spec_hash": graph.metadata.get("spec_hash", ""),
         "compiler_version": graph.metadata.get("compiler_version", __version__),
-        "weights": options.weights.name if options.weights is not None else
-        f"initialised, seed {options.seed}",
+        "weights": weights_source,
         "dtype": options.dtype,
         "fold_bn": str(options.fold_bn).lower(),
     }

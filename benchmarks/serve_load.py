@@ -61,12 +61,14 @@ def start_server(model: Path, port: int, max_batch: int, max_delay_ms: float) ->
     raise SystemExit("server did not become ready")
 
 
-def batch_histogram(port: int) -> tuple[float, float]:
-    """(rows, batches) so far, from the server's batch-size histogram."""
+def batch_counts(port: int) -> dict[int, float]:
+    """onnxruntime calls so far by exact batch size, from the server's metrics."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    total = re.search(r"^resnext_serve_batch_size_sum\{[^}]*\} (\S+)$", text, re.MULTILINE)
-    count = re.search(r"^resnext_serve_batch_size_count\{[^}]*\} (\S+)$", text, re.MULTILINE)
-    return float(total.group(1)) if total else 0.0, float(count.group(1)) if count else 0.0
+    counts: dict[int, float] = {}
+    for rows, value in re.findall(r'^resnext_serve_batches_total\{[^}]*rows="(\d+)"[^}]*\} (\S+)$',
+                                  text, re.MULTILINE):
+        counts[int(rows)] = counts.get(int(rows), 0.0) + float(value)
+    return counts
 
 
 async def drive(port: int, model: str, shape: list[int], clients: int, duration: float,
@@ -94,20 +96,39 @@ async def drive(port: int, model: str, shape: list[int], clients: int, duration:
     return latencies, time.perf_counter() - started
 
 
-def in_process(model: Path, batch: int, shape: list[int], min_seconds: float) -> list[float]:
-    """Seconds per onnxruntime call at `batch` (same session options as the server)."""
-    import onnxruntime as ort
+class InProcess:
+    """Median seconds per onnxruntime call by batch size, measured once per anchor size."""
 
-    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
-    inputs = np.random.default_rng(0).normal(size=[batch, *shape[1:]]).astype(np.float32)
-    session.run(None, {"input": inputs})
-    times: list[float] = []
-    started = time.perf_counter()
-    while time.perf_counter() - started < min_seconds or len(times) < 3:
-        sent = time.perf_counter()
-        session.run(None, {"input": inputs})
-        times.append(time.perf_counter() - sent)
-    return times
+    def __init__(self, model: Path, shape: list[int], min_seconds: float, max_batch: int):
+        from resnext_compiler.runtimes.serve.model import LoadedModel, ModelSource
+
+        # the server's own session class: same providers and session options
+        self.model = LoadedModel(ModelSource("reference", "1", model), "cpu", max_batch)
+        self.shape, self.min_seconds = shape, min_seconds
+        self.measured: dict[int, list[float]] = {}
+
+    def times(self, batch: int) -> list[float]:
+        if batch not in self.measured:
+            inputs = np.random.default_rng(0).normal(size=[batch, *self.shape[1:]]).astype(
+                np.float32)
+            self.model.run(inputs)
+            times: list[float] = []
+            started = time.perf_counter()
+            while time.perf_counter() - started < self.min_seconds or len(times) < 2:
+                sent = time.perf_counter()
+                self.model.run(inputs)
+                times.append(time.perf_counter() - sent)
+            self.measured[batch] = times
+        return self.measured[batch]
+
+    def seconds(self, batch: int) -> float:
+        """Time of one call at `batch`, interpolated between power-of-two anchors."""
+        if batch & (batch - 1) == 0:
+            return float(np.median(self.times(batch)))
+        low = 1 << (batch.bit_length() - 1)
+        high = low * 2
+        weight = (batch - low) / (high - low)
+        return (1 - weight) * self.seconds(low) + weight * self.seconds(high)
 
 
 def main() -> None:
@@ -131,40 +152,41 @@ def main() -> None:
         del meta
         port = free_port()
         server = start_server(model, port, args.max_batch, args.max_delay_ms)
+        # measured right after each level, while the idle server leaves the cores alone, so
+        # both sides see about the same background load
+        reference = InProcess(model, shape, min(args.duration, 5), args.max_batch)
         rows: list[dict] = []
         try:
             for clients in levels:
                 asyncio.run(drive(port, name, shape, clients, 0.0, clients))  # warm up
-                before = batch_histogram(port)
+                before = batch_counts(port)
                 latencies, wall = asyncio.run(drive(port, name, shape, clients, args.duration,
                                                     2 * clients))
-                after = batch_histogram(port)
-                batches = max(after[1] - before[1], 1.0)
+                after = batch_counts(port)
+                formed = {size: after[size] - before.get(size, 0.0) for size in after
+                          if after[size] > before.get(size, 0.0)}
+                batches, formed_rows = sum(formed.values()), sum(s * n for s, n in formed.items())
                 rows.append({"clients": clients, "requests": len(latencies),
                              "throughput": len(latencies) / wall,
                              "p50": np.percentile(latencies, 50) * 1000,
                              "p99": np.percentile(latencies, 99) * 1000,
-                             "mean_batch": (after[0] - before[0]) / batches})
+                             "formed": formed, "mean_batch": formed_rows / max(batches, 1.0)})
+                busy = sum(count * reference.seconds(size) for size, count in formed.items())
+                rows[-1]["reference"] = formed_rows / busy
+                rows[-1]["ratio"] = rows[-1]["throughput"] / rows[-1]["reference"]
                 print(f"clients={clients}: {rows[-1]}", file=sys.stderr, flush=True)
         finally:
             server.terminate()
             server.wait(60)
-        single = in_process(model, 1, shape, min(args.duration, 10))
-        for row in rows:
-            batch = max(1, round(row["mean_batch"]))
-            seconds = single if batch == 1 else in_process(model, batch, shape,
-                                                          min(args.duration, 10))
-            row["batch"] = batch
-            row["reference"] = batch / float(np.median(seconds))
-            row["ratio"] = row["throughput"] / row["reference"]
-        overhead = rows[0]["p50"] - float(np.median(single)) * 1000 if levels[0] == 1 else None
+        single = float(np.median(reference.times(1)))
+        overhead = rows[0]["p50"] - single * 1000 if levels[0] == 1 else None
 
     print(f"\nModel {name} {shape[1:]}, onnxruntime {ort.__version__} CPU, "
           f"{os.cpu_count()} cores ({platform.processor() or platform.machine()}), loopback, "
           f"max batch {args.max_batch}, max delay {args.max_delay_ms} ms, {args.duration:g} s per "
           "level\n")
     print("| clients | requests | server img/s | p50 ms | p99 ms | mean batch formed "
-          "| in-process img/s at that batch | ratio |")
+          "| in-process img/s, same batches | ratio |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for row in rows:
         print(f"| {row['clients']} | {row['requests']} | {row['throughput']:.2f} | "
@@ -172,7 +194,11 @@ def main() -> None:
               f"{row['reference']:.2f} | {row['ratio']:.2f} |")
     if overhead is not None:
         print(f"\nHTTP overhead at batch 1: {overhead:.1f} ms (server p50 {rows[0]['p50']:.1f} ms "
-              f"vs in-process p50 {np.median(single) * 1000:.1f} ms)")
+              f"vs in-process p50 {single * 1000:.1f} ms)")
+    print("\nBatch sizes formed: " + "; ".join(
+        f"{row['clients']} clients: " + ", ".join(f"{size}x{count:.0f}" for size, count in
+                                                  sorted(row["formed"].items()))
+        for row in rows))
 
 
 if __name__ == "__main__":

@@ -180,6 +180,8 @@ class InitialWeights(Mapping[str, np.ndarray]):
     classifier uses PyTorch's nn.Linear default U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
     """
 
+    fresh_arrays = True  # every lookup returns a new array that the caller may modify
+
     def __init__(self, graph: Graph, seed: int = 0):
         self.seed = seed
         self._params: dict[str, Param] = {p.name: p for p in graph.params()}

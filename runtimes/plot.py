@@ -35,9 +35,10 @@ def plot_runs(runs: list[Path], output: Path, title: str | None = None) -> Path:
             raise UserError(f"{run}: no finished epochs to plot (expected {run / 'metrics.jsonl'}"
                             " written by `resnext-compile train`)")
         loaded.append((_run_label(run), rows))
-    labels = [label for label, _ in loaded]
-    if len(set(labels)) < len(labels):  # same spec twice: tell the runs apart
-        labels = [f"{label} ({run.name})" for label, run in zip(labels, runs, strict=True)]
+    names = [label for label, _ in loaded]
+    # The same spec twice: tell those runs apart by their directory names.
+    labels = [f"{name} ({run.name})" if names.count(name) > 1 else name
+              for name, run in zip(names, runs, strict=True)]
 
     import matplotlib
 

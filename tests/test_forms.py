@@ -190,3 +190,25 @@ def test_needs_conversion_reads_the_form_from_weight_names():
     assert not needs_conversion(names_c, graph_c)
     assert needs_conversion(names_c, graph_a)
     assert not needs_conversion([p.name for p in graph_a.params()], graph_a)
+
+
+def test_cli_onnx_export_of_each_form_gives_the_same_outputs(run_cli, write_spec, tmp_path):
+    """import-weights --form F, then `resnext-compile SPEC --form F --weights` to ONNX."""
+    ort = pytest.importorskip("onnxruntime")
+    path = write_spec(TINY.format(**VARIANTS["plain"]))
+    model = build_module(compile_spec(load_spec(path)), seed=5)
+    torch.save(model.state_dict(), tmp_path / "c.pth")
+    x = np.random.default_rng(0).normal(size=(2, 3, 16, 16)).astype(np.float32)
+    outputs = {}
+    for form in "ABC":
+        weights, onnx_file = tmp_path / f"{form}.safetensors", tmp_path / f"{form}.onnx"
+        assert run_cli("import-weights", tmp_path / "c.pth", "--spec", path, "--form", form,
+                       "-o", weights).code == 0
+        result = run_cli(path, "--form", form, "--weights", weights, "--backend", "onnx",
+                         "-o", onnx_file)
+        assert result.code == 0, result
+        session = ort.InferenceSession(str(onnx_file))
+        outputs[form] = session.run(None, {session.get_inputs()[0].name: x})[0]
+    assert np.abs(outputs["C"]).max() > 0.01
+    assert np.abs(outputs["A"] - outputs["C"]).max() <= 1e-4  # float32
+    assert np.abs(outputs["B"] - outputs["C"]).max() <= 1e-4

@@ -11,10 +11,9 @@ import httpx
 import numpy as np
 import onnxruntime as ort
 import pytest
-from test_serve_helpers import load_tiny, running_server, write_tiny_onnx
-
 from resnext_compiler.runtimes.serve.batching import DynamicBatcher
 from resnext_compiler.runtimes.serve.errors import ServeError
+from test_serve_helpers import load_tiny, running_server, write_tiny_onnx
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +70,16 @@ def test_32_concurrent_clients_get_their_own_answers(tiny_path: Path) -> None:
     batches = metric(metrics, "resnext_serve_batch_size_count")
     assert batches < 32, "concurrent requests were not batched together"
     assert metric(metrics, 'resnext_serve_requests_total{endpoint="infer",status="200"}') == 32
+
+
+def test_a_lone_request_does_not_wait_for_the_batch_delay(tiny_path: Path) -> None:
+    body = infer_body(np.zeros((1, 3, 32, 32), np.float32))
+    with running_server([load_tiny(tiny_path)], max_delay_ms=2000) as server:
+        with httpx.Client(base_url=server.url) as client:
+            started = time.perf_counter()
+            for _ in range(3):
+                assert client.post("/v2/models/tiny/infer", json=body).status_code == 200
+            assert time.perf_counter() - started < 2.0  # nobody else in progress: run at once
 
 
 def test_batches_hold_at_most_max_batch_rows_and_keep_order() -> None:

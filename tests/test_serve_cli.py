@@ -45,7 +45,9 @@ def test_serve_command_logs_provider_serves_and_stops_on_sigterm(tmp_path: Path)
     finally:
         if process.poll() is None:
             process.kill()
-    assert process.returncode == 0, output
+    # uvicorn shuts down gracefully, then re-raises the signal so the exit status reports it
+    assert process.returncode in (0, -signal.SIGTERM), output
+    assert "Application shutdown complete" in output
     assert "on CPUExecutionProvider" in output and f"127.0.0.1:{port}" in output
 
 

@@ -171,7 +171,8 @@ def malformed_requests(seed: int = 0) -> Iterator[tuple[str, str, dict, bytes]]:
     for method, path in [("GET", URL), ("DELETE", URL), ("PUT", "/v1/classify"),
                          ("GET", "/v2/models/missing"), ("GET", "/v2/models/tiny/versions/9"),
                          ("POST", "/v2/models/missing/infer"), ("GET", "/nope"),
-                         ("GET", "/v2/models/%00/ready"), ("POST", "/v2/models/tiny/versions/x/infer"),
+                         ("GET", "/v2/models/%00/ready"),
+                         ("POST", "/v2/models/tiny/versions/x/infer"),
                          ("GET", "/v2/models/" + "a" * 2000), ("POST", "/metrics")]:
         yield method, path, {}, b"{}"
 

@@ -87,12 +87,12 @@ def train_command(
     if resume is not None:
         given = [flag for flag, value in (
             ("SPEC", spec), ("--data", data), ("--dataset", dataset),
-            ("--batch-size", batch_size), ("--lr", lr), ("--schedule", schedule),
+            ("--batch-size", batch_size), ("--schedule", schedule),
             ("--run-dir", run_dir)) if value is not None]
         if given:
-            raise UserError(f"--resume continues with the run's own settings; drop {', '.join(given)}"
-                            " (only --epochs may change)")
-        config = resume_config(resume, epochs)
+            raise UserError(f"--resume continues with the run's own settings; drop "
+                            f"{', '.join(given)} (only --epochs and --lr may change)")
+        config = resume_config(resume, epochs, lr)
     else:
         overrides = TrainOverrides(
             dataset=dataset, data_dir=str(data) if data is not None else None, epochs=epochs,

@@ -93,7 +93,11 @@ class FoldedWeights(Mapping[str, np.ndarray]):
         scale, shift = self._affine(bn)
         if suffix == "weight":
             weight = np.asarray(self._weights[name], np.float32)
-            return weight * scale.astype(np.float32).reshape(-1, *([1] * (weight.ndim - 1)))
+            per_channel = scale.astype(np.float32).reshape(-1, *([1] * (weight.ndim - 1)))
+            if getattr(self._weights, "fresh_arrays", False) and weight.flags.writeable:
+                weight *= per_channel  # a new array nobody else holds: scale it in place
+                return weight
+            return weight * per_channel
         bias_name = f"{conv}.bias"
         if bias_name in self._weights:  # a conv that already had a bias
             return (shift + np.asarray(self._weights[bias_name], np.float64) * scale

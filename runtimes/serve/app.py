@@ -9,11 +9,13 @@ Routes (KServe v2 / Triton HTTP): `GET /v2/health/live`, `GET /v2/health/ready`,
 from __future__ import annotations
 
 import asyncio
+import os
 import zlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
+import anyio.to_thread
 import numpy as np
 from fastapi import FastAPI, Query, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -56,7 +58,8 @@ def create_app(models: list[LoadedModel], config: ServeConfig,
     served: dict[str, ServedModel] = {}
     for model in models:
         batcher = DynamicBatcher(model.run, model.max_batch, config.max_delay_s, config.max_queue,
-                                 on_batch=metrics.batch_observer(model.name), name=model.name)
+                                 on_batch=metrics.batch_observer(model.name), name=model.name,
+                                 open_connections=lambda: _open_connections(app))
         metrics.track_queue(model.name, lambda b=batcher: b.depth)
         served[model.name] = ServedModel(model, batcher, (labels or {}).get(model.name))
 
@@ -82,6 +85,19 @@ def create_app(models: list[LoadedModel], config: ServeConfig,
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=config.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app
+
+
+def _open_connections(app: FastAPI) -> int:
+    """Open client connections, when the server told us how to count them (else: unknown)."""
+    counter = getattr(app.state, "open_connections", None)
+    return counter() if counter is not None else 1 << 30
+
+
+def count_connections_of(app: FastAPI, server: object) -> None:
+    """Let the batchers see uvicorn's open connections (uvicorn.Server.server_state)."""
+    state = getattr(server, "server_state", None)
+    if state is not None and hasattr(state, "connections"):
+        app.state.open_connections = lambda: len(state.connections)
 
 
 def _lookup(served: dict[str, ServedModel], name: str, version: str | None = None) -> ServedModel:
@@ -193,6 +209,9 @@ def _decode_content(body: bytes, encoding: str | None, limit: int) -> bytes:
 
 def _add_classify_route(app: FastAPI, served: dict[str, ServedModel],
                         config: ServeConfig) -> None:
+    # decoded images are large (up to max_image_pixels x 3 bytes): one decode per core at a time
+    decoders = anyio.CapacityLimiter(os.cpu_count() or 1)
+
     @app.post("/v1/classify")
     async def classify(request: Request, model: str | None = Query(None),
                        top_k_count: int = Query(config.default_top_k, alias="top_k", ge=1,
@@ -210,7 +229,8 @@ def _add_classify_route(app: FastAPI, served: dict[str, ServedModel],
                               f"{loaded.static_batch}; classify sends one image")
         data = await _image_bytes(request)
         _, height, width = loaded.image_size
-        pixels = await run_in_threadpool(_prepare, data, config.max_image_pixels, height, width)
+        pixels = await anyio.to_thread.run_sync(_prepare, data, config.max_image_pixels, height,
+                                                width, limiter=decoders)
         outputs = await entry.batcher.submit(pixels.astype(loaded.input_dtype, copy=False))
         return {"model": loaded.name, "model_version": loaded.version,
                 "predictions": top_k(outputs[0][0], top_k_count, entry.labels)}

@@ -4,7 +4,10 @@ Like Triton's dynamic batcher: the first waiting request opens a batch, which cl
 holds `max_batch` rows or `max_delay` has passed since it opened. Batches run in one worker
 thread, off the event loop (onnxruntime releases the GIL while it computes), and the next
 batch gathers while the current one runs. The queue is bounded: a full queue is refused at
-once (503 + Retry-After) rather than letting latency grow without limit. `close()` stops new
+once (503 + Retry-After) rather than letting latency grow without limit. Unlike Triton, a batch
+stops waiting at once when every open client connection already has a request in it
+(`open_connections`), so a lone client does not pay `max_delay` on every request, while many
+connected clients still get their full `max_delay` to fill a batch. `close()` stops new
 work and lets everything already queued finish (graceful shutdown).
 """
 
@@ -43,12 +46,14 @@ class DynamicBatcher:
 
     def __init__(self, run: Callable[[np.ndarray], list[np.ndarray]], max_batch: int,
                  max_delay_s: float, max_queue: int,
-                 on_batch: Callable[[int, float], None] | None = None, name: str = "model"):
+                 on_batch: Callable[[int, float], None] | None = None, name: str = "model",
+                 open_connections: Callable[[], int] | None = None):
         if max_batch < 1 or max_queue < 1 or max_delay_s < 0:
             raise ValueError("max_batch and max_queue must be >= 1 and max_delay >= 0")
         self._run, self.max_batch, self.max_delay_s = run, max_batch, max_delay_s
         self.max_queue = max_queue
         self._on_batch = on_batch
+        self._open_connections = open_connections
         self._queue: queue.Queue = queue.Queue()
         self._lock = threading.Lock()
         self._waiting = 0  # requests queued and not yet taken into a batch
@@ -113,6 +118,8 @@ class DynamicBatcher:
             batch, rows = [first], first.rows
             deadline = time.monotonic() + self.max_delay_s
             while rows < self.max_batch:
+                if self._nobody_else_coming(len(batch)):
+                    break
                 item = self._take(deadline)
                 if item is None:
                     break
@@ -123,6 +130,11 @@ class DynamicBatcher:
                 batch.append(item)
                 rows += item.rows
             self._execute(batch)
+
+    def _nobody_else_coming(self, batched: int) -> bool:
+        """True when every open client connection already has its request in this batch."""
+        return (self._open_connections is not None and self._queue.empty()
+                and self._open_connections() <= batched)
 
     def _execute(self, batch: list[_Request]) -> None:
         live = [request for request in batch if not request.future.done()]  # client gone: skip

@@ -47,6 +47,13 @@ class ServeMetrics:
         self.batch_latency = Histogram("resnext_serve_batch_latency_seconds",
                                        "onnxruntime time per batch", ["model"],
                                        buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.batches = Counter("resnext_serve_batches", "onnxruntime calls by exact rows",
+                               ["model", "rows"], registry=self.registry)
+        self.in_progress = Gauge("resnext_serve_inference_requests_in_progress",
+                                 "infer and classify requests received and not yet answered",
+                                 registry=self.registry)
+        self.in_progress.set_function(lambda: self.inference_in_progress)
+        self.inference_in_progress = 0
         self.queue_depth = Gauge("resnext_serve_queue_depth", "Requests waiting for a batch",
                                  ["model"], registry=self.registry)
 
@@ -56,6 +63,7 @@ class ServeMetrics:
         def observe(rows: int, seconds: float) -> None:
             size.observe(rows)
             latency.observe(seconds)
+            self.batches.labels(model, str(rows)).inc()  # rows <= max batch: bounded labels
 
         return observe
 
@@ -76,6 +84,10 @@ class MetricsMiddleware:
             return
         started = time.perf_counter()
         status = 500
+        endpoint = endpoint_of(scope.get("path", ""))
+        inference = endpoint in ("infer", "classify")
+        if inference:
+            self.metrics.inference_in_progress += 1
 
         async def send_and_watch(message: Message) -> None:
             nonlocal status
@@ -86,6 +98,7 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_and_watch)
         finally:
-            endpoint = endpoint_of(scope.get("path", ""))
+            if inference:
+                self.metrics.inference_in_progress -= 1
             self.metrics.requests.labels(endpoint, str(status)).inc()
             self.metrics.latency.labels(endpoint).observe(time.perf_counter() - started)

@@ -113,6 +113,9 @@ class LoadedModel:
 
         self.name, self.version, self.path = source.name, source.version, source.onnx_path
         options = ort.SessionOptions()
+        # idle onnxruntime threads spin by default, taking cores from the event loop that
+        # parses the next requests; a server is better off letting them sleep
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if intra_op_threads:
             options.intra_op_num_threads = intra_op_threads
         try:

@@ -58,11 +58,14 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 def _uvicorn_server(app, config: ServeConfig, log_config: dict | None):  # noqa: ANN001, ANN202
     import uvicorn
+    from resnext_compiler.runtimes.serve.app import count_connections_of
 
     settings = uvicorn.Config(app, log_level=config.log_level, access_log=False,
                               timeout_graceful_shutdown=int(config.graceful_timeout_s),
                               lifespan="on", log_config=log_config, server_header=False)
-    return uvicorn.Server(settings)
+    server = uvicorn.Server(settings)
+    count_connections_of(app, server)
+    return server
 
 
 def serve(model_path: Path, config: ServeConfig) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from resnext_compiler.errors import UserError
 from resnext_compiler.spec import Spec
@@ -110,9 +110,6 @@ class TrainConfig:
         data = {k: v for k, v in data.items() if k in known}
         data["milestones"] = tuple(data.get("milestones", ()))
         return cls(**data)
-
-    def with_epochs(self, epochs: int) -> TrainConfig:
-        return replace(self, epochs=epochs)
 
 
 def scaled_lr(reference_lr: float, reference_batch: int, batch_size: int) -> float:

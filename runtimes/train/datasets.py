@@ -1,7 +1,7 @@
 """Open a data set by name as (train, val) image sets that fit a spec.
 
 digits:      embedded UCI handwritten digits (1797 real 8x8 grey images, `data/digits.npz`);
-             every fifth image (index % 5 == 4) is the validation split, 359 images.
+             every fifth image of each digit is the validation split (355 images).
 cifar10/100: python-version batches from `--data DIR` (see `cifar.py`).
 imagenet, imagefolder: `DIR/train/<class>/` and `DIR/val/<class>/` (see `folder.py`).
 synthetic:   random images and labels at the spec's input size, for benchmarking.
@@ -73,6 +73,15 @@ def _digits() -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(scaled[:, None]), torch.from_numpy(labels.astype(np.int64))
 
 
+def _every_fifth_per_class(labels: torch.Tensor) -> torch.Tensor:
+    """A fixed, class-balanced 80/20 split: the 5th, 10th, ... image of each class."""
+    rank = torch.zeros_like(labels)
+    for label in labels.unique():
+        members = labels == label
+        rank[members] = torch.arange(int(members.sum()))
+    return rank % 5 == 4
+
+
 def _in_memory(spec: Spec, name: str, stats_name: str, splits: dict[str, tuple[torch.Tensor,
                torch.Tensor]], classes: list[str], augment: str, seed: int) -> DataSplits:
     size = (spec.input.height, spec.input.width)
@@ -94,7 +103,7 @@ def open_dataset(spec: Spec, dataset: str, data_dir: str | None, augment: str = 
     if dataset == "digits":
         images, labels = _digits()
         _check_fit(spec, "digits", 10, 1)
-        val = torch.arange(len(labels)) % 5 == 4
+        val = _every_fifth_per_class(labels)
         splits = {"train": (images[~val], labels[~val]), "val": (images[val], labels[val])}
         return _in_memory(spec, "digits (embedded UCI handwritten digits)", "digits", splits,
                           [str(i) for i in range(10)], recipe, seed)

@@ -40,6 +40,7 @@ from resnext_compiler.runtimes.train.progress import Progress
 from resnext_compiler.runtimes.train.sampler import GlobalBatchSampler
 from resnext_compiler.runtimes.train.schedule import LRSchedule
 from resnext_compiler.runtimes.train.seeding import sample_hash
+from resnext_compiler.spec import Spec
 
 
 class TrainingDiverged(ResnextError):
@@ -73,6 +74,13 @@ class _StopRequest:
     def __exit__(self, *exc: object) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+
+
+def network_hash(spec: Spec) -> str:
+    """Identity of the network alone: a resumed run may change `train:` (lr, epochs)."""
+    from resnext_compiler.spec import TrainSpec
+
+    return spec.model_copy(update={"train": TrainSpec()}).spec_hash()
 
 
 def _step_seed(config: TrainConfig, rank: int, epoch: int, step: int) -> int:
@@ -155,13 +163,13 @@ class Trainer:
             "partial": self.partial.clone(),
             "train_seconds": self.train_seconds,
             "history": self.history,
-            "spec_hash": self.spec.spec_hash(),
+            "spec_hash": network_hash(self.spec),
         }
 
     def restore(self, state: dict[str, Any]) -> None:
-        if state.get("spec_hash") != self.spec.spec_hash():
-            raise UserError(f"{self.run_dir / 'spec.yaml'} changed since the checkpoint was "
-                            "written; resume needs the spec the run started with")
+        if state.get("spec_hash") != network_hash(self.spec):
+            raise UserError(f"the network in {self.run_dir / 'spec.yaml'} changed since the "
+                            "checkpoint was written; resume needs the spec the run started with")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if state.get("scaler"):
@@ -200,15 +208,16 @@ class Trainer:
 
     def _diverged(self, epoch: int, step: int, lr: float) -> TrainingDiverged:
         path = self.checkpoint_path()
-        if path.is_file():
-            done = len(self.history)
-            keep = f"the last good checkpoint is {path} (after epoch {done}), left unchanged"
-        else:
-            keep = "no checkpoint had been written yet"
+        where = f"loss became NaN/inf at epoch {epoch + 1}, step {step + 1} (lr {lr:.4g})"
+        hint = " or train in fp32" if self.config.amp_dtype else ""
+        if not path.is_file():
+            return TrainingDiverged(
+                f"{where}; training stopped before any checkpoint was written. Start again with "
+                f"a lower --lr (e.g. {self.config.lr / 10:.4g}) or --warmup-epochs{hint}")
         return TrainingDiverged(
-            f"loss became NaN/inf at epoch {epoch + 1}, step {step + 1} (lr {lr:.4g}); training "
-            f"stopped and {keep}. Lower --lr, add --warmup-epochs or use fp32, then resume with "
-            f"`resnext-compile train --resume {self.run_dir}`")
+            f"{where}; training stopped and the last good checkpoint {path} (after epoch "
+            f"{len(self.history)}) is unchanged. Continue from it with a lower rate{hint}: "
+            f"resnext-compile train --resume {self.run_dir} --lr {self.config.lr / 10:.4g}")
 
     def _train_epoch(self, epoch: int, start_step: int, stop: _StopRequest) -> bool:
         """Train one epoch from `start_step`; False when a stop was requested and saved."""

@@ -105,8 +105,9 @@ def prepare_run(spec_path: Path | None, overrides: TrainOverrides,
     return config
 
 
-def resume_config(run_dir: Path, epochs: int | None = None) -> TrainConfig:
-    """The settings of an existing run (optionally with more epochs)."""
+def resume_config(run_dir: Path, epochs: int | None = None,
+                  lr: float | None = None) -> TrainConfig:
+    """The settings of an existing run, optionally with more epochs or another rate."""
     path = run_dir / CONFIG_FILE
     if not run_dir.is_dir():
         raise UserError(f"--resume {run_dir}: no such run directory")
@@ -121,7 +122,14 @@ def resume_config(run_dir: Path, epochs: int | None = None) -> TrainConfig:
     if epochs is not None:
         if epochs < 1:
             raise UserError(f"--epochs must be at least 1; got {epochs}")
-        config = config.with_epochs(epochs)
+        config = replace(config, epochs=epochs)
+    if lr is not None:
+        if lr <= 0:
+            raise UserError(f"--lr must be positive; got {lr}")
+        config = replace(config, lr=lr, lr_from_flag=True)
+    if epochs is not None or lr is not None:
+        spec = load_spec(run_dir / "spec.yaml")
+        write_text_atomic(run_dir / "spec.yaml", effective_spec(spec, config).to_yaml())
         write_text_atomic(path, config.to_json())
     done = len(read_metrics(run_dir))
     if done >= config.epochs:

@@ -1,0 +1,236 @@
+"""The DOT backend: a Graphviz picture of the IR.
+
+By default each residual block is one box that states what the paper's tables state
+(`layer2.0  bottleneck C=32 d=4 stride 2`: cardinality C and path width d, Xie et al. 2017,
+Table 1), grouped into one cluster per stage, so the stages and the cardinality of every block
+are visible at a glance. `--expand` draws every IR node (nested clusters per stage and block).
+If Graphviz's `dot` program is installed the picture is also rendered to SVG and PNG.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+from resnext_compiler import ops
+from resnext_compiler.artifacts import write_bytes_atomic, write_text_atomic
+from resnext_compiler.backend import CompileOptions
+from resnext_compiler.errors import ResnextError, UserError
+from resnext_compiler.ir import INPUT, Graph, Node
+from resnext_compiler.naming import file_stem
+from resnext_compiler.spec import Spec
+
+OUTPUT = "logits"
+RENDER_FORMATS = (".svg", ".png")
+RENDER_TIMEOUT_S = 300
+_COLOURS = {
+    "conv": "#cfe2f3", "batchnorm": "#fff2cc", "relu": "#eeeeee", "sigmoid": "#eeeeee",
+    "add": "#f4cccc", "mul": "#f4cccc", "concat": "#f4cccc", "linear": "#d9ead3",
+}
+
+
+def _quote(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+def _group(node: Node) -> str:
+    return node.block or node.stage or node.name
+
+
+def _op_text(op: ops.Op) -> str:
+    """A short description of one operator (`conv 3x3/2 g32 128->256`)."""
+    if isinstance(op, ops.Conv):
+        groups = f" g{op.groups}" if op.groups > 1 else ""
+        stride = f"/{op.stride}" if op.stride > 1 else ""
+        return (f"conv {op.kernel_size}x{op.kernel_size}{stride}{groups} "
+                f"{op.in_channels}->{op.out_channels}")
+    if isinstance(op, (ops.MaxPool, ops.AvgPool)):
+        return f"{op.kind} {op.kernel_size}x{op.kernel_size}/{op.stride}"
+    if isinstance(op, ops.Linear):
+        return f"fc {op.in_features}->{op.out_features}"
+    if isinstance(op, ops.Slice):
+        return f"slice [{op.start}:{op.stop}]"
+    if isinstance(op, ops.Subsample):
+        return f"subsample /{op.stride}"
+    if isinstance(op, ops.PadChannels):
+        return f"pad +{op.extra} channels"
+    if isinstance(op, ops.Dropout):
+        return f"dropout {op.p:g}"
+    return op.kind
+
+
+def describe_block(nodes: list[Node]) -> str:
+    """One line for a residual block, read from its IR nodes alone."""
+    prefix = nodes[0].block
+    local = {n.name[len(prefix) + 1:]: n for n in nodes}
+    paths = {m.group(1) for name in local if (m := re.match(r"paths\.(\d+)\.", name))}
+    stride = max([getattr(n.op, "stride", 1) for n in nodes
+                  if isinstance(n.op, (ops.Conv, ops.AvgPool, ops.Subsample))], default=1)
+    bottleneck = any(name.endswith("conv3") for name in local)
+    if not bottleneck:
+        width = local["conv1"].op.out_channels if "conv1" in local else 0
+        text = f"{prefix}  basic w={width} stride {stride}"
+    elif paths:
+        path_width = local["paths.0.conv2"].op.out_channels
+        form = "A" if "sum" in local or "paths.0.conv3" in local else "B"
+        text = f"{prefix}  bottleneck C={len(paths)} d={path_width} stride {stride} (form {form})"
+    else:
+        conv2 = local["conv2"].op
+        text = (f"{prefix}  bottleneck C={conv2.groups} d={conv2.out_channels // conv2.groups} "
+                f"stride {stride}")
+    extras = []
+    if isinstance(nodes[0].op, ops.BatchNorm):
+        extras.append("pre-activation")
+    if any(name.startswith("se.") for name in local):
+        extras.append("squeeze-excitation")
+    shortcut = [n for name, n in local.items() if name.startswith("downsample")]
+    if any(isinstance(n.op, ops.Conv) for n in shortcut):
+        avg = any(isinstance(n.op, ops.AvgPool) for n in shortcut)
+        extras.append("avg-pool + projection shortcut" if avg else "projection shortcut")
+    elif any(isinstance(n.op, ops.PadChannels) for n in shortcut):
+        extras.append("zero-pad shortcut")
+    return text + ("\n" + ", ".join(extras) if extras else "")
+
+
+def _summary(nodes: list[Node]) -> str:
+    """Stem and head: the operators that shape the tensor (convs, pools, fc)."""
+    shown = [n for n in nodes if isinstance(n.op, (ops.Conv, ops.MaxPool, ops.AvgPool,
+                                                   ops.GlobalAvgPool, ops.Linear, ops.Dropout))]
+    return ", ".join(_op_text(n.op) for n in shown)
+
+
+def to_dot(graph: Graph, expand: bool = False) -> str:
+    """Graphviz DOT text of `graph`: blocks collapsed, or every node with `expand`."""
+    title = f"{graph.name}  (input {graph.input_shape})"
+    input_label = f"input\n{graph.input_shape}"
+    output_label = f"logits\n{graph.output_shape.channels} classes"
+    lines = [
+        f"digraph {_quote(graph.name)} {{",
+        f"  label={_quote(title)}; labelloc=t; fontsize=20;",
+        '  rankdir=TB; fontname="Helvetica";',
+        '  node [shape=box, style="rounded,filled", fillcolor="#ffffff", fontname="Helvetica"];',
+        '  edge [fontname="Helvetica", fontsize=10];',
+        f"  {_quote(INPUT)} [label={_quote(input_label)}, shape=oval];",
+        f"  {_quote(OUTPUT)} [label={_quote(output_label)}, shape=oval];",
+    ]
+    body = _expanded(graph) if expand else _collapsed(graph)
+    return "\n".join(lines + body + ["}"]) + "\n"
+
+
+def _stages(graph: Graph) -> list[tuple[str, list[Node]]]:
+    stages: dict[str, list[Node]] = {}
+    for node in graph.nodes:
+        stages.setdefault(node.stage or node.name, []).append(node)
+    return list(stages.items())
+
+
+def _collapsed(graph: Graph) -> list[str]:
+    lines: list[str] = []
+    members: dict[str, list[Node]] = {}
+    for node in graph.nodes:
+        members.setdefault(_group(node), []).append(node)
+    for stage, nodes in _stages(graph):
+        groups = list(dict.fromkeys(_group(n) for n in nodes))
+        out = graph.shape_of(nodes[-1].name)
+        residual = stage.startswith("layer")
+        if residual:
+            lines.append(f"  subgraph {_quote('cluster_' + stage)} {{")
+            title = f"{stage}: {len(groups)} blocks, output {out}"
+            lines.append(f"    label={_quote(title)}; labeljust=l; style=\"rounded,filled\"; "
+                         f"fillcolor=\"#f7f7f7\";")
+        for group in groups:
+            block_nodes = members[group]
+            last = graph.shape_of(block_nodes[-1].name)
+            if residual:
+                label = f"{describe_block(block_nodes)}\n-> {last}"
+                strided = "stride 1" not in label.splitlines()[0]
+                style = ", penwidth=2" if strided else ""
+                lines.append(f'    {_quote(group)} [label={_quote(label)}, fillcolor="#cfe2f3"'
+                             f"{style}];")
+            else:
+                label = f"{group}\n{_summary(block_nodes)}\n-> {last}"
+                lines.append(f'  {_quote(group)} [label={_quote(label)}, fillcolor="#d9ead3"];')
+        if residual:
+            lines.append("  }")
+    group_of = {n.name: _group(n) for n in graph.nodes}
+    group_of[INPUT] = INPUT
+    edges: dict[tuple[str, str], None] = {}
+    for node in graph.nodes:
+        for src in node.inputs:
+            if group_of[src] != group_of[node.name]:
+                edges[(group_of[src], group_of[node.name])] = None
+    edges[(group_of[graph.output], OUTPUT)] = None
+    lines += [f"  {_quote(a)} -> {_quote(b)};" for a, b in edges]
+    return lines
+
+
+def _expanded(graph: Graph) -> list[str]:
+    lines: list[str] = []
+    for stage, nodes in _stages(graph):
+        lines.append(f"  subgraph {_quote('cluster_' + stage)} {{")
+        lines.append(f'    label={_quote(stage)}; style="rounded"; color="#999999";')
+        blocks: dict[str, list[Node]] = {}
+        for node in nodes:
+            blocks.setdefault(_group(node), []).append(node)
+        for block, block_nodes in blocks.items():
+            nested = block != stage and len(blocks) > 1
+            if nested:
+                lines.append(f"    subgraph {_quote('cluster_' + block)} {{")
+                lines.append(f'      label={_quote(block)}; style="dashed";')
+            for node in block_nodes:
+                label = f"{node.name}\n{_op_text(node.op)}\n{graph.shape_of(node.name)}"
+                colour = _COLOURS.get(node.op.kind, "#ffffff")
+                lines.append(f'      {_quote(node.name)} [label={_quote(label)}, '
+                             f'fillcolor="{colour}"];')
+            if nested:
+                lines.append("    }")
+        lines.append("  }")
+    for node in graph.nodes:
+        lines += [f"  {_quote(src)} -> {_quote(node.name)};" for src in node.inputs]
+    lines.append(f"  {_quote(graph.output)} -> {_quote(OUTPUT)};")
+    return lines
+
+
+def dot_program() -> str | None:
+    return shutil.which("dot")
+
+
+def render(dot_path: Path, fmt: str, program: str) -> Path:
+    """Run Graphviz on `dot_path`; write `dot_path` with suffix `.fmt`, atomically."""
+    target = dot_path.with_suffix(f".{fmt}")
+    try:
+        result = subprocess.run([program, f"-T{fmt}", str(dot_path)], capture_output=True,
+                                timeout=RENDER_TIMEOUT_S, check=False)
+    except subprocess.TimeoutExpired:
+        raise ResnextError(f"dot took over {RENDER_TIMEOUT_S} s to render {target.name}; "
+                           f"{dot_path} is written") from None
+    if result.returncode != 0:
+        message = result.stderr.decode(errors="replace").strip()
+        raise ResnextError(f"dot failed to render {target.name}: {message}")
+    return write_bytes_atomic(target, result.stdout)
+
+
+class DotBackend:
+    """`--backend dot -o NAME.dot` (or NAME.svg / NAME.png, which need Graphviz)."""
+
+    name = "dot"
+    description = "Graphviz picture of the graph (blocks collapsed; --expand for every node)"
+
+    def default_output(self, spec: Spec) -> Path:
+        return Path(f"{file_stem(spec.name)}.dot")
+
+    def emit(self, graph: Graph, spec: Spec, options: CompileOptions, output: Path) -> list[Path]:
+        if output.is_dir():
+            output = output / self.default_output(spec)
+        program = dot_program()
+        wanted = [output.suffix] if output.suffix in RENDER_FORMATS else list(RENDER_FORMATS)
+        if output.suffix in RENDER_FORMATS and program is None:
+            raise UserError(f"rendering {output.name} needs Graphviz's `dot` program, which is "
+                            f"not installed; install graphviz or write {output.stem}.dot")
+        dot_path = output.with_suffix(".dot")
+        written = [write_text_atomic(dot_path, to_dot(graph, options.expand))]
+        if program is not None:
+            written += [render(dot_path, fmt.lstrip("."), program) for fmt in wanted]
+        return written

@@ -1,0 +1,125 @@
+"""The Triton backend: a model repository that Triton Inference Server loads unchanged.
+
+    REPO/<name>/config.pbtxt      platform onnxruntime_onnx, max_batch_size, dynamic batching
+    REPO/<name>/1/model.onnx      the ONNX backend's model with a dynamic batch dimension
+
+With a dynamic batch (the default) the config lists input/output dims without the batch
+dimension and `max_batch_size` is `--max-batch`, as Triton's model configuration requires for
+batching models. With `--batch N` the model is fixed-size: `max_batch_size: 0` and full dims.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from resnext_compiler.backends.onnx import export_onnx
+from resnext_compiler.backends.onnx_graph import OUTPUT
+
+from resnext_compiler.artifacts import write_text_atomic
+from resnext_compiler.backend import CompileOptions
+from resnext_compiler.errors import UserError
+from resnext_compiler.ir import INPUT, Graph
+from resnext_compiler.naming import file_stem
+from resnext_compiler.spec import Spec
+
+TRITON_TYPES = {"fp32": "TYPE_FP32", "fp16": "TYPE_FP16"}
+MAX_QUEUE_DELAY_US = 100
+
+
+def preferred_batch_sizes(max_batch: int) -> list[int]:
+    """Powers of two up to `max_batch` (and `max_batch` itself), largest few only."""
+    sizes = sorted({2**i for i in range(max_batch.bit_length()) if 2**i <= max_batch} | {max_batch})
+    return [s for s in sizes if s > 1][-3:]
+
+
+def config_pbtxt(name: str, graph: Graph, options: CompileOptions) -> str:
+    """Triton's ModelConfig in protobuf text format."""
+    data_type = TRITON_TYPES[options.dtype]
+    shape = graph.shape_of(INPUT)
+    classes = graph.output_shape.channels
+    if options.batch is None:
+        max_batch, input_dims, output_dims = options.max_batch, shape.as_list(), [classes]
+    else:
+        max_batch = 0
+        input_dims, output_dims = [options.batch, *shape.as_list()], [options.batch, classes]
+    lines = [
+        f"name: {quote(name)}",
+        'platform: "onnxruntime_onnx"',
+        f"max_batch_size: {max_batch}",
+        "input [",
+        "  {",
+        f'    name: "{INPUT}"',
+        f"    data_type: {data_type}",
+        "    format: FORMAT_NCHW",
+        f"    dims: {_list(input_dims)}",
+        "  }",
+        "]",
+        "output [",
+        "  {",
+        f'    name: "{OUTPUT}"',
+        f"    data_type: {data_type}",
+        f"    dims: {_list(output_dims)}",
+        "  }",
+        "]",
+    ]
+    if max_batch > 0:
+        preferred = preferred_batch_sizes(max_batch)
+        lines += ["dynamic_batching {"]
+        if preferred:
+            lines += [f"  preferred_batch_size: {_list(preferred)}"]
+        lines += [f"  max_queue_delay_microseconds: {MAX_QUEUE_DELAY_US}", "}"]
+    # KIND_AUTO: one instance on each GPU if there is one, else on the CPU.
+    lines += ["instance_group [", "  {", "    count: 1", "    kind: KIND_AUTO", "  }", "]"]
+    lines += [
+        "parameters [",
+        *_parameter("spec_name", graph.metadata.get("spec_name", graph.name), last=False),
+        *_parameter("spec_hash", graph.metadata.get("spec_hash", ""), last=True),
+        "]",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _list(values: list[int]) -> str:
+    return "[ " + ", ".join(str(v) for v in values) + " ]"
+
+
+def _parameter(key: str, value: str, last: bool) -> list[str]:
+    return ["  {", f"    key: {quote(key)}",
+            f"    value: {{ string_value: {quote(value)} }}", "  }" + ("" if last else ",")]
+
+
+def quote(text: str) -> str:
+    """A protobuf text-format string literal (non-ASCII as escaped UTF-8 bytes)."""
+    out = []
+    for byte in text.encode():
+        char = chr(byte)
+        if char in '"\\':
+            out.append("\\" + char)
+        elif 32 <= byte < 127:
+            out.append(char)
+        else:
+            out.append(f"\\{byte:03o}")
+    return '"' + "".join(out) + '"'
+
+
+class TritonBackend:
+    """`--backend triton -o REPO`: REPO/<name>/config.pbtxt and REPO/<name>/1/model.onnx."""
+
+    name = "triton"
+    description = "Triton Inference Server model repository (onnxruntime_onnx platform)"
+
+    def default_output(self, spec: Spec) -> Path:
+        return Path("model_repository")
+
+    def emit(self, graph: Graph, spec: Spec, options: CompileOptions, output: Path) -> list[Path]:
+        if output.exists() and not output.is_dir():
+            raise UserError(f"--output for the triton backend is a repository directory; "
+                            f"{output} is a file")
+        if options.max_batch < 1:
+            raise UserError(f"--max-batch must be at least 1, got {options.max_batch}")
+        name = file_stem(spec.name)
+        model_dir = output / name
+        # The model first, so a config never points at a missing model.
+        model = export_onnx(graph, options, model_dir / "1" / "model.onnx", spec.description)
+        config = write_text_atomic(model_dir / "config.pbtxt", config_pbtxt(name, graph, options))
+        return [config, model]
