@@ -141,3 +141,10 @@ def test_imported_weights_are_float32_with_int64_counters(tmp_path):
     tensors = import_weights(tmp_path / "r18.pth", spec).tensors
     assert tensors["layer1.0.conv1.weight"].dtype == np.float32
     assert tensors["bn1.num_batches_tracked"].dtype == np.int64
+
+
+def test_readme_zoo_table_is_up_to_date():
+    """README.md carries the same generated table (links relative to the repo root)."""
+    zoo_table = _zoo_table_module()
+    document = REPO / "README.md"
+    assert zoo_table.zoo_table(SPECS, document.parent) in document.read_text()
