@@ -150,11 +150,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer inference repeats")
     args = parser.parse_args(argv)
 
+    from safetensors.numpy import save_file
+
     from resnext_compiler.passes.complexity import analyse
     from resnext_compiler.pipeline import compile_spec
     from resnext_compiler.spec import load_spec
     from resnext_compiler.weights import InitialWeights
-    from safetensors.numpy import save_file
 
     spec = load_spec(args.spec)
     graph = compile_spec(spec)

@@ -22,11 +22,18 @@ def _run_label(run_dir: Path) -> str:
     return run_dir.name
 
 
+def run_labels(runs: list[Path]) -> list[str]:
+    """Spec names; runs of the same spec are told apart by their directory names."""
+    names = [_run_label(run) for run in runs]
+    return [f"{name} ({run.name})" if names.count(name) > 1 else name
+            for name, run in zip(names, runs, strict=True)]
+
+
 def plot_runs(runs: list[Path], output: Path, title: str | None = None) -> Path:
     """Write a PNG of every run's curves to `output`; returns the path written."""
     from resnext_compiler.runtimes.train.metrics import read_metrics
 
-    loaded = []
+    curves = []
     for run in runs:
         if not run.is_dir():
             raise UserError(f"{run}: no such run directory")
@@ -34,11 +41,7 @@ def plot_runs(runs: list[Path], output: Path, title: str | None = None) -> Path:
         if not rows:
             raise UserError(f"{run}: no finished epochs to plot (expected {run / 'metrics.jsonl'}"
                             " written by `resnext-compile train`)")
-        loaded.append((_run_label(run), rows))
-    names = [label for label, _ in loaded]
-    # The same spec twice: tell those runs apart by their directory names.
-    labels = [f"{name} ({run.name})" if names.count(name) > 1 else name
-              for name, run in zip(names, runs, strict=True)]
+        curves.append(rows)
 
     import matplotlib
 
@@ -47,7 +50,7 @@ def plot_runs(runs: list[Path], output: Path, title: str | None = None) -> Path:
 
     figure, axes = plt.subplots(figsize=(6.4, 4.8), dpi=120)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, (label, (_, rows)) in enumerate(zip(labels, loaded, strict=True)):
+    for i, (label, rows) in enumerate(zip(run_labels(runs), curves, strict=True)):
         colour = colours[i % len(colours)]
         epochs = [row["epoch"] for row in rows]
         axes.plot(epochs, [row["train_top1_error"] for row in rows], "--", color=colour,

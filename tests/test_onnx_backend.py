@@ -141,11 +141,12 @@ def test_zoo_model_passes_checker_and_matches_torch(name, dtype, zoo_case, tmp_p
     case = zoo_case(name)
     path = export_onnx(case.graph, CompileOptions(dtype=dtype), tmp_path / "m.onnx",
                        weights=case.weights)
-    model = check(path)
-    float_type = onnx.TensorProto.FLOAT16 if dtype == "fp16" else onnx.TensorProto.FLOAT
-    assert model.graph.input[0].type.tensor_type.elem_type == float_type
-    assert {t.data_type for t in model.graph.initializer} <= {float_type, onnx.TensorProto.INT64}
-    logits = run_onnx(path, case.x.astype(np.float16 if dtype == "fp16" else np.float32))
+    onnx.checker.check_model(str(path), full_check=True)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].type == ("tensor(float16)" if dtype == "fp16" else
+                                            "tensor(float)")
+    x = case.x.astype(np.float16 if dtype == "fp16" else np.float32)
+    logits = session.run(["logits"], {"input": x})[0]
     assert logits.shape == case.reference.shape
     # The logits are of order 1 and depend on the input: the comparison is not vacuous.
     assert np.abs(case.reference).max() > 0.1
@@ -245,6 +246,17 @@ def test_batch_1_3_and_8_run_through_one_dynamic_model(tmp_path):
         logits = session.run(["logits"], {"input": x[:batch]})[0]
         assert logits.shape == (batch, 7)
         assert np.abs(logits - reference[:batch]).max() <= 1e-5
+
+
+def test_fp16_model_stores_half_precision_weights(tmp_path):
+    path = export_onnx(tiny(se=0.25), CompileOptions(dtype="fp16"), tmp_path / "m.onnx")
+    model = check(path)
+    half = onnx.TensorProto.FLOAT16
+    assert model.graph.input[0].type.tensor_type.elem_type == half
+    assert model.graph.output[0].type.tensor_type.elem_type == half
+    assert {t.data_type for t in model.graph.initializer} == {half}
+    fp32 = export_onnx(tiny(se=0.25), CompileOptions(), tmp_path / "m32.onnx")
+    assert 0.45 < path.stat().st_size / fp32.stat().st_size < 0.55
 
 
 def test_static_batch_fixes_the_first_dimension(tmp_path):

@@ -11,6 +11,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+
 from resnext_compiler.errors import UserError
 from resnext_compiler.spec import Spec
 

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import torch
-
 from resnext_compiler.runtimes.train import augment as aug
 
 

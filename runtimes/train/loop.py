@@ -14,14 +14,13 @@ import contextlib
 import math
 import signal
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-
-from resnext_compiler.errors import ResnextError, UserError
 from resnext_compiler.runtimes.train.checkpoint import (
     CHECKPOINT,
     WEIGHTS,
@@ -40,7 +39,12 @@ from resnext_compiler.runtimes.train.progress import Progress
 from resnext_compiler.runtimes.train.sampler import GlobalBatchSampler
 from resnext_compiler.runtimes.train.schedule import LRSchedule
 from resnext_compiler.runtimes.train.seeding import sample_hash
+
+from resnext_compiler.errors import ResnextError, UserError
+from resnext_compiler.ir import Graph
 from resnext_compiler.spec import Spec
+
+TINY_STEP_MACS = 100e6
 
 
 class TrainingDiverged(ResnextError):
@@ -83,6 +87,21 @@ def network_hash(spec: Spec) -> str:
     return spec.model_copy(update={"train": TrainSpec()}).spec_hash()
 
 
+def cpu_threads(config: TrainConfig, context: DistContext, graph: Graph) -> int:
+    """`--threads`, else one thread for tiny networks, else PyTorch's choice.
+
+    Below ~100 M multiply-accumulates per micro-batch the tensors are too small for intra-op
+    threads to pay off, and on shared cores their spin-waiting makes steps many times slower.
+    """
+    from resnext_compiler.passes.complexity import analyse
+
+    if config.threads > 0:
+        return config.threads
+    if analyse(graph).macs * config.micro_batch < TINY_STEP_MACS:
+        return 1
+    return torch.get_num_threads()
+
+
 def _step_seed(config: TrainConfig, rank: int, epoch: int, step: int) -> int:
     return int(sample_hash(config.seed, epoch, torch.tensor([step]), 1000 + rank)[0])
 
@@ -99,12 +118,11 @@ class Trainer:
     def __init__(self, config: TrainConfig, context: DistContext, progress: Progress,
                  data: DataSplits | None = None):
         from resnext_compiler.backends.torch_module import build_module
+
         from resnext_compiler.pipeline import compile_spec
         from resnext_compiler.spec import load_spec
 
         self.config, self.context, self.progress = config, context, progress
-        if config.threads > 0:
-            torch.set_num_threads(config.threads)
         self.run_dir = Path(config.run_dir)
         self.spec = load_spec(self.run_dir / "spec.yaml")
         self.device = torch.device(
@@ -121,6 +139,8 @@ class Trainer:
                                    self.sampler.steps_per_epoch, config.milestones,
                                    config.warmup_epochs)
         self.graph = compile_spec(self.spec)
+        if self.device.type == "cpu":
+            torch.set_num_threads(cpu_threads(config, context, self.graph))
         self.model = build_module(self.graph, seed=config.seed).to(self.device)
         if config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -206,6 +226,26 @@ class Trainer:
         return torch.cat([loss.detach().double().reshape(1) * len(y), topk_wrong(logits, y),
                           n]).cpu()
 
+    def train_step(self, micro_batches: Iterable[tuple[torch.Tensor, torch.Tensor]], lr: float,
+                   stop: bool = False) -> torch.Tensor:
+        """One optimizer step over `accum_steps` micro-batches at rate `lr`.
+
+        Returns the sums over all ranks [loss, top-1 misses, top-5 misses, images, stop
+        requests]; when the loss is not finite the optimizer step is skipped.
+        """
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.zero_grad(set_to_none=True)
+        sums = torch.zeros(4, dtype=torch.float64)
+        for j, (x, y) in enumerate(micro_batches):
+            sums += self._micro_step(x, y, last=j == self.config.accum_steps - 1)
+        flag = torch.tensor([1.0 if stop else 0.0], dtype=torch.float64)
+        reduced = self.context.all_reduce_sum(torch.cat([sums, flag]))
+        if math.isfinite(float(reduced[0])):
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        return reduced
+
     def _diverged(self, epoch: int, step: int, lr: float) -> TrainingDiverged:
         path = self.checkpoint_path()
         where = f"loss became NaN/inf at epoch {epoch + 1}, step {step + 1} (lr {lr:.4g})"
@@ -232,19 +272,10 @@ class Trainer:
         for step in range(start_step, steps):
             torch.manual_seed(_step_seed(config, self.context.rank, epoch, step))
             lr = self.schedule.lr(epoch, step)
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
-            self.optimizer.zero_grad(set_to_none=True)
-            sums = torch.zeros(4, dtype=torch.float64)
-            for j in range(config.accum_steps):
-                x, y = next(stream)
-                sums += self._micro_step(x, y, last=j == config.accum_steps - 1)
-            flag = torch.tensor([1.0 if stop.requested else 0.0], dtype=torch.float64)
-            reduced = self.context.all_reduce_sum(torch.cat([sums, flag]))
+            micro = (next(stream) for _ in range(config.accum_steps))
+            reduced = self.train_step(micro, lr, stop.requested)
             if not math.isfinite(float(reduced[0])):
                 raise self._diverged(epoch, step, lr)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
             self.partial += reduced[:4]
             n = float(reduced[3])
             self.progress.step(epoch + 1, step + 1, float(reduced[0]) / n,
@@ -307,7 +338,9 @@ def describe_start(trainer: Trainer) -> list[str]:
     config, spec = trainer.config, trainer.spec
     cost = analyse(trainer.graph)
     precision = config.amp_dtype + " autocast" if config.amp_dtype else "fp32"
-    threads = f" ({torch.get_num_threads()} threads)" if trainer.device.type == "cpu" else ""
+    count = torch.get_num_threads()
+    plural = "s" if count != 1 else ""
+    threads = f" ({count} thread{plural})" if trainer.device.type == "cpu" else ""
     return [
         f"run directory: {trainer.run_dir}",
         f"spec: {spec.name} ({cost.params:,} params, {cost.macs / 1e6:,.1f} MMACs per image)",
@@ -330,12 +363,16 @@ def train_process(config: TrainConfig, context: DistContext, resume: bool,
                   data: DataSplits | None = None) -> LoopResult:
     """Build, optionally restore, and run one rank's trainer."""
     progress = Progress(enabled=context.is_main)
-    trainer = Trainer(config, context, progress, data)
-    if resume:
-        trainer.restore(load_training_state(trainer.checkpoint_path()))
-        epoch, step = trainer.position
-        progress.log(f"resuming {trainer.run_dir} at epoch {epoch + 1}"
-                     + (f", step {step + 1}" if step else ""))
-    for line in describe_start(trainer):
-        progress.log(line)
-    return trainer.run()
+    threads = torch.get_num_threads()
+    try:
+        trainer = Trainer(config, context, progress, data)
+        if resume:
+            trainer.restore(load_training_state(trainer.checkpoint_path()))
+            epoch, step = trainer.position
+            progress.log(f"resuming {trainer.run_dir} at epoch {epoch + 1}"
+                         + (f", step {step + 1}" if step else ""))
+        for line in describe_start(trainer):
+            progress.log(line)
+        return trainer.run()
+    finally:
+        torch.set_num_threads(threads)  # callers in the same process keep their setting

@@ -15,8 +15,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from resnext_compiler.artifacts import write_text_atomic
-from resnext_compiler.errors import ResnextError, UserError
 from resnext_compiler.runtimes.train.checkpoint import CHECKPOINT, WEIGHTS
 from resnext_compiler.runtimes.train.config import (
     TrainConfig,
@@ -25,6 +23,9 @@ from resnext_compiler.runtimes.train.config import (
     resolve_config,
 )
 from resnext_compiler.runtimes.train.metrics import read_metrics
+
+from resnext_compiler.artifacts import write_text_atomic
+from resnext_compiler.errors import ResnextError, UserError
 from resnext_compiler.spec import Spec, load_spec
 
 CONFIG_FILE = "train.json"
@@ -84,8 +85,9 @@ def default_run_dir(spec: Spec, root: Path = Path("runs")) -> Path:
 def prepare_run(spec_path: Path | None, overrides: TrainOverrides,
                 run_dir: Path | None) -> TrainConfig:
     """Resolve settings, check the spec and data, and write spec.yaml + train.json."""
-    from resnext_compiler.pipeline import compile_spec
     from resnext_compiler.runtimes.train.datasets import open_dataset
+
+    from resnext_compiler.pipeline import compile_spec
 
     with ExitStack() as stack:
         path = spec_path if spec_path is not None else default_spec_path(stack)

@@ -1,0 +1,95 @@
+"""`resnext-compile evaluate SPEC --weights W`: single-crop top-1/top-5 error and its errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+SPEC = """\
+spec_version: 1
+name: tiny_digits
+input: {channels: 1, height: 8, width: 8}
+stem: cifar
+block: {type: bottleneck, cardinality: 2, base_width: 16}
+stages: [{depth: 1, width: 8}, {depth: 1, width: 16, stride: 2}]
+head: {num_classes: 10}
+train: {dataset: digits}
+"""
+
+
+def model_and_spec(tmp_path: Path):
+    from resnext_compiler.backends.torch_module import build_module
+
+    from resnext_compiler.pipeline import compile_spec
+    from resnext_compiler.spec import load_spec
+
+    path = tmp_path / "tiny.yaml"
+    path.write_text(SPEC)
+    return build_module(compile_spec(load_spec(path)), seed=0), path
+
+
+def test_evaluate_counts_top1_and_top5_misses_over_the_val_split(tmp_path, run_cli):
+    from resnext_compiler.runtimes.train.datasets import open_dataset
+
+    from resnext_compiler.spec import load_spec
+
+    model, spec_path = model_and_spec(tmp_path)
+    # Make the classifier answer "always class 3, then 1, 4, 0, 5": top-5 hits are known.
+    with torch.no_grad():
+        model.fc.weight.zero_()
+        model.fc.bias.copy_(torch.tensor([6.0, 8.0, 0, 10.0, 7.0, 5.0, 0, 0, 0, 0]))
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(state, tmp_path / "w.safetensors")
+    labels = open_dataset(load_spec(spec_path), "digits", None).val.labels
+    top1 = 100 * float((labels != 3).double().mean())
+    top5 = 100 * float((~torch.isin(labels, torch.tensor([3, 1, 4, 0, 5]))).double().mean())
+
+    result = run_cli("evaluate", spec_path, "--weights", tmp_path / "w.safetensors", "--json")
+    assert result.code == 0, result.err
+    measured = json.loads(result.out)
+    assert measured["images"] == 355
+    assert measured["top1_error"] == pytest.approx(top1)
+    assert measured["top5_error"] == pytest.approx(top5)
+
+    text = run_cli("evaluate", spec_path, "--weights", tmp_path / "w.safetensors")
+    assert text.out.endswith(f"single-crop top-1 error {top1:.2f}%, top-5 error {top5:.2f}% "
+                             "on 355 images\n")
+
+
+def test_evaluate_accepts_a_plain_state_dict_with_a_ddp_prefix(tmp_path, run_cli):
+    model, spec_path = model_and_spec(tmp_path)
+    torch.save({f"module.{k}": v for k, v in model.state_dict().items()}, tmp_path / "w.pt")
+    result = run_cli("evaluate", spec_path, "--weights", tmp_path / "w.pt", "--json")
+    assert result.code == 0, result.err
+    assert json.loads(result.out)["images"] == 355
+
+
+def test_evaluate_with_weights_of_another_network_lists_the_mismatch(tmp_path, run_cli):
+    model, spec_path = model_and_spec(tmp_path)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    state["fc.weight"] = torch.zeros(7, 64)
+    save_file(state, tmp_path / "w.safetensors")
+    result = run_cli("evaluate", spec_path, "--weights", tmp_path / "w.safetensors")
+    assert result.code == 2
+    assert result.err == ("error: weights do not fit the model:\n  fc.weight: expected "
+                          "(10, 64), got (7, 64)\n")
+
+
+def test_evaluate_with_a_missing_weights_file_is_a_user_error(tmp_path, run_cli):
+    _, spec_path = model_and_spec(tmp_path)
+    result = run_cli("evaluate", spec_path, "--weights", tmp_path / "nope.safetensors")
+    assert result.code == 2
+    assert result.err == f"error: weights file not found: {tmp_path / 'nope.safetensors'}\n"
+
+
+def test_evaluate_with_a_damaged_weights_file_is_a_user_error(tmp_path, run_cli):
+    _, spec_path = model_and_spec(tmp_path)
+    (tmp_path / "bad.pt").write_bytes(b"\x00garbage")
+    result = run_cli("evaluate", spec_path, "--weights", tmp_path / "bad.pt")
+    assert result.code == 2
+    assert result.err.startswith(f"error: {tmp_path / 'bad.pt'}: not a readable PyTorch "
+                                 "weights file (")
