@@ -20,6 +20,7 @@ for the torch baselines (`--skip-torch` leaves them out).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import statistics
@@ -71,29 +72,33 @@ class ProcessRun:
     error: str = ""
 
 
-def run_process(label: str, argv: list[str], env: dict[str, str], timeout: float = 600
+# Runs one command and reports its wall time and peak RSS. It runs in a small launcher process:
+# a child's ru_maxrss includes the memory it shared with its parent at fork time, so forking
+# from this (large) benchmark process would inflate every number.
+LAUNCHER = textwrap.dedent("""
+    import json, os, subprocess, sys, time
+    start = time.perf_counter()
+    child = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    err = child.stderr.read()
+    _, status, usage = os.wait4(child.pid, 0)
+    print(json.dumps({"wall": time.perf_counter() - start, "rss_kb": usage.ru_maxrss,
+                      "code": os.waitstatus_to_exitcode(status),
+                      "err": err.decode(errors="replace")[-2000:]}))
+""")
+
+
+def run_process(label: str, argv: list[str], env: dict[str, str], timeout: float = 900
                 ) -> ProcessRun:
     """Wall time and peak RSS of one child process (os.wait4 gives that child's rusage)."""
-    start = time.perf_counter()
-    child = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = start + timeout
-    while True:
-        pid, status, usage = os.wait4(child.pid, os.WNOHANG)
-        if pid:
-            break
-        if time.perf_counter() > deadline:
-            child.kill()
-            pid, status, usage = os.wait4(child.pid, 0)
-            return ProcessRun(label, time.perf_counter() - start, usage.ru_maxrss / 1024, False,
-                              "timed out")
-        time.sleep(0.005)
-    wall = time.perf_counter() - start
-    child.returncode = os.waitstatus_to_exitcode(status)
-    error = child.stderr.read().decode(errors="replace") if child.stderr else ""
-    child.stderr.close() if child.stderr else None
-    ok = child.returncode == 0
-    last = error.strip().splitlines()[-1] if error.strip() and not ok else ""
-    return ProcessRun(label, wall, usage.ru_maxrss / 1024, ok, last)
+    try:
+        result = subprocess.run([sys.executable, "-c", LAUNCHER, *argv], env=env, timeout=timeout,
+                                capture_output=True, text=True, check=True)
+    except subprocess.TimeoutExpired:
+        return ProcessRun(label, timeout, 0.0, False, "timed out")
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    ok = report["code"] == 0
+    error = report["err"].strip().splitlines()[-1] if report["err"].strip() and not ok else ""
+    return ProcessRun(label, report["wall"], report["rss_kb"] / 1024, ok, error)
 
 
 def best_of(runs: list[ProcessRun]) -> ProcessRun:

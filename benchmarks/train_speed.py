@@ -9,7 +9,7 @@ CPU variants: fp32 | channels_last | bf16 autocast | channels_last + bf16.
 With a GPU (`--gpu`): ResNeXt-101 32x4d, 224x224, fp16 autocast + channels_last (NVIDIA's
 published DeepLearningExamples reference: 1211 images/s on one A100 80GB, AMP, batch 128).
 
-    python benchmarks/train_speed.py                 # CPU table (about 2 minutes on 2 cores)
+    python benchmarks/train_speed.py                 # CPU table (about a minute on 2 cores)
     python benchmarks/train_speed.py --gpu --batch 128 --steps 30
 """
 
@@ -27,15 +27,18 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 
-# A mid-sized CIFAR ResNeXt-29 (4x16d): large enough that a step is real work on 2 cores,
-# small enough that the whole table takes about two minutes.
+# A narrow CIFAR ResNeXt (8x8d, half width, one block per stage): a step is real work on
+# 2 cores (40 M multiply-accumulates per image), yet the whole table takes about a minute.
 BENCH_SPEC = """\
 spec_version: 1
-name: resnext29_4x16d_bench
+name: resnext11_8x8d_half_bench
 input: {channels: 3, height: 32, width: 32}
 stem: cifar
-block: {type: bottleneck, cardinality: 4, base_width: 16}
-stages: [3, 3, 3]
+block: {type: bottleneck, cardinality: 8, base_width: 8}
+stages:
+  - {depth: 1, width: 32}
+  - {depth: 1, width: 64}
+  - {depth: 1, width: 128}
 head: {num_classes: 10}
 train: {dataset: synthetic, batch_size: 128, lr: 0.1, weight_decay: 5.0e-4}
 """
@@ -150,7 +153,7 @@ def _measure(args: argparse.Namespace, variant: str, side: str) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--spec", help="Spec file (default: ResNeXt-29 4x16d at 32x32, or "
+    parser.add_argument("--spec", help="Spec file (default: a half-width ResNeXt-11 8x8d at 32x32, or "
                         "specs/resnext101_32x4d.yaml with --gpu).")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--steps", type=int, default=8)

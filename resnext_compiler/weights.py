@@ -2,8 +2,8 @@
 
 Three sources, all read one tensor at a time so an exporter can stream them:
 
-- a `.safetensors` file (what `import-weights` and training write), memory-mapped with numpy:
-  no torch, no copy until a tensor is used;
+- a `.safetensors` file (what `import-weights` and training write), parsed with numpy alone
+  and read one tensor at a time (no torch);
 - a PyTorch checkpoint (`.pt`/`.pth`): a plain state dict or a dict holding one under `"model"`
   or `"state_dict"`, with a DDP `module.` prefix stripped; torch is imported only here and
   `torch.load(..., weights_only=True)` never runs pickled code;
@@ -37,19 +37,26 @@ _MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors format's own limit
 
 
 class SafetensorsWeights(Mapping[str, np.ndarray]):
-    """A `.safetensors` file as a read-only mapping of memory-mapped numpy arrays."""
+    """A `.safetensors` file as a read-only mapping; each lookup reads one tensor from disk.
+
+    Tensors are read into fresh arrays (not memory-mapped): a mapping's touched pages would
+    count towards the process's resident memory until the whole model had been read.
+    """
+
+    fresh_arrays = True  # every lookup returns a new array that the caller may modify
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self._entries, self._data_start = _read_safetensors_header(self.path)
-        size = self.path.stat().st_size - self._data_start
-        self._data = np.memmap(self.path, np.uint8, "r", self._data_start, (size,)) if size else (
-            np.zeros(0, np.uint8))
 
     def __getitem__(self, name: str) -> np.ndarray:
         dtype_name, shape, (begin, end) = self._entries[name]
         dtype = _SAFETENSORS_DTYPES[dtype_name]
-        array = self._data[begin:end].view(dtype).reshape(shape)
+        array = np.empty(shape, dtype)
+        with open(self.path, "rb") as handle:
+            handle.seek(self._data_start + begin)
+            if handle.readinto(memoryview(array).cast("B")) != end - begin:
+                raise UserError(f"{self.path}: file ends inside tensor {name!r}")
         if dtype_name == "BF16":
             return (array.astype(np.uint32) << 16).view(np.float32)
         return array
