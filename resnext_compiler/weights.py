@@ -234,5 +234,12 @@ def model_weights(graph: Graph, path: str | Path | None, seed: int = 0) -> Mappi
     if path is None:
         return InitialWeights(graph, seed)
     weights = read_weights(path)
+    from resnext_compiler.passes.forms import convert_weights, needs_conversion
+
+    if needs_conversion(weights, graph):  # e.g. form-C weights compiled with --form A
+        try:
+            weights = convert_weights(weights, graph)
+        except ValueError as exc:
+            raise UserError(f"weights {Path(path).name} do not fit this spec: {exc}") from None
     check_weights(graph, weights, source=f"weights {Path(path).name}")
     return weights

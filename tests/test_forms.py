@@ -212,3 +212,22 @@ def test_cli_onnx_export_of_each_form_gives_the_same_outputs(run_cli, write_spec
     assert np.abs(outputs["C"]).max() > 0.01
     assert np.abs(outputs["A"] - outputs["C"]).max() <= 1e-4  # float32
     assert np.abs(outputs["B"] - outputs["C"]).max() <= 1e-4
+
+
+def test_cli_compiles_form_c_weights_into_another_form_directly(run_cli, write_spec, tmp_path):
+    """`resnext-compile SPEC --form A --weights C.pth`: the loader maps the weights itself."""
+    ort = pytest.importorskip("onnxruntime")
+    path = write_spec(TINY.format(**VARIANTS["plain"]))
+    model = build_module(compile_spec(load_spec(path)), seed=7)
+    torch.save(model.state_dict(), tmp_path / "c.pth")
+    x = np.random.default_rng(1).normal(size=(2, 3, 16, 16)).astype(np.float32)
+    outputs = {}
+    for form in "ABC":
+        onnx_file = tmp_path / f"{form}.onnx"
+        result = run_cli(path, "--form", form, "--weights", tmp_path / "c.pth",
+                         "--backend", "onnx", "-o", onnx_file)
+        assert result.code == 0, result
+        session = ort.InferenceSession(str(onnx_file))
+        outputs[form] = session.run(None, {"input": x})[0]
+    assert np.abs(outputs["A"] - outputs["C"]).max() <= 1e-4
+    assert np.abs(outputs["B"] - outputs["C"]).max() <= 1e-4
