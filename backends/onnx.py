@@ -14,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 from onnx import ModelProto, OperatorSetIdProto, StringStringEntryProto, TensorProto, helper
-from resnext_compiler.backends.onnx_graph import build_graph, weight_specs
-from resnext_compiler.backends.onnx_writer import Initializer, write_model
 
 from resnext_compiler import __version__
 from resnext_compiler.backend import CompileOptions
+from resnext_compiler.backends.onnx_graph import build_graph, weight_specs
+from resnext_compiler.backends.onnx_writer import Initializer, write_model
 from resnext_compiler.errors import UserError
 from resnext_compiler.ir import Graph
 from resnext_compiler.naming import file_stem, one_line

@@ -12,11 +12,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from resnext_compiler.backends.onnx import export_onnx
-from resnext_compiler.backends.onnx_graph import OUTPUT
-
 from resnext_compiler.artifacts import write_text_atomic
 from resnext_compiler.backend import CompileOptions
+from resnext_compiler.backends.onnx import export_onnx
+from resnext_compiler.backends.onnx_graph import OUTPUT
 from resnext_compiler.errors import UserError
 from resnext_compiler.ir import INPUT, Graph
 from resnext_compiler.naming import file_stem

@@ -62,6 +62,7 @@ def _ours(spec_path: Path, args: argparse.Namespace, channels_last: bool, amp: s
           folder: Path):
     """Our trainer, one optimizer step per call on a pre-made batch."""
     import torch
+
     from resnext_compiler.runtimes.train.config import TrainOverrides
     from resnext_compiler.runtimes.train.distributed import DistContext
     from resnext_compiler.runtimes.train.loop import Trainer
@@ -82,6 +83,7 @@ def _plain(spec_path: Path, args: argparse.Namespace, channels_last: bool, amp: 
     """The loop a PyTorch user writes by hand, on the same module and batch."""
     import torch
     import torch.nn.functional as F
+
     from resnext_compiler.backends.torch_module import build_module
     from resnext_compiler.pipeline import compile_spec
     from resnext_compiler.runtimes.train.datasets import open_dataset

@@ -7,8 +7,8 @@ import shutil
 
 import pytest
 from conftest import SPECS
-from resnext_compiler.backends.dot import describe_block, to_dot
 
+from resnext_compiler.backends.dot import describe_block, to_dot
 from resnext_compiler.pipeline import compile_spec
 from resnext_compiler.spec import load_spec, parse_spec, with_form
 

@@ -23,7 +23,6 @@ train: {dataset: digits}
 
 def model_and_spec(tmp_path: Path):
     from resnext_compiler.backends.torch_module import build_module
-
     from resnext_compiler.pipeline import compile_spec
     from resnext_compiler.spec import load_spec
 
@@ -34,7 +33,6 @@ def model_and_spec(tmp_path: Path):
 
 def test_evaluate_counts_top1_and_top5_misses_over_the_val_split(tmp_path, run_cli):
     from resnext_compiler.runtimes.train.datasets import open_dataset
-
     from resnext_compiler.spec import load_spec
 
     model, spec_path = model_and_spec(tmp_path)

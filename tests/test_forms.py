@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 from conftest import SPECS
-from resnext_compiler.backends.torch_module import build_module
 
+from resnext_compiler.backends.torch_module import build_module
 from resnext_compiler.passes.complexity import analyse
 from resnext_compiler.passes.forms import convert_weights, find_branches, rewrite_forms
 from resnext_compiler.pipeline import compile_spec

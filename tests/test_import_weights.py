@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 from conftest import REPO, SPECS
-from resnext_compiler.backends.torch_module import build_module
 from safetensors.numpy import load_file, save_file
 from torch7_writer import Module, seed_model, sequential, write_t7
 
+from resnext_compiler.backends.torch_module import build_module
 from resnext_compiler.importers.state_dict import rename
 from resnext_compiler.pipeline import compile_spec
 from resnext_compiler.spec import load_spec, with_form

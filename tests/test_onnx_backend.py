@@ -15,12 +15,12 @@ import pytest
 import torch
 from conftest import SPECS
 from onnx import numpy_helper
-from resnext_compiler.backends.onnx import DEFAULT_OPSET, export_onnx
-from resnext_compiler.backends.onnx_graph import build_graph, weight_specs
-from resnext_compiler.backends.torch_module import build_module, load_weights
 from safetensors.numpy import save_file
 
 from resnext_compiler.backend import CompileOptions
+from resnext_compiler.backends.onnx import DEFAULT_OPSET, export_onnx
+from resnext_compiler.backends.onnx_graph import build_graph, weight_specs
+from resnext_compiler.backends.torch_module import build_module, load_weights
 from resnext_compiler.ir import Graph
 from resnext_compiler.passes.fold_bn import fold_batchnorm
 from resnext_compiler.pipeline import compile_spec

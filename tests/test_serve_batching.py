@@ -11,9 +11,10 @@ import httpx
 import numpy as np
 import onnxruntime as ort
 import pytest
+from test_serve_helpers import load_tiny, running_server, write_tiny_onnx
+
 from resnext_compiler.runtimes.serve.batching import DynamicBatcher
 from resnext_compiler.runtimes.serve.errors import ServeError
-from test_serve_helpers import load_tiny, running_server, write_tiny_onnx
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,9 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 from PIL import Image
-from resnext_compiler.runtimes.serve.images import IMAGENET_MEAN, IMAGENET_STD, preprocess
 from test_serve_helpers import NUM_CLASSES, load_tiny, running_server, write_tiny_onnx
+
+from resnext_compiler.runtimes.serve.images import IMAGENET_MEAN, IMAGENET_STD, preprocess
 
 LABELS = [f"class-{index}" for index in range(NUM_CLASSES)]
 

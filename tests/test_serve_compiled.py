@@ -11,9 +11,10 @@ import onnxruntime as ort
 import pytest
 import tritonclient.http as triton
 from PIL import Image
+from test_serve_helpers import running_server
+
 from resnext_compiler.runtimes.serve.config import ServeConfig
 from resnext_compiler.runtimes.serve.server import load_models
-from test_serve_helpers import running_server
 
 TINY_SPEC = """\
 spec_version: 1

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+
 from resnext_compiler.runtimes.serve.app import create_app
 from resnext_compiler.runtimes.serve.config import ServeConfig
 from resnext_compiler.runtimes.serve.model import LoadedModel, ModelSource

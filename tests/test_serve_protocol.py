@@ -11,13 +11,13 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import tritonclient.http as triton
-from resnext_compiler.runtimes.serve.config import ServeConfig
-from resnext_compiler.runtimes.serve.model import choose_providers, find_models
-from resnext_compiler.runtimes.serve.server import bind_socket, load_models
 from test_serve_helpers import load_tiny, running_server, write_tiny_onnx
 from tritonclient.utils import InferenceServerException
 
 from resnext_compiler.errors import UserError
+from resnext_compiler.runtimes.serve.config import ServeConfig
+from resnext_compiler.runtimes.serve.model import choose_providers, find_models
+from resnext_compiler.runtimes.serve.server import bind_socket, load_models
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import SPECS
-from resnext_compiler.backends.torch_module import build_module, load_weights
 
+from resnext_compiler.backends.torch_module import build_module, load_weights
 from resnext_compiler.errors import UserError
 from resnext_compiler.pipeline import compile_spec
 from resnext_compiler.spec import load_spec, parse_spec

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from resnext_compiler.backends.torch_module import build_module
 
+from resnext_compiler.backends.torch_module import build_module
 from resnext_compiler.pipeline import compile_spec
 from resnext_compiler.spec import load_spec
 

@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
+from resnext_compiler.errors import SpecError, UserError
 from resnext_compiler.runtimes.train.augment import random_crop
 from resnext_compiler.runtimes.train.datasets import open_dataset
 from resnext_compiler.runtimes.train.sampler import GlobalBatchSampler
-
-from resnext_compiler.errors import SpecError, UserError
 from resnext_compiler.spec import load_spec, parse_spec
 
 REPO = Path(__file__).resolve().parent.parent

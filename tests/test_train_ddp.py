@@ -63,7 +63,6 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(runs):
 
 def load_initial(run: Path) -> dict[str, torch.Tensor]:
     from resnext_compiler.backends.torch_module import build_module
-
     from resnext_compiler.pipeline import compile_spec
     from resnext_compiler.spec import load_spec
 

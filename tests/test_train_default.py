@@ -59,8 +59,8 @@ def test_printed_export_command_writes_an_onnx_model_that_agrees(default_run, ru
 
     import onnxruntime
     import torch
-    from resnext_compiler.runtimes.train.datasets import open_dataset
 
+    from resnext_compiler.runtimes.train.datasets import open_dataset
     from resnext_compiler.spec import load_spec
 
     data = open_dataset(load_spec(run / "spec.yaml"), "digits", None)

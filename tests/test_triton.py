@@ -7,6 +7,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 from google.protobuf import text_format
+
 from resnext_compiler.backends.triton import preferred_batch_sizes
 
 model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")

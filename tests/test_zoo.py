@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 from conftest import REPO, SPECS
-from resnext_compiler.backends.torch_module import build_module
 
+from resnext_compiler.backends.torch_module import build_module
 from resnext_compiler.importers import import_weights
 from resnext_compiler.passes.complexity import analyse
 from resnext_compiler.pipeline import compile_spec

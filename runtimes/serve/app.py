@@ -19,6 +19,10 @@ import anyio.to_thread
 import numpy as np
 from fastapi import FastAPI, Query, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+
+from resnext_compiler import __version__
 from resnext_compiler.runtimes.serve.batching import DynamicBatcher
 from resnext_compiler.runtimes.serve.config import ServeConfig
 from resnext_compiler.runtimes.serve.datatypes import triton_type
@@ -33,10 +37,6 @@ from resnext_compiler.runtimes.serve.protocol import (
     parse_infer_request,
     split_body,
 )
-from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import UploadFile
-
-from resnext_compiler import __version__
 
 SERVER_NAME = "resnext-compile"
 EXTENSIONS = ["binary_tensor_data", "classification", "model_configuration"]

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+
 from resnext_compiler.runtimes.serve.errors import ServeError
 
 RETRY_AFTER_S = 1

@@ -14,6 +14,7 @@ import math
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
 from resnext_compiler.runtimes.serve.errors import ServeError, bad_request
 
 CROP_FRACTION = 0.875  # 224 / 256

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from resnext_compiler.runtimes.serve.datatypes import ORT_TO_V2, V2_TO_NUMPY
 
 from resnext_compiler.errors import UserError
+from resnext_compiler.runtimes.serve.datatypes import ORT_TO_V2, V2_TO_NUMPY
 
 log = logging.getLogger("resnext_compiler.serve")
 

@@ -15,6 +15,7 @@ import struct
 from dataclasses import dataclass
 
 import numpy as np
+
 from resnext_compiler.runtimes.serve.datatypes import V2_TO_NUMPY, json_kinds
 from resnext_compiler.runtimes.serve.errors import ServeError, bad_request
 from resnext_compiler.runtimes.serve.model import TensorInfo

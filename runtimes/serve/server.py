@@ -15,9 +15,8 @@ import threading
 import time
 from pathlib import Path
 
-from resnext_compiler.runtimes.serve.config import ServeConfig
-
 from resnext_compiler.errors import UserError
+from resnext_compiler.runtimes.serve.config import ServeConfig
 
 log = logging.getLogger("resnext_compiler.serve")
 
@@ -58,6 +57,7 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 def _uvicorn_server(app, config: ServeConfig, log_config: dict | None):  # noqa: ANN001, ANN202
     import uvicorn
+
     from resnext_compiler.runtimes.serve.app import count_connections_of
 
     settings = uvicorn.Config(app, log_level=config.log_level, access_log=False,
@@ -71,6 +71,7 @@ def _uvicorn_server(app, config: ServeConfig, log_config: dict | None):  # noqa:
 def serve(model_path: Path, config: ServeConfig) -> None:
     """Load, bind, serve until interrupted (the `resnext-compile serve` command)."""
     import uvicorn.config
+
     from resnext_compiler.runtimes.serve.app import create_app
 
     models, labels = load_models(model_path, config)
