@@ -6,6 +6,8 @@ import math
 from pathlib import Path
 
 import pytest
+
+from resnext_compiler.errors import UserError
 from resnext_compiler.runtimes.train.config import (
     TrainConfig,
     TrainOverrides,
@@ -14,8 +16,6 @@ from resnext_compiler.runtimes.train.config import (
     scaled_lr,
 )
 from resnext_compiler.runtimes.train.schedule import LRSchedule
-
-from resnext_compiler.errors import UserError
 from resnext_compiler.spec import load_spec, parse_spec
 
 REPO = Path(__file__).resolve().parent.parent

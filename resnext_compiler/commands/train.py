@@ -82,7 +82,7 @@ def train_command(
     from resnext_compiler.runtimes.train.config import TrainOverrides
     from resnext_compiler.runtimes.train.runner import execute, prepare_run, resume_config
 
-    if nproc > 1 and gpus > 1:
+    if nproc > 1 and gpus > 0:
         raise UserError("use --nproc for CPU processes or --gpus for GPUs, not both")
     if resume is not None:
         given = [flag for flag, value in (

@@ -12,6 +12,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+
 from resnext_compiler.runtimes.train.seeding import sample_uniform
 
 # Random streams: each kind of draw has its own so adding one does not shift the others.

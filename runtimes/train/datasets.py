@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from resnext_compiler.runtimes.train.folder import EVAL_CROP_FRACTION, FolderImages, scan
-from resnext_compiler.runtimes.train.images import ImageSet, InMemoryImages, channel_stats
 
 from resnext_compiler.errors import Diagnostic, SpecError, UserError
+from resnext_compiler.runtimes.train.folder import EVAL_CROP_FRACTION, FolderImages, scan
+from resnext_compiler.runtimes.train.images import ImageSet, InMemoryImages, channel_stats
 from resnext_compiler.spec import Spec
 
 SYNTHETIC_TRAIN, SYNTHETIC_VAL = 512, 128

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
 from resnext_compiler.runtimes.train.distributed import DistContext
 from resnext_compiler.runtimes.train.images import ImageSet
 from resnext_compiler.runtimes.train.loader import batches
@@ -69,10 +70,9 @@ def evaluate_weights(spec_path: Path, weights: Path, dataset: str | None, data_d
                      workers: int = 2) -> tuple[EvalResult, str]:
     """Load SPEC with WEIGHTS and measure it on the validation split of the data set."""
     from resnext_compiler.backends.torch_module import build_module, load_weights
+    from resnext_compiler.pipeline import compile_spec
     from resnext_compiler.runtimes.train.checkpoint import read_weights
     from resnext_compiler.runtimes.train.datasets import open_dataset
-
-    from resnext_compiler.pipeline import compile_spec
     from resnext_compiler.spec import load_spec
 
     spec = load_spec(spec_path)

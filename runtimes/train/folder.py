@@ -15,11 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from resnext_compiler.errors import UserError
 from resnext_compiler.runtimes.train import augment as aug
 from resnext_compiler.runtimes.train.images import normalise
 from resnext_compiler.runtimes.train.seeding import sample_seed
-
-from resnext_compiler.errors import UserError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 EVAL_CROP_FRACTION = 0.875  # 224 / 256

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import torch
+
 from resnext_compiler.runtimes.train import augment as aug
 
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import torch
-from resnext_compiler.runtimes.train.images import ImageSet
 
 from resnext_compiler.errors import UserError
+from resnext_compiler.runtimes.train.images import ImageSet
 
 
 class _Jobs(torch.utils.data.Dataset):

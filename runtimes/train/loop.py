@@ -21,6 +21,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+from resnext_compiler.errors import ResnextError, UserError
+from resnext_compiler.ir import Graph
 from resnext_compiler.runtimes.train.checkpoint import (
     CHECKPOINT,
     WEIGHTS,
@@ -39,9 +42,6 @@ from resnext_compiler.runtimes.train.progress import Progress
 from resnext_compiler.runtimes.train.sampler import GlobalBatchSampler
 from resnext_compiler.runtimes.train.schedule import LRSchedule
 from resnext_compiler.runtimes.train.seeding import sample_hash
-
-from resnext_compiler.errors import ResnextError, UserError
-from resnext_compiler.ir import Graph
 from resnext_compiler.spec import Spec
 
 TINY_STEP_MACS = 100e6
@@ -118,7 +118,6 @@ class Trainer:
     def __init__(self, config: TrainConfig, context: DistContext, progress: Progress,
                  data: DataSplits | None = None):
         from resnext_compiler.backends.torch_module import build_module
-
         from resnext_compiler.pipeline import compile_spec
         from resnext_compiler.spec import load_spec
 

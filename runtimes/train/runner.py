@@ -15,6 +15,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from resnext_compiler.artifacts import write_text_atomic
+from resnext_compiler.errors import ResnextError, UserError
 from resnext_compiler.runtimes.train.checkpoint import CHECKPOINT, WEIGHTS
 from resnext_compiler.runtimes.train.config import (
     TrainConfig,
@@ -22,14 +24,13 @@ from resnext_compiler.runtimes.train.config import (
     effective_spec,
     resolve_config,
 )
+from resnext_compiler.runtimes.train.datasets import DataSplits
 from resnext_compiler.runtimes.train.metrics import read_metrics
-
-from resnext_compiler.artifacts import write_text_atomic
-from resnext_compiler.errors import ResnextError, UserError
 from resnext_compiler.spec import Spec, load_spec
 
 CONFIG_FILE = "train.json"
 DEFAULT_SPEC = "default_spec.yaml"
+_checked: dict[str, DataSplits] = {}  # run dir -> data opened by prepare_run
 
 
 @dataclass(frozen=True)
@@ -84,10 +85,13 @@ def default_run_dir(spec: Spec, root: Path = Path("runs")) -> Path:
 
 def prepare_run(spec_path: Path | None, overrides: TrainOverrides,
                 run_dir: Path | None) -> TrainConfig:
-    """Resolve settings, check the spec and data, and write spec.yaml + train.json."""
-    from resnext_compiler.runtimes.train.datasets import open_dataset
+    """Resolve settings, check the spec and data, and write spec.yaml + train.json.
 
+    The opened data set is kept for `execute` in this process (`checked_data`), so an
+    ImageNet-sized folder is scanned once.
+    """
     from resnext_compiler.pipeline import compile_spec
+    from resnext_compiler.runtimes.train.datasets import open_dataset
 
     with ExitStack() as stack:
         path = spec_path if spec_path is not None else default_spec_path(stack)
@@ -100,7 +104,8 @@ def prepare_run(spec_path: Path | None, overrides: TrainOverrides,
         raise UserError(f"{run_dir} already holds a run; continue it with "
                         f"`resnext-compile train --resume {run_dir}` or choose another --run-dir")
     config = resolve_config(spec, overrides, run_dir)
-    open_dataset(spec, config.dataset, config.data_dir, config.augment, config.seed)
+    _checked[str(run_dir)] = open_dataset(spec, config.dataset, config.data_dir, config.augment,
+                                          config.seed)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(run_dir / "spec.yaml", effective_spec(spec, config).to_yaml())
     write_text_atomic(run_dir / CONFIG_FILE, config.to_json())
@@ -162,10 +167,11 @@ def execute(config: TrainConfig, resume: bool = False) -> RunSummary:
     from resnext_compiler.runtimes.train.loop import train_process
 
     run_dir = Path(config.run_dir)
+    data = _checked.pop(str(run_dir), None)
     if config.nproc > 1:
         _launch_workers(config, resume)
     else:
-        train_process(config, DistContext(), resume)
+        train_process(config, DistContext(), resume, data)
     history = read_metrics(run_dir)
     spec = load_spec(run_dir / "spec.yaml")
     reference = spec.reference.top1_error if spec.reference is not None else None
