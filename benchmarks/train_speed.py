@@ -11,8 +11,8 @@ CPU variants: fp32 | channels_last | bf16 autocast | channels_last + bf16.
 With a GPU (`--gpu`): ResNeXt-101 32x4d, 224x224, fp16 autocast + channels_last (NVIDIA's
 published DeepLearningExamples reference: 1211 images/s on one A100 80GB, AMP, batch 128).
 
-    python benchmarks/train_speed.py                 # CPU table (about a minute on 2 cores)
-    python benchmarks/train_speed.py --gpu --batch 128 --steps 30
+    python benchmarks/train_speed.py    # CPU table: ~3 min on 2 AVX2 cores, mostly bf16
+    python benchmarks/train_speed.py --gpu --batch 128 --steps 20
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 # A narrow CIFAR ResNeXt (8x8d, half width, one block per stage): a step is real work on
-# 2 cores (40 M multiply-accumulates per image), yet the whole table takes about a minute.
+# 2 cores (62 M multiply-accumulates per image), yet fp32 rounds take seconds.
 BENCH_SPEC = """\
 spec_version: 1
 name: resnext11_8x8d_half_bench
@@ -73,8 +73,8 @@ def _ours(spec_path: Path, args: argparse.Namespace, channels_last: bool, amp: s
 
     overrides = TrainOverrides(dataset="synthetic", batch_size=args.batch, device=args.device,
                                amp=amp is not None, amp_dtype=amp, channels_last=channels_last)
-    config = prepare_run(spec_path, overrides, folder / "run")
-    trainer = Trainer(config, DistContext(), Progress(enabled=False))
+    config, data = prepare_run(spec_path, overrides, folder / "run")
+    trainer = Trainer(config, DistContext(), Progress(enabled=False), data)
     x, y = trainer.data.train.load(torch.arange(args.batch), epoch=0)
     x, y = x.to(args.device), y.to(args.device)
     trainer.model.train()
@@ -179,8 +179,8 @@ def main() -> None:
     parser.add_argument("--spec", help="Spec file (default: a half-width ResNeXt-11 8x8d at "
                         "32x32, or specs/resnext101_32x4d.yaml with --gpu).")
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=3, help="Steps per timed round.")
-    parser.add_argument("--rounds", type=int, default=4,
+    parser.add_argument("--steps", type=int, default=2, help="Steps per timed round.")
+    parser.add_argument("--rounds", type=int, default=3,
                         help="Timed rounds per side, alternating; the best counts.")
     parser.add_argument("--gpu", action="store_true", help="Benchmark on CUDA instead.")
     parser.add_argument("--device", default="cpu", help=argparse.SUPPRESS)

@@ -91,3 +91,26 @@ def test_evaluate_with_a_damaged_weights_file_is_a_user_error(tmp_path, run_cli)
     assert result.code == 2
     assert result.err.startswith(f"error: {tmp_path / 'bad.pt'}: not a readable PyTorch "
                                  "weights file (")
+
+
+def test_evaluate_on_an_image_folder_reads_only_val(tmp_path, run_cli):
+    import shutil
+
+    from test_train_data import small_spec, write_folder
+
+    from resnext_compiler.backends.torch_module import build_module
+    from resnext_compiler.pipeline import compile_spec
+    from resnext_compiler.spec import load_spec
+
+    write_folder(tmp_path / "images", per_class=3)
+    shutil.rmtree(tmp_path / "images" / "train")  # evaluation needs only val/
+    spec_path = small_spec(tmp_path, classes=2)
+    model = build_module(compile_spec(load_spec(spec_path)), seed=0)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(state, tmp_path / "w.safetensors")
+    result = run_cli("evaluate", spec_path, "--weights", tmp_path / "w.safetensors", "--dataset",
+                     "imagefolder", "--data", tmp_path / "images", "--workers", "0", "--json")
+    assert result.code == 0, result.err
+    measured = json.loads(result.out)
+    assert measured["images"] == 6
+    assert measured["top5_error"] == 0.0  # two classes

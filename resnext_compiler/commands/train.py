@@ -72,13 +72,18 @@ def train_command(
     compile_model: bool = typer.Option(False, "--compile", help="Use torch.compile."),
     workers: int = typer.Option(2, "--workers", help="Data loader workers (image folders)."),
     seed: int = typer.Option(0, "--seed", help="Seed of weights, data order, augmentation."),
-    threads: int = typer.Option(0, "--threads", help="CPU threads per process (0: default)."),
+    threads: int = typer.Option(
+        0, "--threads", help="CPU threads per process (0: one for tiny nets, else PyTorch's)."),
     run_dir: Path | None = typer.Option(
         None, "--run-dir", "-o", help="Run directory (default: runs/NAME-TIMESTAMP)."),
     resume: Path | None = typer.Option(
         None, "--resume", help="Continue the run in this directory from its last checkpoint."),
 ) -> None:
-    """Train a spec (seed recipe: SGD + Nesterov, linear lr scaling, step/cosine schedule)."""
+    """Train a spec with the seed's recipe (SGD + Nesterov, linear lr scaling, step/cosine).
+
+    With no arguments: a small ResNeXt on the embedded UCI handwritten digits, >= 97%
+    validation accuracy (98.6% with seed 0) in well under a minute on 2 CPU cores.
+    """
     from resnext_compiler.runtimes.train.config import TrainOverrides
     from resnext_compiler.runtimes.train.runner import execute, prepare_run, resume_config
 
@@ -87,12 +92,14 @@ def train_command(
     if resume is not None:
         given = [flag for flag, value in (
             ("SPEC", spec), ("--data", data), ("--dataset", dataset),
-            ("--batch-size", batch_size), ("--schedule", schedule),
+            ("--batch-size", batch_size), ("--schedule", schedule), ("--milestones", milestones),
+            ("--warmup-epochs", warmup_epochs), ("--weight-decay", weight_decay),
+            ("--label-smoothing", label_smoothing), ("--augment", augment),
             ("--run-dir", run_dir)) if value is not None]
         if given:
             raise UserError(f"--resume continues with the run's own settings; drop "
                             f"{', '.join(given)} (only --epochs and --lr may change)")
-        config = resume_config(resume, epochs, lr)
+        config, data_splits = resume_config(resume, epochs, lr), None
     else:
         overrides = TrainOverrides(
             dataset=dataset, data_dir=str(data) if data is not None else None, epochs=epochs,
@@ -102,8 +109,8 @@ def train_command(
             nproc=max(nproc, gpus, 1), device=_device(device, gpus), amp=amp,
             amp_dtype=amp_dtype, channels_last=channels_last, compile=compile_model,
             seed=seed, workers=workers, threads=threads)
-        config = prepare_run(spec, overrides, run_dir)
-    summary = execute(config, resume=resume is not None)
+        config, data_splits = prepare_run(spec, overrides, run_dir)
+    summary = execute(config, resume=resume is not None, data=data_splits)
     for line in summary.lines():
         typer.echo(line)
     if summary.interrupted:

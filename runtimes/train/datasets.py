@@ -97,8 +97,12 @@ def _in_memory(spec: Spec, name: str, stats_name: str, splits: dict[str, tuple[t
 
 
 def open_dataset(spec: Spec, dataset: str, data_dir: str | None, augment: str = "auto",
-                 seed: int = 0) -> DataSplits:
-    """Train and val splits of `dataset`, checked against the spec's classes and channels."""
+                 seed: int = 0, with_train: bool = True) -> DataSplits:
+    """Train and val splits of `dataset`, checked against the spec's classes and channels.
+
+    `with_train=False` (evaluation) skips scanning an image folder's train/ split: the
+    classes then come from val/, which must hold every class.
+    """
     recipe = resolve_augment(augment, dataset, min(spec.input.height, spec.input.width))
     if dataset == "digits":
         images, labels = _digits()
@@ -130,8 +134,12 @@ def open_dataset(spec: Spec, dataset: str, data_dir: str | None, augment: str = 
         _check_fit(spec, dataset, len(classes), 3)
         return _in_memory(spec, dataset, dataset, splits, classes, recipe, seed)
     if dataset in ("imagenet", "imagefolder"):
-        train_samples, classes = scan(root / "train")
-        val_samples, _ = scan(root / "val", classes)
+        if with_train:
+            train_samples, classes = scan(root / "train")
+            val_samples, _ = scan(root / "val", classes)
+        else:
+            val_samples, classes = scan(root / "val")
+            train_samples = []
         _check_fit(spec, f"{dataset} folder {root}", len(classes), None)
         size = (spec.input.height, spec.input.width)
         mean, std = channel_stats("imagenet", spec.input.channels)

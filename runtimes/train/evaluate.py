@@ -77,7 +77,7 @@ def evaluate_weights(spec_path: Path, weights: Path, dataset: str | None, data_d
 
     spec = load_spec(spec_path)
     chosen = dataset or spec.train.dataset
-    data = open_dataset(spec, chosen, data_dir, augment="none")
+    data = open_dataset(spec, chosen, data_dir, augment="none", with_train=False)
     model = build_module(compile_spec(spec), seed=None)
     load_weights(model, read_weights(weights))
     model.to(device)

@@ -87,7 +87,7 @@ def network_hash(spec: Spec) -> str:
     return spec.model_copy(update={"train": TrainSpec()}).spec_hash()
 
 
-def cpu_threads(config: TrainConfig, context: DistContext, graph: Graph) -> int:
+def cpu_threads(config: TrainConfig, graph: Graph) -> int:
     """`--threads`, else one thread for tiny networks, else PyTorch's choice.
 
     Below ~100 M multiply-accumulates per micro-batch the tensors are too small for intra-op
@@ -100,6 +100,12 @@ def cpu_threads(config: TrainConfig, context: DistContext, graph: Graph) -> int:
     if analyse(graph).macs * config.micro_batch < TINY_STEP_MACS:
         return 1
     return torch.get_num_threads()
+
+
+def check_batch_fits(train_images: int, batch_size: int) -> None:
+    if train_images < batch_size:
+        raise UserError(f"the training split has {train_images} images, fewer than one global "
+                        f"batch of {batch_size}; lower --batch-size")
 
 
 def _step_seed(config: TrainConfig, rank: int, epoch: int, step: int) -> int:
@@ -126,20 +132,20 @@ class Trainer:
         self.spec = load_spec(self.run_dir / "spec.yaml")
         self.device = torch.device(
             "cpu" if config.device == "cpu" else f"cuda:{context.local_rank}")
-        self.data = data or open_dataset(self.spec, config.dataset, config.data_dir,
-                                         config.augment, config.seed)
+        if data is None:
+            data = open_dataset(self.spec, config.dataset, config.data_dir, config.augment,
+                                config.seed)
+        self.data = data
         self.sampler = GlobalBatchSampler(len(self.data.train), config.batch_size,
                                           context.world_size, context.rank,
                                           config.accum_steps, config.seed)
-        if self.sampler.steps_per_epoch == 0:
-            raise UserError(f"the training split has {len(self.data.train)} images, fewer than "
-                            f"one global batch of {config.batch_size}; lower --batch-size")
+        check_batch_fits(len(data.train), config.batch_size)
         self.schedule = LRSchedule(config.lr, config.schedule, config.epochs,
                                    self.sampler.steps_per_epoch, config.milestones,
                                    config.warmup_epochs)
         self.graph = compile_spec(self.spec)
         if self.device.type == "cpu":
-            torch.set_num_threads(cpu_threads(config, context, self.graph))
+            torch.set_num_threads(cpu_threads(config, self.graph))
         self.model = build_module(self.graph, seed=config.seed).to(self.device)
         if config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -198,6 +204,8 @@ class Trainer:
         self.partial = state["partial"].to(torch.float64)
         self.train_seconds = float(state.get("train_seconds", 0.0))
         self.history = list(state["history"])
+        if self.context.is_main:  # a kill between checkpoint and metrics leaves them behind
+            write_metrics(self.run_dir, self.history)
 
     def save(self) -> None:
         """Rank 0 writes last.pt, then model.safetensors and the metrics log."""

@@ -30,7 +30,6 @@ from resnext_compiler.spec import Spec, load_spec
 
 CONFIG_FILE = "train.json"
 DEFAULT_SPEC = "default_spec.yaml"
-_checked: dict[str, DataSplits] = {}  # run dir -> data opened by prepare_run
 
 
 @dataclass(frozen=True)
@@ -84,14 +83,15 @@ def default_run_dir(spec: Spec, root: Path = Path("runs")) -> Path:
 
 
 def prepare_run(spec_path: Path | None, overrides: TrainOverrides,
-                run_dir: Path | None) -> TrainConfig:
+                run_dir: Path | None) -> tuple[TrainConfig, DataSplits]:
     """Resolve settings, check the spec and data, and write spec.yaml + train.json.
 
-    The opened data set is kept for `execute` in this process (`checked_data`), so an
-    ImageNet-sized folder is scanned once.
+    Returns the data set opened for the check too; `execute` reuses it in this process, so
+    an ImageNet-sized folder is scanned once.
     """
     from resnext_compiler.pipeline import compile_spec
     from resnext_compiler.runtimes.train.datasets import open_dataset
+    from resnext_compiler.runtimes.train.loop import check_batch_fits
 
     with ExitStack() as stack:
         path = spec_path if spec_path is not None else default_spec_path(stack)
@@ -100,16 +100,16 @@ def prepare_run(spec_path: Path | None, overrides: TrainOverrides,
         spec = load_spec(path)
     compile_spec(spec)  # located spec errors before anything is written
     run_dir = run_dir if run_dir is not None else default_run_dir(spec)
-    if (run_dir / CHECKPOINT).exists() or (run_dir / CONFIG_FILE).exists():
+    if (run_dir / CHECKPOINT).exists():
         raise UserError(f"{run_dir} already holds a run; continue it with "
                         f"`resnext-compile train --resume {run_dir}` or choose another --run-dir")
     config = resolve_config(spec, overrides, run_dir)
-    _checked[str(run_dir)] = open_dataset(spec, config.dataset, config.data_dir, config.augment,
-                                          config.seed)
+    data = open_dataset(spec, config.dataset, config.data_dir, config.augment, config.seed)
+    check_batch_fits(len(data.train), config.batch_size)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(run_dir / "spec.yaml", effective_spec(spec, config).to_yaml())
     write_text_atomic(run_dir / CONFIG_FILE, config.to_json())
-    return config
+    return config, data
 
 
 def resume_config(run_dir: Path, epochs: int | None = None,
@@ -134,14 +134,14 @@ def resume_config(run_dir: Path, epochs: int | None = None,
         if lr <= 0:
             raise UserError(f"--lr must be positive; got {lr}")
         config = replace(config, lr=lr, lr_from_flag=True)
-    if epochs is not None or lr is not None:
-        spec = load_spec(run_dir / "spec.yaml")
-        write_text_atomic(run_dir / "spec.yaml", effective_spec(spec, config).to_yaml())
-        write_text_atomic(path, config.to_json())
     done = len(read_metrics(run_dir))
     if done >= config.epochs:
         raise UserError(f"{run_dir} has already finished {done} of {config.epochs} epochs; pass "
                         "--epochs N with a larger N to train longer")
+    if epochs is not None or lr is not None:
+        spec = load_spec(run_dir / "spec.yaml")
+        write_text_atomic(run_dir / "spec.yaml", effective_spec(spec, config).to_yaml())
+        write_text_atomic(path, config.to_json())
     return config
 
 
@@ -161,13 +161,16 @@ def _launch_workers(config: TrainConfig, resume: bool) -> None:
                            "see the messages above")
 
 
-def execute(config: TrainConfig, resume: bool = False) -> RunSummary:
-    """Train to `config.epochs` and summarise; raises on failure, returns when interrupted."""
+def execute(config: TrainConfig, resume: bool = False,
+            data: DataSplits | None = None) -> RunSummary:
+    """Train to `config.epochs` and summarise; raises on failure, returns when interrupted.
+
+    `data`, when given, is the opened data set (single-process runs use it directly).
+    """
     from resnext_compiler.runtimes.train.distributed import DistContext
     from resnext_compiler.runtimes.train.loop import train_process
 
     run_dir = Path(config.run_dir)
-    data = _checked.pop(str(run_dir), None)
     if config.nproc > 1:
         _launch_workers(config, resume)
     else:
