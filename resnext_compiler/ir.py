@@ -10,6 +10,7 @@ Graphs are plain data; passes return new graphs (`dataclasses.replace`).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from resnext_compiler.ops import Op, ParamSpec, TensorShape
@@ -48,10 +49,7 @@ class Param:
 
     @property
     def numel(self) -> int:
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n
+        return math.prod(self.shape)
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ torchvision state-dict key.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -46,10 +47,7 @@ class ParamSpec:
 
     @property
     def numel(self) -> int:
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n
+        return math.prod(self.shape)
 
 
 def _conv_out(size: int, kernel: int, stride: int, padding: int, ceil: bool = False) -> int:

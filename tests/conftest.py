@@ -11,6 +11,23 @@ REPO = Path(__file__).resolve().parent.parent
 SPECS = REPO / "specs"
 
 
+# A ResNeXt small enough to train in seconds on the embedded 8x8 digits (training tests).
+TINY_DIGITS_MODEL = """\
+spec_version: 1
+name: tiny_digits
+input: {channels: 1, height: 8, width: 8}
+stem: cifar
+block: {type: bottleneck, cardinality: 2, base_width: 16}
+stages: [{depth: 1, width: 8}, {depth: 1, width: 16, stride: 2}]
+head: {num_classes: 10}
+"""
+
+
+def tiny_digits_spec(train: str) -> str:
+    """TINY_DIGITS_MODEL with a `train:` section given as YAML flow text."""
+    return f"{TINY_DIGITS_MODEL}train: {train}\n"
+
+
 class CliResult:
     def __init__(self, code: int, out: str, err: str):
         self.code, self.out, self.err = code, out, err

@@ -7,18 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_digits_spec
 from safetensors.torch import save_file
 
-SPEC = """\
-spec_version: 1
-name: tiny_digits
-input: {channels: 1, height: 8, width: 8}
-stem: cifar
-block: {type: bottleneck, cardinality: 2, base_width: 16}
-stages: [{depth: 1, width: 8}, {depth: 1, width: 16, stride: 2}]
-head: {num_classes: 10}
-train: {dataset: digits}
-"""
+SPEC = tiny_digits_spec("{dataset: digits}")
 
 
 def model_and_spec(tmp_path: Path):

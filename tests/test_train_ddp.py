@@ -14,19 +14,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_digits_spec
 from safetensors.torch import load_file
 
-TINY = """\
-spec_version: 1
-name: tiny_digits
-input: {channels: 1, height: 8, width: 8}
-stem: cifar
-block: {type: bottleneck, cardinality: 2, base_width: 16}
-stages: [{depth: 1, width: 8}, {depth: 1, width: 16, stride: 2}]
-head: {num_classes: 10}
-train: {dataset: digits, epochs: 1, batch_size: 32, lr: 0.05, schedule: cosine,
-        weight_decay: 5.0e-4}
-"""
+TINY = tiny_digits_spec(
+    "{dataset: digits, epochs: 1, batch_size: 32, lr: 0.05, schedule: cosine, "
+    "weight_decay: 5.0e-4}"
+)
 BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 
 

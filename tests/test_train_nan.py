@@ -3,17 +3,9 @@
 from __future__ import annotations
 
 import torch
+from conftest import tiny_digits_spec
 
-TINY = """\
-spec_version: 1
-name: tiny_digits
-input: {channels: 1, height: 8, width: 8}
-stem: cifar
-block: {type: bottleneck, cardinality: 2, base_width: 16}
-stages: [{depth: 1, width: 8}, {depth: 1, width: 16, stride: 2}]
-head: {num_classes: 10}
-train: {dataset: digits, epochs: 1, batch_size: 32, lr: 0.05, schedule: cosine}
-"""
+TINY = tiny_digits_spec("{dataset: digits, epochs: 1, batch_size: 32, lr: 0.05, schedule: cosine}")
 
 
 def test_divergence_before_the_first_checkpoint_says_nothing_was_saved(run_cli, tmp_path):
