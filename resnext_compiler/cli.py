@@ -89,6 +89,23 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except BrokenPipeError:
         sys.exit(EXIT_FAILURE)
+    except (
+        FileNotFoundError,
+        FileExistsError,
+        NotADirectoryError,
+        IsADirectoryError,
+        PermissionError,
+    ) as exc:
+        # A path the user gave cannot be read or written: their error, not a crash.
+        target = f"cannot use {exc.filename}: " if exc.filename else ""
+        print(f"error: {target}{exc.strerror or exc}", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+    except OSError as exc:  # disk full, I/O error: a runtime failure
+        print(
+            f"error: {exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""),
+            file=sys.stderr,
+        )
+        sys.exit(EXIT_FAILURE)
     except Exception as exc:  # a bug: say so plainly, without a wall of traceback
         if os.environ.get("RESNEXT_DEBUG"):
             traceback.print_exc()

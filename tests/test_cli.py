@@ -142,3 +142,11 @@ def test_console_script_exit_codes_and_no_traceback(tmp_path):
     failed = subprocess.run([EXE, "inspect", str(bad)], capture_output=True, text=True)
     assert failed.returncode == 2
     assert failed.stderr.startswith(f"{bad}:2:") and "Traceback" not in failed.stderr
+
+
+def test_unwritable_output_path_is_a_user_error(run_cli, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    result = run_cli(SPECS / "resnet18.yaml", "--backend", "torch", "-o", blocker / "m.py")
+    assert result.code == 2, result
+    assert result.err.startswith("error: ") and "internal error" not in result.err
