@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from resnext_compiler.errors import Diagnostic, Location, SpecError
+from resnext_compiler.errors import Diagnostic, Location, SpecError, format_field_path
 
 FieldPath = tuple[str | int, ...]
 
@@ -103,8 +103,6 @@ def _convert(
     problems: list[Diagnostic],
     loader: yaml.SafeLoader,
 ) -> Any:
-    from resnext_compiler.errors import format_field_path
-
     source.locations.setdefault(path, _mark(filename, node.start_mark))
     if isinstance(node, yaml.MappingNode):
         explicit = sum(1 for key, _ in node.value if key.tag != "tag:yaml.org,2002:merge")

@@ -28,6 +28,25 @@ def tiny_digits_spec(train: str) -> str:
     return f"{TINY_DIGITS_MODEL}train: {train}\n"
 
 
+def random_ir_weights(graph, seed: int = 0, std: float = 1.0, dtype=None) -> dict:
+    """Random tensors for every IR parameter and buffer, keyed by IR name, with BN variances in
+    [0.5, 2) so normalisation is not the identity. `dtype` None keeps numpy's float64."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    out = {}
+    for param in graph.params():
+        if param.dtype == "int64":
+            out[param.name] = np.array(7, np.int64)
+            continue
+        if param.name.endswith("running_var"):
+            value = rng.uniform(0.5, 2.0, param.shape)
+        else:
+            value = rng.normal(0.0, std, param.shape)
+        out[param.name] = value if dtype is None else value.astype(dtype)
+    return out
+
+
 class CliResult:
     def __init__(self, code: int, out: str, err: str):
         self.code, self.out, self.err = code, out, err

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import SPECS
+from conftest import SPECS, random_ir_weights
 
 from resnext_compiler.backends.torch_module import build_module
 from resnext_compiler.passes.complexity import analyse
@@ -35,16 +35,7 @@ def _spec(variant: str = "plain"):
 
 def _random_state(graph, seed: int = 0) -> dict[str, np.ndarray]:
     """float64 weights with non-trivial BN statistics, keyed by IR names."""
-    rng = np.random.default_rng(seed)
-    out = {}
-    for param in graph.params():
-        if param.dtype == "int64":
-            out[param.name] = np.array(7, np.int64)
-        elif param.name.endswith("running_var"):
-            out[param.name] = rng.uniform(0.5, 2.0, param.shape)
-        else:
-            out[param.name] = rng.normal(0.0, 0.3, param.shape)
-    return out
+    return random_ir_weights(graph, seed, std=0.3)
 
 
 def _outputs(graph, tensors, x):
@@ -192,23 +183,34 @@ def test_needs_conversion_reads_the_form_from_weight_names():
     assert not needs_conversion([p.name for p in graph_a.params()], graph_a)
 
 
-def test_cli_onnx_export_of_each_form_gives_the_same_outputs(run_cli, write_spec, tmp_path):
-    """import-weights --form F, then `resnext-compile SPEC --form F --weights` to ONNX."""
+def _onnx_outputs_per_form(run_cli, spec_path, tmp_path, weights_for, x) -> dict:
+    """Compile SPEC with `--form F --weights weights_for(F)` to ONNX for F in A, B, C; run each."""
     ort = pytest.importorskip("onnxruntime")
-    path = write_spec(TINY.format(**VARIANTS["plain"]))
-    model = build_module(compile_spec(load_spec(path)), seed=5)
-    torch.save(model.state_dict(), tmp_path / "c.pth")
-    x = np.random.default_rng(0).normal(size=(2, 3, 16, 16)).astype(np.float32)
     outputs = {}
     for form in "ABC":
-        weights, onnx_file = tmp_path / f"{form}.safetensors", tmp_path / f"{form}.onnx"
-        assert run_cli("import-weights", tmp_path / "c.pth", "--spec", path, "--form", form,
-                       "-o", weights).code == 0
-        result = run_cli(path, "--form", form, "--weights", weights, "--backend", "onnx",
-                         "-o", onnx_file)
+        onnx_file = tmp_path / f"{form}.onnx"
+        result = run_cli(spec_path, "--form", form, "--weights", weights_for(form),
+                         "--backend", "onnx", "-o", onnx_file)
         assert result.code == 0, result
         session = ort.InferenceSession(str(onnx_file))
         outputs[form] = session.run(None, {session.get_inputs()[0].name: x})[0]
+    return outputs
+
+
+def test_cli_onnx_export_of_each_form_gives_the_same_outputs(run_cli, write_spec, tmp_path):
+    """import-weights --form F, then `resnext-compile SPEC --form F --weights` to ONNX."""
+    path = write_spec(TINY.format(**VARIANTS["plain"]))
+    model = build_module(compile_spec(load_spec(path)), seed=5)
+    torch.save(model.state_dict(), tmp_path / "c.pth")
+
+    def imported(form: str):
+        weights = tmp_path / f"{form}.safetensors"
+        assert run_cli("import-weights", tmp_path / "c.pth", "--spec", path, "--form", form,
+                       "-o", weights).code == 0
+        return weights
+
+    x = np.random.default_rng(0).normal(size=(2, 3, 16, 16)).astype(np.float32)
+    outputs = _onnx_outputs_per_form(run_cli, path, tmp_path, imported, x)
     assert np.abs(outputs["C"]).max() > 0.01
     assert np.abs(outputs["A"] - outputs["C"]).max() <= 1e-4  # float32
     assert np.abs(outputs["B"] - outputs["C"]).max() <= 1e-4
@@ -216,18 +218,10 @@ def test_cli_onnx_export_of_each_form_gives_the_same_outputs(run_cli, write_spec
 
 def test_cli_compiles_form_c_weights_into_another_form_directly(run_cli, write_spec, tmp_path):
     """`resnext-compile SPEC --form A --weights C.pth`: the loader maps the weights itself."""
-    ort = pytest.importorskip("onnxruntime")
     path = write_spec(TINY.format(**VARIANTS["plain"]))
     model = build_module(compile_spec(load_spec(path)), seed=7)
     torch.save(model.state_dict(), tmp_path / "c.pth")
     x = np.random.default_rng(1).normal(size=(2, 3, 16, 16)).astype(np.float32)
-    outputs = {}
-    for form in "ABC":
-        onnx_file = tmp_path / f"{form}.onnx"
-        result = run_cli(path, "--form", form, "--weights", tmp_path / "c.pth",
-                         "--backend", "onnx", "-o", onnx_file)
-        assert result.code == 0, result
-        session = ort.InferenceSession(str(onnx_file))
-        outputs[form] = session.run(None, {"input": x})[0]
+    outputs = _onnx_outputs_per_form(run_cli, path, tmp_path, lambda form: tmp_path / "c.pth", x)
     assert np.abs(outputs["A"] - outputs["C"]).max() <= 1e-4
     assert np.abs(outputs["B"] - outputs["C"]).max() <= 1e-4

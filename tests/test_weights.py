@@ -8,6 +8,7 @@ import struct
 import numpy as np
 import pytest
 import torch
+from conftest import random_ir_weights
 from safetensors.numpy import save_file
 
 from resnext_compiler.errors import UserError
@@ -37,16 +38,7 @@ def tiny(preact: bool = False):
 
 
 def random_state(graph, seed: int = 0) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    out = {}
-    for p in graph.params():
-        if p.dtype == "int64":
-            out[p.name] = np.array(5, np.int64)
-        elif p.name.endswith("running_var"):
-            out[p.name] = rng.uniform(0.5, 2.0, p.shape).astype(np.float32)
-        else:
-            out[p.name] = rng.standard_normal(p.shape).astype(np.float32)
-    return out
+    return random_ir_weights(graph, seed, dtype=np.float32)
 
 
 # --- reading --------------------------------------------------------------------------
