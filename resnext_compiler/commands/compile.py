@@ -10,7 +10,10 @@ import typer
 
 from resnext_compiler.errors import SpecError, UserError
 
-BACKEND_HELP = "onnx | torch (standalone source) | triton (model repository) | dot (picture)"
+BACKEND_HELP = (
+    "onnx | torch (standalone source) | triton (model repository) | dot (picture) | "
+    "caffe (prototxt + caffemodel)"
+)
 
 
 def _parse_batch(value: str) -> int | None:

@@ -1,4 +1,4 @@
-"""design (the 1x-complexity solver) and import-weights (torchvision, timm, Torch7)."""
+"""design (the 1x-complexity solver) and import-weights (torchvision, timm, Torch7, Caffe)."""
 
 from __future__ import annotations
 
@@ -91,8 +91,8 @@ def design_command(
 
 def import_weights_command(
     source: Path = typer.Argument(..., metavar="SRC", show_default=False,
-                                  help="torchvision/timm state dict (.pth, .safetensors) or a "
-                                       "Torch7 model (.t7)."),
+                                  help="torchvision/timm state dict (.pth, .safetensors), a "
+                                       "Torch7 model (.t7) or a Caffe model (.caffemodel)."),
     spec_path: Path = typer.Option(..., "--spec", "-s", metavar="SPEC",
                                    help="Spec the weights belong to."),
     output: Path = typer.Option(..., "--output", "-o", help="Output .safetensors file."),

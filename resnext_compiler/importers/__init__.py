@@ -2,7 +2,8 @@
 
 Sources: torchvision and timm state dicts (`.pth`, `.pt`, `.bin`, `.safetensors`; their
 ResNet/ResNeXt names are already ours), and the seed's Torch7 models (`.t7`, the fb.resnet
-layout of facebookresearch/ResNeXt). `import_weights` reads, renames, converts block forms
+layout of facebookresearch/ResNeXt), and Caffe models (`.caffemodel`) named as `--backend caffe`
+writes them. `import_weights` reads, renames, converts block forms
 (`passes.forms`) and checks every name and shape against the spec's graph.
 """
 
@@ -17,6 +18,7 @@ from resnext_compiler.spec import Spec
 __all__ = ["ImportResult", "import_weights", "save_safetensors"]
 
 TORCH7_SUFFIXES = (".t7", ".th7")
+CAFFE_SUFFIXES = (".caffemodel",)
 
 
 def import_weights(source: str | Path, spec: Spec, allow_partial: bool = False) -> ImportResult:
@@ -33,6 +35,10 @@ def import_weights(source: str | Path, spec: Spec, allow_partial: bool = False) 
 
         tensors, detail = read_torch7_model(path, spec)
         source_format = f"Torch7 ({detail})"
+    elif path.suffix.lower() in CAFFE_SUFFIXES:
+        from resnext_compiler.importers.caffe import read_caffemodel
+
+        tensors, source_format = read_caffemodel(path, graph)
     else:
         from resnext_compiler.importers.state_dict import read_state_dict
 
