@@ -1,4 +1,7 @@
-"""`resnext-compile import-weights`: torchvision, timm and Torch7 (.t7) sources, mismatches."""
+"""`resnext-compile import-weights`: torchvision, timm and Torch7 (.t7) sources, mismatches.
+
+(Caffe models are covered in test_caffe_backend.py, next to the backend that writes them.)
+"""
 
 from __future__ import annotations
 
@@ -252,3 +255,24 @@ def test_console_script_exit_code_without_traceback(tmp_path):
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert "the .t7 has 1 conv/BN/linear layers, resnet18 needs 41" in proc.stderr
+
+
+def test_opencv_runs_the_seed_torch7_model_to_our_logits(tmp_path, write_spec, run_cli):
+    """OpenCV's own Torch7 reader runs the seed-layout .t7 (form B) to the logits of our
+    model with the weights `import-weights` read from the same file."""
+    cv2 = pytest.importorskip("cv2")
+    spec_path = write_spec(TINY_SEED)
+    _, weights = _tiny_seed_reference("B", spec_path)
+    rng = np.random.default_rng(3)
+    t7 = write_t7(tmp_path / "seed.t7", seed_model(weights, TINY_SEED_STAGES, "B", 4, rng))
+    out = tmp_path / "seed.safetensors"
+    assert run_cli("import-weights", t7, "--spec", spec_path, "-o", out).code == 0
+    x = np.random.default_rng(5).normal(size=(2, 3, 16, 16)).astype(np.float32)
+    net = cv2.dnn.readNetFromTorch(str(t7))
+    net.setInput(x)
+    theirs = net.forward()
+    with torch.no_grad():
+        ours = _ours(spec_path, out)(torch.from_numpy(x)).numpy()
+    assert theirs.shape == ours.shape == (2, 10)
+    assert np.abs(ours).max() > 0.1
+    assert np.abs(theirs - ours).max() <= 1e-4 * np.abs(ours).max()

@@ -5,7 +5,11 @@ as doubles, strings as length + bytes, tables as (index, size, key/value pairs),
 (index, "V 1", class name, payload), tensors as (ndim, sizes, strides, 1-based offset, storage).
 `seed_model` lays out a network like facebookresearch/ResNeXt's models/resnext.lua (form B:
 `resnext_bottleneck_B`, form C: `resnext_bottleneck_C`), so the importer is tested on the real
-container structure.
+container structure. Modules carry the fields torch7's constructors set (every module's
+`output`, `gradInput`, `train` and `_type`; pooling's `dW`/`dH`/`padW`/`padH`/`ceil_mode`/
+`count_include_pad`; `nn.View`'s `size` as a `torch.LongStorage`), and nil fields are left out
+as a Lua table cannot hold them, so readers written against real torch7 files (OpenCV's
+`readNetFromTorch`) read these too.
 """
 
 from __future__ import annotations
@@ -18,8 +22,16 @@ from typing import Any
 import numpy as np
 
 TYPE_NIL, TYPE_NUMBER, TYPE_STRING, TYPE_TABLE, TYPE_TORCH, TYPE_BOOLEAN = 0, 1, 2, 3, 4, 5
+_EMPTY = np.zeros((0,), np.float32)
 TENSOR_TYPES = {np.dtype(np.float32): "Float", np.dtype(np.float64): "Double",
                 np.dtype(np.int64): "Long"}
+
+
+@dataclass(frozen=True)
+class LongStorage:
+    """A `torch.LongStorage` (what nn.View keeps its size in)."""
+
+    values: tuple[int, ...]
 
 
 @dataclass(eq=False)
@@ -64,16 +76,24 @@ class _Writer:
             self.string(value)
         elif isinstance(value, np.ndarray):
             self._tensor(value)
+        elif isinstance(value, LongStorage):
+            self._torch("torch.LongStorage")
+            self.long(len(value.values))
+            self.out += struct.pack(f"<{len(value.values)}q", *value.values)
         elif isinstance(value, Module):
             self._torch(value.typename)
-            self.obj(value.fields)
+            # Every nn.Module has these (nn.Module.__init__ and :evaluate()).
+            base = {"output": _EMPTY, "gradInput": _EMPTY, "train": False,
+                    "_type": "torch.FloatTensor"}
+            self.obj({**base, **value.fields})
         elif isinstance(value, (list, tuple)):
             self.obj({i + 1: v for i, v in enumerate(value)})
         elif isinstance(value, dict):
             self.int(TYPE_TABLE)
             self.int(self._next_index())
-            self.int(len(value))
-            for key, item in value.items():
+            present = {k: v for k, v in value.items() if v is not None}  # Lua drops nils
+            self.int(len(present))
+            for key, item in present.items():
                 self.obj(key)
                 self.obj(item)
         else:
@@ -89,6 +109,11 @@ class _Writer:
         array = np.ascontiguousarray(array)
         kind = TENSOR_TYPES[array.dtype]
         self._torch(f"torch.{kind}Tensor")
+        if array.size == 0:  # torch.Tensor(): no dims, offset 1, no storage
+            self.int(0)
+            self.long(1)
+            self.int(TYPE_NIL)
+            return
         self.int(array.ndim)
         for size in array.shape:
             self.long(size)
@@ -138,6 +163,14 @@ def batchnorm(weights: dict[str, np.ndarray], name: str, eps: float = 1e-5,
         "running_var": weights[f"{name}.running_var"] - (eps - 1e-5),
         "eps": eps, "momentum": 0.1, "affine": True,
     })
+
+
+def average_pooling(kernel: int, stride: int = 1) -> Module:
+    """`cudnn.SpatialAveragePooling(kW, kH, dW, dH)` with nn's defaults for the rest."""
+    return Module("cudnn.SpatialAveragePooling", {
+        "kW": kernel, "kH": kernel, "dW": stride, "dH": stride, "padW": 0, "padH": 0,
+        "ceil_mode": False, "count_include_pad": True, "divide": True,
+        "mode": "CUDNN_POOLING_AVERAGE_COUNT_INCLUDE_PADDING"})
 
 
 def relu() -> Module:
@@ -194,7 +227,9 @@ def seed_model(weights: dict[str, np.ndarray], stages: list[tuple[int, int, bool
                              stride if i == 0 else 1, projection and i == 0, rng)
                   for i in range(depth)]
         modules.append(sequential(*blocks))
-    modules += [Module("cudnn.SpatialAveragePooling", {"kW": 8, "kH": 8}),
-                Module("nn.View", {"size": [-1]}),
+    features = weights["fc.weight"].shape[1]
+    modules += [average_pooling(8),  # the seed's cudnn.SpatialAveragePooling(8, 8, 1, 1)
+                Module("nn.View", {"size": LongStorage((features,)), "numElements": features,
+                                   "numInputDims": 3}),  # nn.View(nFeatures):setNumInputDims(3)
                 Module("nn.Linear", {"weight": weights["fc.weight"], "bias": weights["fc.bias"]})]
     return sequential(*modules)
