@@ -124,6 +124,7 @@ class _NetBuilder:
         return self.top(node)
 
     def refuse(self, node: Node, message: str) -> None:
+        self.blob[node.name] = node.name  # keep going: every problem is reported at once
         self.problems.append(diagnostic(self.spec, node.origin, message) if node.origin
                              else Diagnostic(f"{node.name}: {message}"))
 
