@@ -38,18 +38,12 @@ import numpy as np
 from resnext_compiler import ops
 from resnext_compiler.artifacts import atomic_writer, write_text_atomic
 from resnext_compiler.backend import CompileOptions
-from resnext_compiler.caffe_proto import (
-    NET_LAYER,
-    NET_NAME,
-    PROTOBUF_LIMIT,
-    blob_frame_prefix,
-    frame,
-    message_classes,
-)
+from resnext_compiler.caffe_proto import NET_LAYER, NET_NAME, blob_frame_prefix, message_classes
 from resnext_compiler.errors import Diagnostic, SpecError, UserError
 from resnext_compiler.ir import INPUT, Graph, Node
 from resnext_compiler.lower import diagnostic
 from resnext_compiler.naming import file_stem
+from resnext_compiler.protobuf_wire import PROTOBUF_LIMIT, frame
 from resnext_compiler.spec import Spec
 from resnext_compiler.weights import model_weights
 
@@ -59,10 +53,17 @@ SCALE_SUFFIX = "/scale"  # the Scale layer that carries a BatchNorm's gamma and 
 
 @dataclass(frozen=True)
 class Blob:
-    """One weight blob of a layer: its shape and how to get its float32 values."""
+    """One weight blob of a layer: its shape and either the IR parameter it holds or a constant
+    (BatchNorm's scale factor)."""
 
     shape: tuple[int, ...]
-    values: Callable[[], np.ndarray]
+    param: str = ""
+    constant: float = 0.0
+
+    def values(self, fetch: Callable[[str], np.ndarray]) -> np.ndarray:
+        if self.param:
+            return fetch(self.param)
+        return np.full(self.shape, self.constant, np.float32)
 
     @property
     def nbytes(self) -> int:
@@ -90,9 +91,8 @@ def caffe_pooled_size(size: int, kernel: int, stride: int, padding: int) -> int:
 
 
 class _NetBuilder:
-    def __init__(self, graph: Graph, spec: Spec, weights: Mapping[str, np.ndarray] | None,
-                 batch: int):
-        self.graph, self.spec, self.weights = graph, spec, weights
+    def __init__(self, graph: Graph, spec: Spec, batch: int):
+        self.graph, self.spec = graph, spec
         self.layers: list[Layer] = []
         self.problems: list[Diagnostic] = []
         self.blob: dict[str, str] = {INPUT: INPUT}  # IR value -> Caffe blob name
@@ -107,11 +107,7 @@ class _NetBuilder:
 
     # -- helpers --------------------------------------------------------------------------
     def param(self, name: str) -> Blob:
-        return Blob(self.shapes[name], lambda: self._fetch(name))
-
-    def _fetch(self, name: str) -> np.ndarray:
-        assert self.weights is not None
-        return np.asarray(self.weights[name], np.float32)
+        return Blob(self.shapes[name], param=name)
 
     def top(self, node: Node) -> str:
         return OUTPUT if node.name == self.graph.output else node.name
@@ -189,7 +185,7 @@ class _NetBuilder:
         elif isinstance(op, ops.BatchNorm):
             top = self.in_place(node)
             mean, var = self.param(f"{name}.running_mean"), self.param(f"{name}.running_var")
-            factor = Blob((1,), lambda: np.ones(1, np.float32))
+            factor = Blob((1,), constant=1.0)  # Caffe divides mean and var by this
             self.add(Layer(name, "BatchNorm", bottoms, [top], {"batch_norm_param": {
                 "use_global_stats": True, "eps": op.eps}}, [mean, var, factor]))
             self.add(Layer(name + SCALE_SUFFIX, "Scale", [top], [top],
@@ -268,10 +264,9 @@ class _NetBuilder:
 
 
 
-def build_layers(graph: Graph, spec: Spec, weights: Mapping[str, np.ndarray] | None = None,
-                 batch: int = 1) -> list[Layer]:
+def build_layers(graph: Graph, spec: Spec, batch: int = 1) -> list[Layer]:
     """The Caffe layers of `graph`; SpecError (located) listing every inexpressible node."""
-    builder = _NetBuilder(graph, spec, weights, batch)
+    builder = _NetBuilder(graph, spec, batch)
     for node in graph.nodes:
         builder.emit(node)
     if builder.problems:
@@ -305,8 +300,13 @@ def deploy_prototxt(name: str, layers: list[Layer]) -> str:
     return text_format.MessageToString(net)
 
 
-def write_caffemodel(path: str | Path, name: str, layers: list[Layer]) -> Path:
-    """The binary NetParameter with blobs, written atomically one blob at a time."""
+def write_caffemodel(path: str | Path, name: str, layers: list[Layer],
+                     fetch: Callable[[str], np.ndarray]) -> Path:
+    """The binary NetParameter with blobs, written atomically one blob at a time.
+
+    Every length is known from the shapes before any data is read, so each layer is framed,
+    then its blobs' values are fetched (`fetch(param name)`) and written one after another.
+    """
     name_bytes = name.encode()
     heads = [_layer_message(layer).SerializeToString(deterministic=True) for layer in layers]
     prefixes = [[blob_frame_prefix(b.shape) for b in layer.blobs] for layer in layers]
@@ -322,7 +322,7 @@ def write_caffemodel(path: str | Path, name: str, layers: list[Layer]) -> Path:
         for layer, head, pre, length in zip(layers, heads, prefixes, lengths, strict=True):
             handle.write(frame(NET_LAYER, length) + head)
             for prefix, blob in zip(pre, layer.blobs, strict=True):
-                data = np.ascontiguousarray(blob.values(), dtype="<f4")
+                data = np.ascontiguousarray(blob.values(fetch), dtype="<f4")
                 if data.shape != blob.shape:
                     raise UserError(f"{layer.name}: expected a blob of shape {list(blob.shape)}, "
                                     f"got {list(data.shape)}")
@@ -339,13 +339,13 @@ def export_caffe(graph: Graph, spec: Spec, options: CompileOptions, directory: P
                         "(Caffe's BlobProto has no half-precision data)")
     if options.batch is not None and options.batch < 1:
         raise UserError(f"--batch must be a positive integer, got {options.batch}")
-    layers = build_layers(graph, spec, batch=options.batch or 1)  # refuse before any work
+    layers = build_layers(graph, spec, options.batch or 1)  # refuses before reading weights
     if weights is None:
         weights = model_weights(graph, options.weights, options.seed)
-    layers = build_layers(graph, spec, weights, options.batch or 1)
     stem = file_stem(spec.name)
+    model = write_caffemodel(directory / f"{stem}.caffemodel", spec.name, layers,
+                             weights.__getitem__)
     prototxt = write_text_atomic(directory / f"{stem}.prototxt", deploy_prototxt(spec.name, layers))
-    model = write_caffemodel(directory / f"{stem}.caffemodel", spec.name, layers)
     return [prototxt, model]
 
 

@@ -3,7 +3,7 @@
 Building one ModelProto with every weight and serialising it holds the model two or three
 times in memory (the naive path took 2.3 GB and 6 s for ResNeXt-101 64x4d). Protobuf's wire
 format lets us avoid that: a length-delimited field is `tag, varint(length), bytes`
-(https://protobuf.dev/programming-guides/encoding/), and the length of every initializer is
+(`resnext_compiler.protobuf_wire`), and the length of every initializer is
 known from its dims before its data exists. So the writer
 
 1. serialises the small parts with onnx (model fields, and the graph's nodes, inputs, outputs),
@@ -31,13 +31,11 @@ from onnx import ModelProto, TensorProto, helper
 
 from resnext_compiler.artifacts import atomic_writer
 from resnext_compiler.errors import UserError
+from resnext_compiler.protobuf_wire import PROTOBUF_LIMIT, tag, varint
 
-_LENGTH_DELIMITED = 2
 _MODEL_GRAPH = 7  # ModelProto.graph
 _GRAPH_INITIALIZER = 5  # GraphProto.initializer
 _TENSOR_RAW_DATA = 9  # TensorProto.raw_data
-# protobuf refuses to parse a message of 2 GiB or more.
-PROTOBUF_LIMIT = 2**31 - 1
 _WRITEBACK_CHUNK = 32 * 2**20
 
 
@@ -56,23 +54,6 @@ class Initializer:
     @property
     def nbytes(self) -> int:
         return math.prod(self.shape) * self.dtype.itemsize
-
-
-def varint(value: int) -> bytes:
-    """Protobuf base-128 varint of a non-negative integer."""
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def tag(field: int, wire_type: int = _LENGTH_DELIMITED) -> bytes:
-    return varint(field << 3 | wire_type)
 
 
 def initializer_prefix(init: Initializer) -> bytes:

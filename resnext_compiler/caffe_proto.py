@@ -25,16 +25,22 @@ from typing import Any
 import numpy as np
 
 from resnext_compiler.errors import UserError
+from resnext_compiler.protobuf_wire import (
+    FIXED32,
+    FIXED64,
+    LENGTH_DELIMITED,
+    PROTOBUF_LIMIT,
+    VARINT,
+    frame,
+    varint,
+)
 
-VARINT, FIXED64, LENGTH_DELIMITED, FIXED32 = 0, 1, 2, 5
 # Field numbers of Caffe's schema that the hand-written framing uses.
 NET_NAME, NET_LAYERS_V1, NET_LAYER = 1, 2, 100
 LAYER_NAME, LAYER_TYPE, LAYER_BLOBS = 1, 2, 7
 BLOB_NUM, BLOB_CHANNELS, BLOB_HEIGHT, BLOB_WIDTH = 1, 2, 3, 4
 BLOB_DATA, BLOB_SHAPE, BLOB_DOUBLE_DATA = 5, 7, 8
 SHAPE_DIM = 1
-# protobuf (and so Caffe) refuses a message of 2 GiB or more.
-PROTOBUF_LIMIT = 2**31 - 1
 
 _OPTIONAL, _REPEATED = 1, 3
 _TYPES = {"double": 1, "float": 2, "int64": 3, "uint32": 13, "int32": 5, "bool": 8,
@@ -150,27 +156,6 @@ def message_classes() -> dict[str, type]:
 
 
 # -- writing ------------------------------------------------------------------------------
-
-def varint(value: int) -> bytes:
-    """Protobuf base-128 varint of a non-negative integer."""
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if not value:
-            out.append(byte)
-            return bytes(out)
-        out.append(byte | 0x80)
-
-
-def tag(number: int, wire_type: int = LENGTH_DELIMITED) -> bytes:
-    return varint(number << 3 | wire_type)
-
-
-def frame(number: int, length: int) -> bytes:
-    """The bytes before a length-delimited field's `length` bytes of payload."""
-    return tag(number) + varint(length)
-
 
 def blob_frame_prefix(shape: tuple[int, ...]) -> bytes:
     """A `LayerParameter.blobs` field up to its float32 data, which follows as raw bytes."""
