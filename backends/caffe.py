@@ -96,6 +96,7 @@ class _NetBuilder:
         self.layers: list[Layer] = []
         self.problems: list[Diagnostic] = []
         self.blob: dict[str, str] = {INPUT: INPUT}  # IR value -> Caffe blob name
+        self.aliases: set[str] = set()  # IR values with no layer of their own (dropout)
         self.readers: dict[str, int] = {}
         self.shapes = {p.name: p.shape for p in graph.params()}
         for node in graph.nodes:
@@ -115,7 +116,8 @@ class _NetBuilder:
     def in_place(self, node: Node) -> str:
         """Top for an element-wise layer: its bottom when nothing else reads that blob."""
         value = node.inputs[0]
-        if value != INPUT and self.readers.get(value) == 1 and node.name != self.graph.output:
+        if (value != INPUT and value not in self.aliases and self.readers.get(value) == 1
+                and node.name != self.graph.output):
             return self.blob[value]
         return self.top(node)
 
@@ -132,7 +134,7 @@ class _NetBuilder:
         """A Slice piece nothing reads: a Silence layer keeps it from being a net output."""
         self.add(Layer(f"{blob}/silence", "Silence", [blob], []))
 
-    def crop(self, node: Node, name: str, bottom: str, top: str, got: tuple[int, int],
+    def crop(self, name: str, bottom: str, top: str, got: tuple[int, int],
              want: tuple[int, int]) -> None:
         """Slice away the extra trailing rows/columns of a Caffe pooling output."""
         for axis, label, have, keep in ((2, "h", got[0], want[0]), (3, "w", got[1], want[1])):
@@ -162,7 +164,7 @@ class _NetBuilder:
                        {"pooling_param": {"pool": pool, "kernel_size": kernel, "stride": stride,
                                           "pad": padding}}))
         if cropped:
-            self.crop(node, node.name, pooled, top, got, (want.height, want.width))
+            self.crop(node.name, pooled, top, got, (want.height, want.width))
         self.blob[node.name] = top
 
     # -- one IR node ----------------------------------------------------------------------
@@ -171,6 +173,7 @@ class _NetBuilder:
         bottoms = [self.blob[v] for v in node.inputs]
         if isinstance(op, (ops.Dropout, ops.Flatten)):
             self.blob[name] = bottoms[0]
+            self.aliases.add(name)
             if name == self.graph.output:
                 self.refuse(node, f"a network ending in {op.kind} has no Caffe output layer")
             return
