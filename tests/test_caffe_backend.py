@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -304,3 +306,27 @@ def test_caffemodel_of_another_spec_lists_the_mismatches(tmp_path, write_spec, r
     # are missing, and conv1.weight (the ImageNet stem's) is unexpected.
     assert re.search(r"\d+ wrong shapes, [1-9]\d* missing, [1-9]\d* unexpected", result.err)
     assert not (tmp_path / "w.safetensors").exists()
+
+
+def test_caffe_path_never_imports_torch(tmp_path, write_spec):
+    """Emitting (from a safetensors file) and importing a caffemodel back run without torch."""
+    spec_path = write_spec(_variant_spec(VARIANTS["se_deep_avgdown"]))
+    graph = compile_spec(load_spec(spec_path))
+    save_file(_weights_with_random_bn(graph), tmp_path / "w.safetensors")
+    script = (
+        "import sys\n"
+        "from resnext_compiler.cli import main\n"
+        "for argv in (sys.argv[1:8], sys.argv[8:]):\n"
+        "    try:\n"
+        "        main(argv)\n"
+        "    except SystemExit as exc:\n"
+        "        assert exc.code in (0, None), exc.code\n"
+        "loaded = sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.'))\n"
+        "assert not loaded, loaded\n"
+    )
+    model = tmp_path / "c" / "variant.caffemodel"
+    subprocess.run([sys.executable, "-c", script, str(spec_path), "-b", "caffe", "-o",
+                    str(tmp_path / "c"), "-w", str(tmp_path / "w.safetensors"),
+                    "import-weights", str(model), "--spec", str(spec_path), "-o",
+                    str(tmp_path / "back.safetensors")], check=True, capture_output=True)
+    assert (tmp_path / "back.safetensors").is_file()
