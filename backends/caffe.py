@@ -229,9 +229,13 @@ class _NetBuilder:
             self.add(Layer(name, "Concat", bottoms, [top], {"concat_param": {"axis": 1}}))
         elif isinstance(op, ops.Mul):
             x, gate = bottoms
-            flat = f"{name}/flatten"  # (N, C, 1, 1) -> (N, C): Scale's second bottom
-            self.add(Layer(flat, "Flatten", [gate], [flat], {"flatten_param": {"axis": 1}}))
-            self.add(Layer(name, "Scale", [x, flat], [top], {"scale_param": {"axis": 0}}))
+            if self.graph.shape_of(node.inputs[1]) == self.graph.shape_of(node.inputs[0]):
+                self.add(Layer(name, "Eltwise", bottoms, [top],
+                               {"eltwise_param": {"operation": "PROD"}}))
+            else:  # a per-channel gate (squeeze-excitation)
+                flat = f"{name}/flatten"  # (N, C, 1, 1) -> (N, C): Scale's second bottom
+                self.add(Layer(flat, "Flatten", [gate], [flat], {"flatten_param": {"axis": 1}}))
+                self.add(Layer(name, "Scale", [x, flat], [top], {"scale_param": {"axis": 0}}))
         elif isinstance(op, ops.Slice):
             channels = self.graph.shape_of(node.inputs[0]).channels
             points = [p for p in (op.start, op.stop) if 0 < p < channels]
@@ -264,7 +268,6 @@ class _NetBuilder:
             self.refuse(node, f"the Caffe backend has no layer for IR op {op.kind!r}")
             return
         self.blob[name] = top
-
 
 
 def build_layers(graph: Graph, spec: Spec, batch: int = 1) -> list[Layer]:

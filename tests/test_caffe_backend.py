@@ -330,3 +330,32 @@ def test_caffe_path_never_imports_torch(tmp_path, write_spec):
                     "import-weights", str(model), "--spec", str(spec_path), "-o",
                     str(tmp_path / "back.safetensors")], check=True, capture_output=True)
     assert (tmp_path / "back.safetensors").is_file()
+
+
+def test_ops_no_spec_produces_yet_run_in_opencv(tmp_path, write_spec):
+    """Channel slices (Slice with Silence for the unused pieces) and a full-shape product
+    (Eltwise PROD), which the IR has but no block lowers to today."""
+    from resnext_compiler.backends.caffe import write_caffemodel
+    from resnext_compiler.ir import INPUT, GraphBuilder
+    from resnext_compiler.ops import Concat, Flatten, GlobalAvgPool, Linear, Mul, Slice, TensorShape
+    from resnext_compiler.passes.shapes import infer_shapes
+
+    b = GraphBuilder("ops", TensorShape(5, 6, 6))
+    middle = b.add("middle", Slice(1, 3), INPUT)
+    first = b.add("first", Slice(0, 2), INPUT)
+    last = b.add("last", Slice(3, 5), INPUT)
+    product = b.add("product", Mul(), middle, first)
+    joined = b.add("joined", Concat(), product, last)
+    pooled = b.add("pool", GlobalAvgPool(), joined)
+    logits = b.add("fc", Linear(4, 3), b.add("flatten", Flatten(), pooled))
+    graph = infer_shapes(b.build(logits))
+    rng = np.random.default_rng(0)
+    weights = {"fc.weight": rng.normal(size=(3, 4)).astype(np.float32),
+               "fc.bias": rng.normal(size=3).astype(np.float32)}
+    layers = build_layers(graph, load_spec(write_spec(_variant_spec(VARIANTS["basic"]))))
+    (tmp_path / "ops.prototxt").write_text(deploy_prototxt("ops", layers))
+    write_caffemodel(tmp_path / "ops.caffemodel", "ops", layers, weights.__getitem__)
+    x = rng.normal(size=(2, 5, 6, 6)).astype(np.float32)
+    joined_ref = np.concatenate([x[:, 1:3] * x[:, 0:2], x[:, 3:5]], axis=1)
+    expected = joined_ref.mean(axis=(2, 3)) @ weights["fc.weight"].T + weights["fc.bias"]
+    _assert_close(_opencv_logits(tmp_path, "ops", x), expected)
