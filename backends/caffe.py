@@ -16,7 +16,8 @@ at a time (docs/caffe.md):
   `round_mode` field is not used because OpenCV reads field 13 as `ceil_mode`, with the
   opposite meaning;
 - global_avgpool -> Pooling AVE global_pooling; linear -> InnerProduct;
-- mul (squeeze-excitation) -> Flatten of the gate, then Scale with two bottoms, axis 0;
+- mul (squeeze-excitation) -> Flatten of the gate, then Scale with two bottoms, axis 0
+  (Eltwise PROD when both values have the same shape);
 - pad_channels (shortcut A) -> Power (scale 0: zeros) and Concat;
 - flatten and dropout emit nothing (InnerProduct flattens; dropout is identity at inference).
 
