@@ -359,3 +359,12 @@ def test_ops_no_spec_produces_yet_run_in_opencv(tmp_path, write_spec):
     joined_ref = np.concatenate([x[:, 1:3] * x[:, 0:2], x[:, 3:5]], axis=1)
     expected = joined_ref.mean(axis=(2, 3)) @ weights["fc.weight"].T + weights["fc.bias"]
     _assert_close(_opencv_logits(tmp_path, "ops", x), expected)
+
+
+def test_batch_option_sets_the_input_layer_shape(tmp_path, write_spec, run_cli):
+    spec_path = write_spec(_variant_spec(VARIANTS["basic"]))
+    assert run_cli(spec_path, "-b", "caffe", "-o", tmp_path / "c", "--batch", "4").code == 0
+    net_text = (tmp_path / "c" / "variant.prototxt").read_text()
+    assert "dim: 4\n      dim: 3\n      dim: 33\n      dim: 30" in net_text
+    x = _input(compile_spec(load_spec(spec_path)), batch=4)
+    assert _opencv_logits(tmp_path / "c", "variant", x).shape == (4, 10)
