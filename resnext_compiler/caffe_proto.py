@@ -244,7 +244,7 @@ def _blob(reader: _Reader, start: int, end: int, where: str) -> np.ndarray:
                 elif dim_wire == VARINT:
                     shape.append(value)
         elif BLOB_NUM <= number <= BLOB_WIDTH and wire == VARINT:
-            legacy[number - 1] = value if (value := a) < 2**31 else 0
+            legacy[number - 1] = a
         elif number in (BLOB_DATA, BLOB_DOUBLE_DATA) and wire == LENGTH_DELIMITED:  # packed
             dtype = "<f4" if number == BLOB_DATA else "<f8"
             size = np.dtype(dtype).itemsize
@@ -255,8 +255,14 @@ def _blob(reader: _Reader, start: int, end: int, where: str) -> np.ndarray:
             floats.append(struct.unpack("<f", reader.data[a:b])[0])
     if data is None:
         data = np.asarray(floats, np.float32)
-    if not shape:
-        shape = [d for d in legacy if d] if any(legacy) else [data.size]
+    if not shape and any(legacy):
+        # Pre-1.0 blobs are always 4-D (num, channels, height, width): a bias is 1x1x1xC, an
+        # InnerProduct weight 1x1xOUTxIN. Leading ones are dropped to get the real shape.
+        while len(legacy) > 1 and legacy[0] == 1:
+            legacy.pop(0)
+        shape = legacy
+    elif not shape:
+        shape = [data.size]
     if int(np.prod(shape, dtype=np.int64)) != data.size:
         raise reader.fail(f"{where}: blob shape {shape} does not hold its {data.size} values")
     return data.reshape(shape)

@@ -368,3 +368,28 @@ def test_batch_option_sets_the_input_layer_shape(tmp_path, write_spec, run_cli):
     assert "dim: 4\n      dim: 3\n      dim: 33\n      dim: 30" in net_text
     x = _input(compile_spec(load_spec(spec_path)), batch=4)
     assert _opencv_logits(tmp_path / "c", "variant", x).shape == (4, 10)
+
+
+def test_legacy_and_unpacked_blobs_are_read(tmp_path):
+    """Pre-1.0 blobs (num/channels/height/width, no `shape`) and unpacked float data, both of
+    which old caffemodels contain, come out with their real shapes."""
+    from resnext_compiler.caffe_proto import message_classes, read_net
+
+    classes = message_classes()
+    net = classes["NetParameter"](name="old")
+    layer = net.layer.add(name="fc", type="InnerProduct")
+    layer.blobs.add(num=1, channels=1, height=3, width=2, data=[1, 2, 3, 4, 5, 6])
+    layer.blobs.add(num=1, channels=1, height=1, width=3, data=[7, 8, 9])
+    path = tmp_path / "old.caffemodel"
+    path.write_bytes(net.SerializeToString())
+    name, layers = read_net(path)
+    assert name == "old" and [b.shape for b in layers[0].blobs] == [(3, 2), (3,)]
+    assert layers[0].blobs[1].tolist() == [7, 8, 9]
+    # The same blob with its floats unpacked (one fixed32 field each), as proto2 allows.
+    blob = classes["BlobProto"](num=1, channels=1, height=1, width=2)
+    unpacked = blob.SerializeToString() + b"".join(
+        b"\x2d" + np.float32(v).tobytes() for v in (1.5, -2.0))  # field 5, wire type 5
+    layer_bytes = b"\x0a\x02fc\x12\x0cInnerProduct" + b"\x3a" + bytes([len(unpacked)]) + unpacked
+    path.write_bytes(b"\xa2\x06" + bytes([len(layer_bytes)]) + layer_bytes)  # field 100
+    _, layers = read_net(path)
+    assert layers[0].blobs[0].tolist() == [1.5, -2.0]

@@ -29,12 +29,7 @@ def _weight_and_bias(layer: CaffeLayer) -> dict[str, np.ndarray]:
     if len(layer.blobs) > 2:
         raise UserError(f"{layer.type} layer {layer.name!r} has {len(layer.blobs)} blobs, "
                         "expected a weight and an optional bias")
-    out = {f"{layer.name}.{n}": b for n, b in zip(names, layer.blobs, strict=False)}
-    if layer.type == "InnerProduct" and f"{layer.name}.weight" in out:
-        weight = out[f"{layer.name}.weight"]
-        if weight.ndim == 4 and weight.shape[:2] == (1, 1):  # legacy (1, 1, out, in) blobs
-            out[f"{layer.name}.weight"] = weight.reshape(weight.shape[2:])
-    return out
+    return {f"{layer.name}.{n}": b for n, b in zip(names, layer.blobs, strict=False)}
 
 
 def _batchnorm(layer: CaffeLayer, ir_eps: float) -> dict[str, np.ndarray]:
