@@ -13,8 +13,8 @@ at a time (docs/caffe.md):
 - maxpool / avgpool / subsample -> Pooling. Caffe rounds pooled sizes up where PyTorch rounds
   down; when that gives a larger map, Slice layers `<name>/crop_h`, `<name>/crop_w` cut the
   extra last row/column (the leading windows are the same in both). BVLC's later
-  `round_mode` field is not used because OpenCV reads field 13 as `ceil_mode`, with the
-  opposite meaning;
+  `round_mode` field is not used: Caffe 1.0 lacks it and OpenCV does not read it (its schema
+  has `ceil_mode` as field 13 instead);
 - global_avgpool -> Pooling AVE global_pooling; linear -> InnerProduct;
 - mul (squeeze-excitation) -> Flatten of the gate, then Scale with two bottoms, axis 0
   (Eltwise PROD when both values have the same shape);
