@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -179,8 +179,18 @@ class CaffeLayer:
 
 
 class _Reader:
-    def __init__(self, data: memoryview, path: Path):
-        self.data, self.path = data, path
+    """Walks the message structure in a memory map; blob data is read with plain file reads
+    into fresh arrays, so the weights' pages are never mapped (and never counted twice)."""
+
+    def __init__(self, data: memoryview, handle: BinaryIO, path: Path):
+        self.data, self.handle, self.path = data, handle, path
+
+    def array(self, start: int, end: int, dtype: str) -> np.ndarray:
+        out = np.empty((end - start) // np.dtype(dtype).itemsize, dtype)
+        self.handle.seek(start)
+        if self.handle.readinto(memoryview(out).cast("B")) != end - start:
+            raise self.fail("truncated: the file ends inside a blob")
+        return out
 
     def fail(self, why: str) -> UserError:
         return UserError(f"{self.path}: not a readable Caffe model ({why})")
@@ -250,7 +260,7 @@ def _blob(reader: _Reader, start: int, end: int, where: str) -> np.ndarray:
             size = np.dtype(dtype).itemsize
             if (b - a) % size:
                 raise reader.fail(f"{where}: blob data of {b - a} bytes is not whole numbers")
-            data = np.frombuffer(reader.data[a:b], dtype).astype(np.float32)
+            data = reader.array(a, b, dtype).astype(np.float32, copy=False)
         elif number == BLOB_DATA and wire == FIXED32:  # unpacked floats, one per field
             floats.append(struct.unpack("<f", reader.data[a:b])[0])
     if data is None:
@@ -281,7 +291,7 @@ def read_net(path: str | Path) -> tuple[str, list[CaffeLayer]]:
                         "a Caffe model")
     layer_class = message_classes()["LayerParameter"]
     with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-        reader = _Reader(memoryview(mm), path)
+        reader = _Reader(memoryview(mm), handle, path)
         try:
             name, layers = "", []
             for number, wire, a, b, _ in reader.fields(0, size):
