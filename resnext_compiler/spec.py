@@ -110,6 +110,38 @@ class TrainSpec(_Model):
     augment: Literal["auto", "none", "crop", "crop-flip", "rrc-flip"] = "auto"
 
 
+class PreprocessSpec(_Model):
+    """The input contract: how an image becomes the model's input (defaults per data set).
+
+    Evaluation transform: decode, convert to the colour mode of `input.channels` (1: grey,
+    3: RGB), resize (`crop`: shorter side to size / crop_fraction, then the centre crop;
+    `direct`: straight to height x width), then (pixel / scale_max - mean) / std per channel.
+    """
+
+    resize: Literal["crop", "direct"] | None = Field(
+        None,
+        description="crop: resize to size / crop_fraction and centre-crop; direct: resize to "
+        "the input size. Default: crop for ImageNet-style folders above 64 px, else direct.",
+    )
+    crop_fraction: float | None = Field(
+        None, gt=0, le=1, description="Centre-crop fraction of `crop` (0.875: 224 of 256)."
+    )
+    mean: list[float] | None = Field(
+        None, description="Per-channel mean, in the units of `scale` (default per data set)."
+    )
+    std: list[Annotated[float, Field(gt=0)]] | None = Field(
+        None, description="Per-channel standard deviation, in the units of `scale`."
+    )
+    scale: Literal["0-1", "0-255"] = Field(
+        "0-1", description="Units of mean and std: pixels scaled to 0-1, or raw 0-255."
+    )
+    labels: list[str] | str | None = Field(
+        None,
+        description="Class names in output order, or a file (relative to this spec) with one "
+        "name per line; their number must equal head.num_classes.",
+    )
+
+
 class ReferenceSpec(_Model):
     """Published numbers for this network, for reports and evaluation."""
 
@@ -152,9 +184,16 @@ class Spec(_Model):
     stages: Stages
     head: HeadSpec = HeadSpec()
     train: TrainSpec = TrainSpec()
+    preprocess: PreprocessSpec | None = None
     reference: ReferenceSpec | None = None
 
     _source: SourceMap = PrivateAttr(default_factory=SourceMap)
+    _labels: tuple[str, ...] | None = PrivateAttr(default=None)
+
+    @property
+    def labels(self) -> tuple[str, ...] | None:
+        """Class names from `preprocess.labels` (read from its file when it names one)."""
+        return self._labels
 
     @property
     def source(self) -> SourceMap:
@@ -386,7 +425,62 @@ def _validate(data: Any, source: SourceMap) -> Spec:
     except ValidationError as exc:
         raise SpecError(_diagnostics(exc, source)) from None
     spec._source = source
+    spec._labels, problems = _preprocess_problems(spec)
+    if problems:
+        raise SpecError(problems)
     return spec
+
+
+def _preprocess_problems(spec: Spec) -> tuple[tuple[str, ...] | None, list[Diagnostic]]:
+    """Class names, and what in `preprocess:` contradicts the rest of the spec."""
+    pre = spec.preprocess
+    if pre is None:
+        return None, []
+    problems = []
+
+    def problem(field: str, message: str) -> None:
+        path = ("preprocess", field)
+        problems.append(Diagnostic(message, format_field_path(path), spec.locate(path)))
+
+    channels = spec.input.channels
+    for field in ("mean", "std"):
+        values = getattr(pre, field)
+        if values is not None and len(values) != channels:
+            problem(field, f"{len(values)} value(s) for an input of {channels} channel(s); "
+                    f"give one per channel")
+    labels = None
+    if isinstance(pre.labels, str):
+        labels, message = _read_labels_file(spec, pre.labels)
+        if message:
+            problem("labels", message)
+    elif pre.labels is not None:
+        labels = tuple(pre.labels)
+    if labels is not None and len(labels) != spec.head.num_classes:
+        where = f" in {pre.labels}" if isinstance(pre.labels, str) else ""
+        problem("labels", f"{len(labels)} class name(s){where} but head.num_classes is "
+                f"{spec.head.num_classes}")
+    if labels is not None and any(not name.strip() or "\n" in name for name in labels):
+        problem("labels", "class names must be non-empty single lines")
+    return labels, sorted(problems, key=_position)
+
+
+MAX_LABELS_BYTES = 16 * 1024 * 1024
+
+
+def _read_labels_file(spec: Spec, name: str) -> tuple[tuple[str, ...] | None, str]:
+    """(names, problem) for a labels file named relative to the spec that names it."""
+    location = spec.locate(("preprocess", "labels"))
+    base = Path(location.file).parent if location is not None else Path(spec.path).parent
+    path = base / name
+    try:
+        if path.stat().st_size > MAX_LABELS_BYTES:
+            return None, f"labels file {path} is larger than {MAX_LABELS_BYTES} bytes"
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        return None, f"cannot read labels file {path}: {getattr(exc, 'strerror', None) or exc}"
+    while lines and not lines[-1].strip():
+        lines.pop()
+    return tuple(line.strip() for line in lines), ""
 
 
 def load_spec(path: str | Path) -> Spec:
