@@ -1,7 +1,9 @@
 """The ONNX backend: IR -> model.onnx, straight from the graph, without torch.
 
 `resnext-compile SPEC --backend onnx -o OUT.onnx [--weights W] [--opset N] [--batch N|dynamic]
-[--dtype fp16] [--no-fold-bn] [--seed N]`. Weights come from a safetensors file or checkpoint
+[--dtype fp16] [--no-fold-bn] [--seed N] [--image-input]`. The model's input contract
+(preprocessing and class names) is written into `metadata_props` (docs/onnx.md).
+Weights come from a safetensors file or checkpoint
 (`resnext_compiler.weights`) or a seeded initialisation; BatchNorm is folded into the convs
 (`passes.fold_bn`) unless asked not to; the file is streamed to disk (`onnx_writer`), so
 ResNeXt-101 64x4d compiles in about a second with little memory.
@@ -10,6 +12,7 @@ ResNeXt-101 64x4d compiles in about a second with little memory.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +23,14 @@ from resnext_compiler.backend import CompileOptions
 from resnext_compiler.backends.onnx_graph import build_graph, weight_specs
 from resnext_compiler.backends.onnx_writer import Initializer, write_model
 from resnext_compiler.errors import UserError
-from resnext_compiler.ir import Graph
+from resnext_compiler.input_contract import (
+    FLOAT_NCHW,
+    UINT8_NHWC,
+    InputContract,
+    default_contract,
+    resolve_contract,
+)
+from resnext_compiler.ir import INPUT, Graph
 from resnext_compiler.naming import file_stem, one_line
 from resnext_compiler.passes.fold_bn import fold_batchnorm
 from resnext_compiler.spec import Spec
@@ -41,11 +51,14 @@ def max_opset() -> int:
 
 
 def export_onnx(graph: Graph, options: CompileOptions, output: str | Path,
-                description: str = "", weights: Mapping[str, np.ndarray] | None = None) -> Path:
+                description: str = "", weights: Mapping[str, np.ndarray] | None = None,
+                contract: InputContract | None = None) -> Path:
     """Write `graph` as an ONNX model to `output` (atomically) and return the path.
 
     Weights come from `weights` (numpy arrays keyed by parameter name, e.g. a training run's
     state dict) when given, else from `options.weights` (a file) or `options.seed`.
+    `contract` (the model's input contract) goes into metadata_props; with
+    `options.image_input` the graph takes uint8 NHWC images and applies it inside.
     """
     opset = options.opset if options.opset is not None else DEFAULT_OPSET
     if not MIN_OPSET <= opset <= max_opset():
@@ -55,6 +68,7 @@ def export_onnx(graph: Graph, options: CompileOptions, output: str | Path,
     if options.batch is not None and options.batch < 1:
         raise UserError(f"--batch must be a positive integer, got {options.batch}")
     float_type = FLOAT_TYPES[options.dtype]
+    contract = artifact_contract(graph, options, contract)
     if weights is not None:
         check_weights(graph, weights)
         source = "in-memory state dict"
@@ -65,14 +79,26 @@ def export_onnx(graph: Graph, options: CompileOptions, output: str | Path,
         source = f"initialised, seed {options.seed}"
     if options.fold_bn:
         graph, weights = fold_batchnorm(graph, weights)
-    model = _model_proto(graph, opset, float_type, options, description, source)
+    model = _model_proto(graph, opset, float_type, options, description, source, contract)
     initializers = [Initializer(s.name, s.shape, s.elem_type)
                     for s in weight_specs(graph, float_type)]
     return write_model(output, model, initializers, weights.__getitem__)
 
 
+def artifact_contract(graph: Graph, options: CompileOptions,
+                      contract: InputContract | None) -> InputContract | None:
+    """The contract an artifact records: `contract` (or the default for the graph's input when
+    the graph must normalise images itself), with the input format the options choose."""
+    if contract is None and not options.image_input:
+        return None
+    if contract is None:
+        contract = default_contract(*graph.shape_of(INPUT).as_list())
+    return replace(contract, input_format=UINT8_NHWC if options.image_input else FLOAT_NCHW)
+
+
 def _model_proto(graph: Graph, opset: int, float_type: int, options: CompileOptions,
-                 description: str, weights_source: str) -> ModelProto:
+                 description: str, weights_source: str,
+                 contract: InputContract | None) -> ModelProto:
     model = ModelProto(
         ir_version=helper.find_min_ir_version_for([OperatorSetIdProto(domain="", version=opset)]),
         producer_name="resnext-compile",
@@ -81,7 +107,8 @@ def _model_proto(graph: Graph, opset: int, float_type: int, options: CompileOpti
         doc_string=one_line(description, 1000),
         opset_import=[helper.make_opsetid("", opset)],
     )
-    model.graph.CopyFrom(build_graph(graph, float_type, options.batch))
+    image_input = contract if options.image_input else None
+    model.graph.CopyFrom(build_graph(graph, float_type, options.batch, image_input))
     metadata = {
         "spec_name": graph.metadata.get("spec_name", graph.name),
         "spec_hash": graph.metadata.get("spec_hash", ""),
@@ -89,6 +116,7 @@ def _model_proto(graph: Graph, opset: int, float_type: int, options: CompileOpti
         "weights": weights_source,
         "dtype": options.dtype,
         "fold_bn": str(options.fold_bn).lower(),
+        **(contract.to_metadata() if contract is not None else {}),
     }
     model.metadata_props.extend(StringStringEntryProto(key=k, value=v) for k, v in metadata.items())
     return model
@@ -106,4 +134,5 @@ class OnnxBackend:
     def emit(self, graph: Graph, spec: Spec, options: CompileOptions, output: Path) -> list[Path]:
         if output.is_dir():
             output = output / self.default_output(spec)
-        return [export_onnx(graph, options, output, spec.description)]
+        return [export_onnx(graph, options, output, spec.description,
+                            contract=resolve_contract(spec))]

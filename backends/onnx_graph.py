@@ -16,6 +16,7 @@ import numpy as np
 from onnx import GraphProto, NodeProto, TensorProto, ValueInfoProto, helper, numpy_helper
 
 from resnext_compiler import ops
+from resnext_compiler.input_contract import InputContract
 from resnext_compiler.ir import INPUT, Graph, Node
 
 OUTPUT = "logits"
@@ -37,6 +38,31 @@ def weight_specs(graph: Graph, float_type: int) -> list[WeightSpec]:
     """Float parameters and buffers that ONNX nodes read, in graph order."""
     return [WeightSpec(p.name, p.shape, float_type) for p in graph.params()
             if not p.name.endswith(_SKIPPED_BUFFERS)]
+
+
+def _emit_image_input(emitter: _Emitter, contract: InputContract) -> None:
+    """uint8 NHWC -> float NCHW: Cast, Transpose, Mul by the multiplier, Add the offset."""
+    multiplier, offset = contract.affine()  # the external transform's own two vectors
+    shape = [1, contract.channels, 1, 1]
+    emitter.constants += [numpy_helper.from_array(multiplier.reshape(shape), "input.multiplier"),
+                          numpy_helper.from_array(offset.reshape(shape), "input.offset")]
+    emitter.nodes += [
+        helper.make_node("Cast", [INPUT], ["input.float"], name="input.cast",
+                         to=TensorProto.FLOAT),
+        helper.make_node("Transpose", ["input.float"], ["input.nchw"], name="input.transpose",
+                         perm=[0, 3, 1, 2]),
+        helper.make_node("Mul", ["input.nchw", "input.multiplier"], ["input.scaled"],
+                         name="input.scale"),
+        helper.make_node("Add", ["input.scaled", "input.offset"], ["input.normalised"],
+                         name="input.normalise"),
+    ]
+    normalised = "input.normalised"
+    if emitter.float_type != TensorProto.FLOAT:
+        emitter.nodes.append(helper.make_node("Cast", [normalised], ["input.model"],
+                                              name="input.cast_model", to=emitter.float_type))
+        normalised = "input.model"
+    emitter.alias[INPUT] = normalised
+    emitter.rank[normalised] = 4
 
 
 class _Emitter:
@@ -131,12 +157,24 @@ class _Emitter:
 
 
 def build_graph(graph: Graph, float_type: int = TensorProto.FLOAT,
-                batch: int | None = None) -> GraphProto:
-    """The GraphProto of `graph`; its float weights are left for the writer to append."""
+                batch: int | None = None,
+                image_input: InputContract | None = None) -> GraphProto:
+    """The GraphProto of `graph`; its float weights are left for the writer to append.
+
+    `image_input`: the graph takes uint8 images [N, H, W, C] (NHWC, as decoders produce them)
+    and normalises them inside, with the contract's per-channel affine.
+    """
     emitter = _Emitter(graph, float_type, batch)
+    if image_input is not None:
+        _emit_image_input(emitter, image_input)
     for node in graph.nodes:
         emitter.emit(node)
-    inputs = [emitter.tensor_info(INPUT, INPUT, 4)]
+    if image_input is None:
+        inputs = [emitter.tensor_info(INPUT, INPUT, 4)]
+    else:
+        channels, height, width = graph.shape_of(INPUT).as_list()
+        inputs = [helper.make_tensor_value_info(INPUT, TensorProto.UINT8,
+                                                [emitter.batch, height, width, channels])]
     output_rank = emitter.rank[emitter.alias.get(graph.output, graph.output)]
     outputs = [emitter.tensor_info(OUTPUT, graph.output, output_rank)]
     return helper.make_graph(emitter.nodes, graph.name, inputs, outputs,

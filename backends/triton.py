@@ -2,6 +2,7 @@
 
     REPO/<name>/config.pbtxt      platform onnxruntime_onnx, max_batch_size, dynamic batching
     REPO/<name>/1/model.onnx      the ONNX backend's model with a dynamic batch dimension
+    REPO/<name>/labels.txt        class names, one per line (the output's label_filename)
 
 With a dynamic batch (the default) the config lists input/output dims without the batch
 dimension and `max_batch_size` is `--max-batch`, as Triton's model configuration requires for
@@ -14,14 +15,16 @@ from pathlib import Path
 
 from resnext_compiler.artifacts import write_text_atomic
 from resnext_compiler.backend import CompileOptions
-from resnext_compiler.backends.onnx import export_onnx
+from resnext_compiler.backends.onnx import artifact_contract, export_onnx
 from resnext_compiler.backends.onnx_graph import OUTPUT
 from resnext_compiler.errors import UserError
+from resnext_compiler.input_contract import KEY_LABELS, InputContract, labels_text, resolve_contract
 from resnext_compiler.ir import INPUT, Graph
 from resnext_compiler.naming import file_stem
 from resnext_compiler.spec import Spec
 
 TRITON_TYPES = {"fp32": "TYPE_FP32", "fp16": "TYPE_FP16"}
+LABELS_FILE = "labels.txt"
 MAX_QUEUE_DELAY_US = 100
 
 
@@ -31,16 +34,26 @@ def preferred_batch_sizes(max_batch: int) -> list[int]:
     return [s for s in sizes if s > 1][-3:]
 
 
-def config_pbtxt(name: str, graph: Graph, options: CompileOptions) -> str:
-    """Triton's ModelConfig in protobuf text format."""
+def config_pbtxt(name: str, graph: Graph, options: CompileOptions,
+                 contract: InputContract | None = None) -> str:
+    """Triton's ModelConfig in protobuf text format.
+
+    With class names in `contract`, the output names `LABELS_FILE` (Triton's classification
+    extension); the contract's preprocessing values are `parameters`.
+    """
     data_type = TRITON_TYPES[options.dtype]
-    shape = graph.shape_of(INPUT)
+    channels, height, width = graph.shape_of(INPUT).as_list()
+    if options.image_input:
+        input_type, input_format, sample = "TYPE_UINT8", "FORMAT_NHWC", [height, width, channels]
+    else:
+        input_type, input_format, sample = data_type, "FORMAT_NCHW", [channels, height, width]
     classes = graph.output_shape.channels
     if options.batch is None:
-        max_batch, input_dims, output_dims = options.max_batch, shape.as_list(), [classes]
+        max_batch, input_dims, output_dims = options.max_batch, sample, [classes]
     else:
         max_batch = 0
-        input_dims, output_dims = [options.batch, *shape.as_list()], [options.batch, classes]
+        input_dims, output_dims = [options.batch, *sample], [options.batch, classes]
+    labelled = contract is not None and contract.labels is not None
     lines = [
         f"name: {quote(name)}",
         'platform: "onnxruntime_onnx"',
@@ -48,8 +61,8 @@ def config_pbtxt(name: str, graph: Graph, options: CompileOptions) -> str:
         "input [",
         "  {",
         f'    name: "{INPUT}"',
-        f"    data_type: {data_type}",
-        "    format: FORMAT_NCHW",
+        f"    data_type: {input_type}",
+        f"    format: {input_format}",
         f"    dims: {_list(input_dims)}",
         "  }",
         "]",
@@ -58,6 +71,7 @@ def config_pbtxt(name: str, graph: Graph, options: CompileOptions) -> str:
         f'    name: "{OUTPUT}"',
         f"    data_type: {data_type}",
         f"    dims: {_list(output_dims)}",
+        *([f"    label_filename: {quote(LABELS_FILE)}"] if labelled else []),
         "  }",
         "]",
     ]
@@ -69,12 +83,15 @@ def config_pbtxt(name: str, graph: Graph, options: CompileOptions) -> str:
         lines += [f"  max_queue_delay_microseconds: {MAX_QUEUE_DELAY_US}", "}"]
     # KIND_AUTO: one instance on each GPU if there is one, else on the CPU.
     lines += ["instance_group [", "  {", "    count: 1", "    kind: KIND_AUTO", "  }", "]"]
-    lines += [
-        "parameters [",
-        *_parameter("spec_name", graph.metadata.get("spec_name", graph.name), last=False),
-        *_parameter("spec_hash", graph.metadata.get("spec_hash", ""), last=True),
-        "]",
-    ]
+    parameters = {"spec_name": graph.metadata.get("spec_name", graph.name),
+                  "spec_hash": graph.metadata.get("spec_hash", "")}
+    if contract is not None:  # the class names live in the labels file
+        parameters.update((k, v) for k, v in contract.to_metadata().items() if k != KEY_LABELS)
+    items = list(parameters.items())
+    lines += ["parameters ["]
+    for position, (key, value) in enumerate(items):
+        lines += _parameter(key, value, last=position == len(items) - 1)
+    lines += ["]"]
     return "\n".join(lines) + "\n"
 
 
@@ -119,6 +136,14 @@ class TritonBackend:
         name = file_stem(spec.name)
         model_dir = output / name
         # The model first, so a config never points at a missing model.
-        model = export_onnx(graph, options, model_dir / "1" / "model.onnx", spec.description)
-        config = write_text_atomic(model_dir / "config.pbtxt", config_pbtxt(name, graph, options))
-        return [config, model]
+        contract = artifact_contract(graph, options, resolve_contract(spec))
+        # The model and labels first, so a config never points at a missing file.
+        model = export_onnx(graph, options, model_dir / "1" / "model.onnx", spec.description,
+                            contract=contract)
+        written = [model]
+        if contract is not None and contract.labels is not None:
+            written.append(write_text_atomic(model_dir / LABELS_FILE,
+                                             labels_text(contract.labels)))
+        config = write_text_atomic(model_dir / "config.pbtxt",
+                                   config_pbtxt(name, graph, options, contract))
+        return [config, *written]

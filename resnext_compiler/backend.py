@@ -30,6 +30,7 @@ class CompileOptions:
     expand: bool = False  # dot: draw every node instead of collapsed blocks
     max_batch: int = 32  # triton: max_batch_size
     seed: int = 0  # deterministic initialisation when no weights are given
+    image_input: bool = False  # onnx/triton: uint8 NHWC input, normalised inside the graph
 
 
 class Backend(Protocol):

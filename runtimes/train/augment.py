@@ -1,4 +1,4 @@
-"""Batch augmentation on image tensors (N, C, H, W), floats in [0, 1].
+"""Batch augmentation on image tensors (N, C, H, W), float pixels (0-255 units).
 
 The seed's recipes (facebookresearch/ResNeXt `datasets/*-gen.lua`, fb.resnet.torch):
 CIFAR: zero-pad 4 pixels, random 32x32 crop, horizontal flip. ImageNet: random-resized crop
@@ -65,13 +65,6 @@ def random_resized_crop(x: torch.Tensor, size: tuple[int, int], seed: int, epoch
     theta[:, 1, 1], theta[:, 1, 2] = box_h, 2 * centre_y
     grid = F.affine_grid(theta.to(x.dtype), [x.shape[0], x.shape[1], *size], align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-
-
-def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear (antialiased when shrinking) resize to `size` when it differs."""
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
 
 
 def apply(x: torch.Tensor, augment: str, seed: int, epoch: int,

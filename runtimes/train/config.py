@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from resnext_compiler.errors import UserError
+from resnext_compiler.input_contract import InputContract
 from resnext_compiler.spec import Spec
 
 SCHEDULES = ("step", "cosine")
@@ -187,9 +188,12 @@ def resolve_config(spec: Spec, overrides: TrainOverrides, run_dir: Path) -> Trai
     )
 
 
-def effective_spec(spec: Spec, config: TrainConfig) -> Spec:
-    """The spec with its `train:` section set to what this run used (written as spec.yaml)."""
-    from resnext_compiler.spec import TrainSpec
+def effective_spec(spec: Spec, config: TrainConfig, contract: InputContract | None = None,
+                   labels_file: str | None = None) -> Spec:
+    """The spec with its `train:` section set to what this run used (written as spec.yaml) and,
+    given a contract, its `preprocess:` section resolved (class names in `labels_file`)."""
+    from resnext_compiler.input_contract import preprocess_section
+    from resnext_compiler.spec import PreprocessSpec, TrainSpec
 
     train = TrainSpec(
         dataset=config.dataset, epochs=config.epochs, batch_size=config.batch_size,
@@ -197,6 +201,9 @@ def effective_spec(spec: Spec, config: TrainConfig) -> Spec:
         warmup_epochs=config.warmup_epochs, weight_decay=config.weight_decay,
         momentum=config.momentum, nesterov=config.nesterov,
         label_smoothing=config.label_smoothing, augment=config.augment)
-    resolved = spec.model_copy(update={"train": train})
+    update: dict = {"train": train}
+    if contract is not None:
+        update["preprocess"] = PreprocessSpec(**preprocess_section(contract, labels_file))
+    resolved = spec.model_copy(update=update)
     resolved._source = spec._source
     return resolved

@@ -17,12 +17,13 @@ import numpy as np
 import torch
 
 from resnext_compiler.errors import Diagnostic, SpecError, UserError
-from resnext_compiler.runtimes.train.folder import EVAL_CROP_FRACTION, FolderImages, scan
-from resnext_compiler.runtimes.train.images import ImageSet, InMemoryImages, channel_stats
+from resnext_compiler.input_contract import SMALL_INPUT, InputContract, resolve_contract
+from resnext_compiler.runtimes.image_folders import scan
+from resnext_compiler.runtimes.train.folder import FolderImages
+from resnext_compiler.runtimes.train.images import ImageSet, InMemoryImages, resize_all
 from resnext_compiler.spec import Spec
 
 SYNTHETIC_TRAIN, SYNTHETIC_VAL = 512, 128
-SMALL_INPUT = 64  # at or below this many pixels, ImageNet-style sets use the CIFAR pad crop
 
 
 @dataclass
@@ -30,6 +31,7 @@ class DataSplits:
     train: ImageSet
     val: ImageSet
     description: str
+    contract: InputContract  # the evaluation transform and class names of this model + data
 
 
 def resolve_augment(augment: str, dataset: str, size: int) -> str:
@@ -82,18 +84,20 @@ def _every_fifth_per_class(labels: torch.Tensor) -> torch.Tensor:
     return rank % 5 == 4
 
 
-def _in_memory(spec: Spec, name: str, stats_name: str, splits: dict[str, tuple[torch.Tensor,
+def _in_memory(spec: Spec, name: str, dataset: str, splits: dict[str, tuple[torch.Tensor,
                torch.Tensor]], classes: list[str], augment: str, seed: int) -> DataSplits:
-    size = (spec.input.height, spec.input.width)
-    mean, std = channel_stats(stats_name, spec.input.channels)
+    contract = resolve_contract(spec, dataset, classes)
+    size = contract.size
     train_x, train_y = splits["train"]
     val_x, val_y = splits["val"]
-    train = InMemoryImages(name, train_x, train_y, classes, mean, std, size, augment, seed)
-    val = InMemoryImages(name, val_x, val_y, classes, mean, std, size)
+    native = tuple(train_x.shape[2:])
+    train = InMemoryImages(name, resize_all(train_x, contract), train_y, classes, contract,
+                           augment, seed)
+    val = InMemoryImages(name, resize_all(val_x, contract), val_y, classes, contract)
     return DataSplits(train, val, f"{name}: {len(train)} train / {len(val)} val images, "
-                      f"{len(classes)} classes, {train_x.shape[2]}x{train_x.shape[3]} px"
-                      + (f" resized to {size[0]}x{size[1]}" if size != tuple(train_x.shape[2:])
-                         else ""))
+                      f"{len(classes)} classes, {native[0]}x{native[1]} px"
+                      + (f" resized to {size[0]}x{size[1]}" if size != native else ""),
+                      contract)
 
 
 def open_dataset(spec: Spec, dataset: str, data_dir: str | None, augment: str = "auto",
@@ -134,20 +138,20 @@ def open_dataset(spec: Spec, dataset: str, data_dir: str | None, augment: str = 
         _check_fit(spec, dataset, len(classes), 3)
         return _in_memory(spec, dataset, dataset, splits, classes, recipe, seed)
     if dataset in ("imagenet", "imagefolder"):
+        # The spec's class names, when it has them, fix the label order (a folder's label is
+        # its name's position); otherwise the folders sorted by name do.
+        named = list(spec.labels) if spec.labels is not None else None
         if with_train:
-            train_samples, classes = scan(root / "train")
+            train_samples, classes = scan(root / "train", named)
             val_samples, _ = scan(root / "val", classes)
         else:
-            val_samples, classes = scan(root / "val")
+            val_samples, classes = scan(root / "val", named)
             train_samples = []
         _check_fit(spec, f"{dataset} folder {root}", len(classes), None)
-        size = (spec.input.height, spec.input.width)
-        mean, std = channel_stats("imagenet", spec.input.channels)
-        fraction = EVAL_CROP_FRACTION if min(size) > SMALL_INPUT else 1.0
-        train = FolderImages(dataset, train_samples, classes, spec.input.channels, size, mean,
-                             std, recipe, seed, fraction)
-        val = FolderImages(dataset, val_samples, classes, spec.input.channels, size, mean, std,
-                           "none", seed, fraction)
+        contract = resolve_contract(spec, dataset, classes)
+        train = FolderImages(dataset, train_samples, classes, contract, recipe, seed)
+        val = FolderImages(dataset, val_samples, classes, contract, "none", seed)
         return DataSplits(train, val, f"{dataset} {root}: {len(train)} train / {len(val)} val "
-                          f"images, {len(classes)} classes, crops of {size[0]}x{size[1]}")
+                          f"images, {len(classes)} classes, {contract.colour} "
+                          f"{contract.height}x{contract.width}", contract)
     raise UserError(f"unknown data set {dataset!r}")

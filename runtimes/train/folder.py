@@ -1,9 +1,9 @@
 """ImageNet-style class folders (`DIR/train/<class>/*.jpg`, `DIR/val/<class>/*.jpg`) via Pillow.
 
 Training crops follow fb.resnet.torch / the seed: random-resized crop (8%-100% of the area,
-aspect 3/4-4/3, torchvision's ten-try sampler) + flip. Evaluation is the single crop of the
-paper's tables: resize the shorter side to size/0.875 (256 for 224) and take the centre.
-Small inputs (<= 64 px) resize to the input size and use the CIFAR-style pad crop instead.
+aspect 3/4-4/3, torchvision's ten-try sampler) + flip; `crop`/`crop-flip` take the evaluation
+geometry and add the CIFAR-style pad crop. Evaluation (`augment: none`) is exactly the
+model's evaluation transform (`resnext_compiler.image_transform`), the one `serve` applies.
 """
 
 from __future__ import annotations
@@ -11,46 +11,15 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from resnext_compiler.errors import UserError
+from resnext_compiler.image_transform import load_images_for_model, open_image, resize_and_crop
+from resnext_compiler.input_contract import InputContract
 from resnext_compiler.runtimes.train import augment as aug
-from resnext_compiler.runtimes.train.images import normalise
+from resnext_compiler.runtimes.train.images import contract_normalise
 from resnext_compiler.runtimes.train.seeding import sample_seed
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
-EVAL_CROP_FRACTION = 0.875  # 224 / 256
-
-
-def scan(split_dir: Path, classes: list[str] | None = None) -> tuple[list[tuple[str, int]],
-                                                                     list[str]]:
-    """(path, label) pairs under `split_dir/<class>/`, classes sorted by name."""
-    if not split_dir.is_dir():
-        raise UserError(f"{split_dir}: missing; an image-folder data set needs train/ and val/ "
-                        "folders with one sub-folder of images per class")
-    found = sorted(p.name for p in split_dir.iterdir() if p.is_dir())
-    if not found:
-        raise UserError(f"{split_dir}: no class folders (expected {split_dir}/<class>/<image>)")
-    if classes is None:
-        classes = found
-    else:
-        extra = [c for c in found if c not in classes]
-        if extra:
-            raise UserError(f"{split_dir}: classes {extra[:5]} do not appear in train/")
-    index = {name: i for i, name in enumerate(classes)}
-    samples = [
-        (str(path), index[name])
-        for name in found
-        for path in sorted((split_dir / name).rglob("*"))
-        if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
-    ]
-    if not samples:
-        raise UserError(f"{split_dir}: no images ({', '.join(IMAGE_SUFFIXES)}) in the class "
-                        "folders")
-    return samples, classes
 
 
 def _rrc_box(width: int, height: int, rng: random.Random) -> tuple[int, int, int, int]:
@@ -70,19 +39,6 @@ def _rrc_box(width: int, height: int, rng: random.Random) -> tuple[int, int, int
     return left, top, left + side, top + side
 
 
-def _resize_centre_crop(image, size: tuple[int, int], fraction: float):  # noqa: ANN001, ANN202
-    from PIL import Image
-
-    height, width = size
-    short = round(min(height, width) / fraction)
-    scale = short / min(image.size)
-    resized = image.resize((max(width, round(image.width * scale)),
-                            max(height, round(image.height * scale))), Image.BILINEAR)
-    left = (resized.width - width) // 2
-    top = (resized.height - height) // 2
-    return resized.crop((left, top, left + width, top + height))
-
-
 @dataclass
 class FolderImages:
     """One split of an image-folder data set; images are decoded on demand."""
@@ -90,43 +46,40 @@ class FolderImages:
     name: str
     samples: list[tuple[str, int]]
     classes: list[str]
-    channels: int
-    size: tuple[int, int]
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    augment: str = "none"  # resolved recipe; "none" means the evaluation centre crop
+    contract: InputContract
+    augment: str = "none"  # resolved recipe; "none" means the evaluation transform
     seed: int = 0
-    crop_fraction: float = EVAL_CROP_FRACTION  # evaluation crop: 224 of 256
     parallel: bool = True
+
+    @property
+    def channels(self) -> int:
+        return self.contract.channels
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def _decode(self, index: int, epoch: int) -> np.ndarray:
-        from PIL import Image, UnidentifiedImageError
+    def _training_pixels(self, index: int, epoch: int) -> np.ndarray:
+        from PIL import Image
 
         path, _ = self.samples[index]
-        try:
-            with Image.open(path) as raw:
-                image = raw.convert("L" if self.channels == 1 else "RGB")
-        except (OSError, UnidentifiedImageError) as exc:
-            raise UserError(f"cannot read image {path}: {exc}") from None
+        if self.augment != "rrc-flip":
+            return resize_and_crop(open_image(path, self.contract), self.contract)
+        image = open_image(path, self.contract, reduce=False)
         rng = random.Random(sample_seed(self.seed, epoch, index))
-        if self.augment == "rrc-flip":
-            box = _rrc_box(image.width, image.height, rng)
-            image = image.resize(self.size[::-1], Image.BILINEAR, box=box)
-            if rng.random() < 0.5:
-                image = image.transpose(Image.FLIP_LEFT_RIGHT)
-        else:
-            fraction = self.crop_fraction if self.augment == "none" else 1.0
-            image = _resize_centre_crop(image, self.size, fraction)
+        box = _rrc_box(image.width, image.height, rng)
+        image = image.resize((self.contract.width, self.contract.height), Image.BILINEAR, box=box)
+        if rng.random() < 0.5:
+            image = image.transpose(Image.FLIP_LEFT_RIGHT)
         array = np.asarray(image, dtype=np.uint8)
         return array[:, :, None] if array.ndim == 2 else array
 
     def load(self, indices: torch.Tensor, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
-        arrays = [self._decode(int(i), epoch) for i in indices]
-        x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).to(torch.float32) / 255.0
+        labels = torch.tensor([self.samples[int(i)][1] for i in indices], dtype=torch.int64)
+        if self.augment == "none":
+            paths = [self.samples[int(i)][0] for i in indices]
+            return torch.from_numpy(load_images_for_model(paths, self.contract)), labels
+        arrays = [self._training_pixels(int(i), epoch) for i in indices]
+        x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).to(torch.float32)
         if self.augment in ("crop", "crop-flip"):
             x = aug.apply(x, self.augment, self.seed, epoch, indices)
-        labels = torch.tensor([self.samples[int(i)][1] for i in indices], dtype=torch.int64)
-        return normalise(x, self.mean, self.std), labels
+        return contract_normalise(x, self.contract), labels

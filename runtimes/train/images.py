@@ -1,7 +1,8 @@
 """Labelled image sets held in memory as uint8 tensors (digits, CIFAR, synthetic).
 
 A set hands out normalised float batches for given sample indices; augmentation draws are
-keyed by (seed, epoch, index) so any split of the indices gives the same images.
+keyed by (seed, epoch, index) so any split of the indices gives the same images. Sizes and
+normalisation come from the model's `InputContract` (`resnext_compiler.image_transform`).
 """
 
 from __future__ import annotations
@@ -9,8 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+import numpy as np
 import torch
 
+from resnext_compiler.image_transform import array_to_image, resize_and_crop
+from resnext_compiler.input_contract import InputContract
 from resnext_compiler.runtimes.train import augment as aug
 
 
@@ -20,6 +24,7 @@ class ImageSet(Protocol):
     name: str
     classes: list[str]
     channels: int
+    contract: InputContract
     parallel: bool  # True when loading is slow enough to use data loader workers
 
     def __len__(self) -> int: ...
@@ -31,15 +36,14 @@ class ImageSet(Protocol):
 
 @dataclass
 class InMemoryImages:
-    """uint8 images (N, C, H, W) and int64 labels; resized to `size` and augmented per batch."""
+    """uint8 images (N, C, H, W) already at the model's size, int64 labels; augmented and
+    normalised per batch (`contract_normalise`)."""
 
     name: str
     images: torch.Tensor
     labels: torch.Tensor
     classes: list[str]
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    size: tuple[int, int]
+    contract: InputContract
     augment: str = "none"
     seed: int = 0
     parallel: bool = False
@@ -52,30 +56,22 @@ class InMemoryImages:
         return int(self.labels.shape[0])
 
     def load(self, indices: torch.Tensor, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.images[indices].to(torch.float32) / 255.0
-        x = aug.resize(x, self.size)
+        x = self.images[indices].to(torch.float32)
         x = aug.apply(x, self.augment, self.seed, epoch, indices)
-        return normalise(x, self.mean, self.std), self.labels[indices]
+        return contract_normalise(x, self.contract), self.labels[indices]
 
 
-def normalise(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
-    m = torch.tensor(mean, dtype=x.dtype).view(1, -1, 1, 1)
-    s = torch.tensor(std, dtype=x.dtype).view(1, -1, 1, 1)
-    return (x - m) / s
+def contract_normalise(x: torch.Tensor, contract: InputContract) -> torch.Tensor:
+    """Pixels (N, C, H, W) in 0-255 units -> the model input, with the contract's affine."""
+    multiplier, offset = (torch.from_numpy(v).to(x.dtype).view(1, -1, 1, 1)
+                          for v in contract.affine())
+    return x * multiplier + offset
 
 
-def channel_stats(name: str, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and std used for normalisation (the usual published values)."""
-    table = {
-        "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-        "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
-        "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-        "digits": ((0.3053,), (0.3759,)),  # measured over the 1797 images
-        "synthetic": ((0.5,), (0.25,)),
-    }
-    mean, std = table.get(name, table["imagenet"])
-    if len(mean) == channels:
-        return mean, std
-    # A grey-scale view of a colour recipe (or the reverse): average / repeat the values.
-    grey_mean, grey_std = sum(mean) / len(mean), sum(std) / len(std)
-    return (grey_mean,) * channels, (grey_std,) * channels
+def resize_all(images: torch.Tensor, contract: InputContract) -> torch.Tensor:
+    """uint8 (N, C, H, W) images at another size through the evaluation transform's resize."""
+    if tuple(images.shape[2:]) == contract.size:
+        return images
+    pixels = images.permute(0, 2, 3, 1).numpy()
+    resized = np.stack([resize_and_crop(array_to_image(p), contract) for p in pixels])
+    return torch.from_numpy(resized).permute(0, 3, 1, 2).contiguous()

@@ -1,9 +1,10 @@
 """Start or resume a run: prepare the run directory, check the data, then train in this process
 or in `nproc` torchrun workers, and summarise the result from the run directory.
 
-A run directory holds `spec.yaml` (the spec with the `train:` values this run used),
-`train.json` (every resolved setting), `metrics.jsonl`/`metrics.csv`, `checkpoints/last.pt`
-and `model.safetensors`.
+A run directory holds `spec.yaml` (the spec with the `train:` values this run used and its
+resolved `preprocess:` input contract), `labels.txt` (the class names, one per line, which
+spec.yaml names), `train.json` (every resolved setting), `metrics.jsonl`/`metrics.csv`,
+`checkpoints/last.pt` and `model.safetensors`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 from resnext_compiler.artifacts import write_text_atomic
 from resnext_compiler.errors import ResnextError, UserError
+from resnext_compiler.input_contract import labels_text
 from resnext_compiler.runtimes.train.checkpoint import CHECKPOINT, WEIGHTS
 from resnext_compiler.runtimes.train.config import (
     TrainConfig,
@@ -29,6 +31,7 @@ from resnext_compiler.runtimes.train.metrics import read_metrics
 from resnext_compiler.spec import Spec, load_spec
 
 CONFIG_FILE = "train.json"
+LABELS_FILE = "labels.txt"
 DEFAULT_SPEC = "default_spec.yaml"
 
 
@@ -107,7 +110,10 @@ def prepare_run(spec_path: Path | None, overrides: TrainOverrides,
     data = open_dataset(spec, config.dataset, config.data_dir, config.augment, config.seed)
     check_batch_fits(len(data.train), config.batch_size)
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(run_dir / "spec.yaml", effective_spec(spec, config).to_yaml())
+    # The labels file first: spec.yaml names it.
+    write_text_atomic(run_dir / LABELS_FILE, labels_text(data.contract.labels or ()))
+    write_text_atomic(run_dir / "spec.yaml",
+                      effective_spec(spec, config, data.contract, LABELS_FILE).to_yaml())
     write_text_atomic(run_dir / CONFIG_FILE, config.to_json())
     return config, data
 
