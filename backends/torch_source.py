@@ -17,6 +17,7 @@ from resnext_compiler import __version__, ops
 from resnext_compiler.artifacts import write_text_atomic
 from resnext_compiler.backend import CompileOptions
 from resnext_compiler.errors import UserError
+from resnext_compiler.input_contract import resolve_contract
 from resnext_compiler.ir import INPUT, Graph, Node
 from resnext_compiler.naming import class_name, file_stem
 from resnext_compiler.spec import Spec
@@ -193,7 +194,15 @@ def render_source(graph: Graph, spec: Spec) -> str:
         ascii(n.name) for n in graph.nodes if isinstance(n.op, ops.BatchNorm) and n.op.zero_init
     ]
     shape = graph.input_shape
+    contract = resolve_contract(spec)
     return env.get_template("torch_module.py.j2").render(
+        colour_literal=ascii(contract.colour),
+        resize_literal=ascii(contract.resize),
+        crop_fraction=repr(float(contract.crop_fraction)),
+        mean_literal=ascii(tuple(float(v) for v in contract.mean)),
+        std_literal=ascii(tuple(float(v) for v in contract.std)),
+        scale_literal=ascii(contract.scale),
+        class_names_literal=ascii(contract.labels),
         version=__version__,
         spec_name_literal=ascii(spec.name),
         spec_hash=spec.spec_hash(),

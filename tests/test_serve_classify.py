@@ -12,7 +12,11 @@ import pytest
 from PIL import Image
 from test_serve_helpers import NUM_CLASSES, load_tiny, running_server, write_tiny_onnx
 
-from resnext_compiler.runtimes.serve.images import IMAGENET_MEAN, IMAGENET_STD, preprocess
+from resnext_compiler.input_contract import DATASET_STATS, InputContract, default_contract
+from resnext_compiler.runtimes.serve.images import preprocess
+
+IMAGENET_MEAN, IMAGENET_STD = (np.array(v) for v in DATASET_STATS["imagenet"])
+CONTRACT_32 = default_contract(3, 32, 32)  # what a model without a recorded contract gets
 
 LABELS = [f"class-{index}" for index in range(NUM_CLASSES)]
 
@@ -54,11 +58,12 @@ def test_preprocessing_matches_torchvision_eval_transform() -> None:
         transforms.Resize(37), transforms.CenterCrop(32), transforms.ToTensor(),
         transforms.Normalize(IMAGENET_MEAN.tolist(), IMAGENET_STD.tolist()),
     ])(image).numpy()
-    np.testing.assert_allclose(preprocess(image, 32, 32)[0], expected, atol=1e-5)
+    crop_contract = InputContract(3, 32, 32, "crop", 0.875)  # the ImageNet recipe at 32 px
+    np.testing.assert_allclose(preprocess(image, crop_contract)[0], expected, atol=1e-5)
 
 
 def test_uniform_colour_normalises_to_imagenet_statistics() -> None:
-    pixels = preprocess(Image.new("RGB", (50, 70), (255, 0, 128)), 32, 32)
+    pixels = preprocess(Image.new("RGB", (50, 70), (255, 0, 128)), CONTRACT_32)
     assert pixels.shape == (1, 3, 32, 32) and pixels.dtype == np.float32
     expected = (np.array([1.0, 0.0, 128 / 255]) - IMAGENET_MEAN) / IMAGENET_STD
     np.testing.assert_allclose(pixels[0, :, 5, 7], expected, rtol=1e-6)
@@ -73,7 +78,9 @@ def test_classify_uploaded_image_returns_labelled_top_k(server, tiny_path: Path,
                           files={"file": (f"image.{fmt.lower()}", data, f"image/{fmt.lower()}")})
     assert response.status_code == 200, response.text
     predictions = response.json()["predictions"]
-    logits = logits_for(tiny_path, preprocess(Image.open(io.BytesIO(data)).convert("RGB"), 32, 32))
+    image = Image.open(io.BytesIO(data))
+    image.draft("RGB", (32, 32))  # the transform lets libjpeg decode small when it can
+    logits = logits_for(tiny_path, preprocess(image.convert("RGB"), CONTRACT_32))
     assert [p["index"] for p in predictions] == list(np.argsort(-logits)[:3])
     assert [p["label"] for p in predictions] == [LABELS[p["index"]] for p in predictions]
     np.testing.assert_allclose([p["logit"] for p in predictions], np.sort(logits)[::-1][:3],

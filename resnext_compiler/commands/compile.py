@@ -56,6 +56,10 @@ def compile_command(
     expand: bool = typer.Option(False, "--expand", help="dot: draw every node, not blocks."),
     max_batch: int = typer.Option(32, "--max-batch", min=1, help="triton: max_batch_size."),
     seed: int = typer.Option(0, "--seed", help="Seed of the initial weights without --weights."),
+    image_input: bool = typer.Option(
+        False, "--image-input",
+        help="onnx/triton: take uint8 images [N, H, W, C] (already resized and cropped) and "
+        "normalise them inside the graph."),
 ) -> None:
     """Compile SPEC with a backend (the default command: `resnext-compile SPEC`)."""
     from resnext_compiler.backend import CompileOptions, load_backend
@@ -77,6 +81,7 @@ def compile_command(
         expand=expand,
         max_batch=max_batch,
         seed=seed,
+        image_input=image_input,
     )
     target = output if output is not None else chosen.default_output(parsed_spec)
     written = chosen.emit(graph, parsed_spec, options, target)

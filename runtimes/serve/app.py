@@ -23,11 +23,17 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from resnext_compiler import __version__
+from resnext_compiler.input_contract import InputContract
 from resnext_compiler.runtimes.serve.batching import DynamicBatcher
 from resnext_compiler.runtimes.serve.config import ServeConfig
 from resnext_compiler.runtimes.serve.datatypes import triton_type
 from resnext_compiler.runtimes.serve.errors import ServeError, bad_request, install_error_handlers
-from resnext_compiler.runtimes.serve.images import decode_image, preprocess, top_k
+from resnext_compiler.runtimes.serve.images import (
+    check_image_model,
+    decode_image,
+    preprocess,
+    top_k,
+)
 from resnext_compiler.runtimes.serve.limits import BodyLimitMiddleware
 from resnext_compiler.runtimes.serve.metrics import MetricsMiddleware, ServeMetrics
 from resnext_compiler.runtimes.serve.model import LoadedModel
@@ -61,7 +67,8 @@ def create_app(models: list[LoadedModel], config: ServeConfig,
                                  on_batch=metrics.batch_observer(model.name), name=model.name,
                                  open_connections=lambda: _open_connections(app))
         metrics.track_queue(model.name, lambda b=batcher: b.depth)
-        served[model.name] = ServedModel(model, batcher, (labels or {}).get(model.name))
+        names = (labels or {}).get(model.name, model.contract.labels)
+        served[model.name] = ServedModel(model, batcher, list(names) if names else None)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -221,23 +228,25 @@ def _add_classify_route(app: FastAPI, served: dict[str, ServedModel],
                               f"({', '.join(sorted(served))})")
         entry = _lookup(served, model or next(iter(served)))
         loaded = entry.model
-        if len(loaded.input.shape) != 4 or loaded.input.shape[1] != 3:
-            raise bad_request(f"model {loaded.name!r} does not take RGB images "
-                              f"(input shape {list(loaded.input.shape)})")
+        check_image_model(loaded.contract)
         if loaded.static_batch not in (None, 1):
             raise bad_request(f"model {loaded.name!r} has a fixed batch of "
                               f"{loaded.static_batch}; classify sends one image")
         data = await _image_bytes(request)
-        _, height, width = loaded.image_size
-        pixels = await anyio.to_thread.run_sync(_prepare, data, config.max_image_pixels, height,
-                                                width, limiter=decoders)
-        outputs = await entry.batcher.submit(pixels.astype(loaded.input_dtype, copy=False))
-        return {"model": loaded.name, "model_version": loaded.version,
-                "predictions": top_k(outputs[0][0], top_k_count, entry.labels)}
+        pixels = await anyio.to_thread.run_sync(_prepare, data, config.max_image_pixels,
+                                                loaded.contract, loaded.input_dtype,
+                                                limiter=decoders)
+        outputs = await entry.batcher.submit(pixels)
+        predictions = top_k(outputs[0][0], top_k_count, entry.labels)
+        answer = {"model": loaded.name, "model_version": loaded.version}
+        if entry.labels:
+            answer["label"] = predictions[0]["label"]
+        return {**answer, "predictions": predictions}
 
 
-def _prepare(data: bytes, max_pixels: int, height: int, width: int) -> np.ndarray:
-    return preprocess(decode_image(data, max_pixels, height, width), height, width)
+def _prepare(data: bytes, max_pixels: int, contract: InputContract,
+             dtype: np.dtype) -> np.ndarray:
+    return preprocess(decode_image(data, max_pixels, contract), contract, dtype)
 
 
 async def _image_bytes(request: Request) -> bytes:

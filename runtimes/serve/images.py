@@ -1,10 +1,9 @@
-"""Image preprocessing for `POST /v1/classify`, the way torchvision evaluates ImageNet models.
+"""Images for `POST /v1/classify`: decode safely, then the model's own evaluation transform.
 
-Resize so the crop is 87.5% of the shorter side (224 <- 256, torchvision's `Resize(256)` +
-`CenterCrop(224)` evaluation transform), centre-crop to the model's H x W, scale to [0, 1] and
-normalise with the ImageNet mean and standard deviation (torchvision `transforms.Normalize`
-values). Only JPEG and PNG are decoded, and only after the header's pixel count passed the
-decompression-bomb limit.
+Only JPEG and PNG are decoded, and only after the header's pixel count passed the
+decompression-bomb limit. Everything after the checks (JPEG draft scale, EXIF orientation,
+colour mode, resize rule, crop, normalisation) is `resnext_compiler.image_transform` applied
+with the model's `InputContract`, the same code `evaluate` and training's validation run.
 """
 
 from __future__ import annotations
@@ -13,18 +12,17 @@ import io
 import math
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
+from resnext_compiler.image_transform import draft, finish_decode, model_input, resize_and_crop
+from resnext_compiler.input_contract import InputContract
 from resnext_compiler.runtimes.serve.errors import ServeError, bad_request
 
-CROP_FRACTION = 0.875  # 224 / 256
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 FORMATS = ("JPEG", "PNG")
 
 
-def decode_image(data: bytes, max_pixels: int, height: int, width: int) -> Image.Image:
-    """Open a JPEG/PNG, refuse bombs by the header's size, then decode (JPEG at reduced scale)."""
+def open_checked(data: bytes, max_pixels: int) -> Image.Image:
+    """Open a JPEG/PNG (header only) and refuse it when it is empty or a pixel bomb."""
     if not data:
         raise bad_request("empty image")
     try:
@@ -41,36 +39,32 @@ def decode_image(data: bytes, max_pixels: int, height: int, width: int) -> Image
     if image_width * image_height > max_pixels:
         raise ServeError(413, f"image is {image_width}x{image_height}, more than {max_pixels} "
                          "pixels")
-    scale = _resize_scale(image_width, image_height, height, width)
-    if image.format == "JPEG":  # let libjpeg decode at 1/2, 1/4 or 1/8 when that is enough
-        image.draft("RGB", (math.ceil(image_width * scale), math.ceil(image_height * scale)))
+    return image
+
+
+def decode_image(data: bytes, max_pixels: int, contract: InputContract) -> Image.Image:
+    """The checked image decoded as the contract says (grey or RGB, EXIF-oriented)."""
+    image = open_checked(data, max_pixels)
     try:
-        image.load()
-        image = ImageOps.exif_transpose(image)
-        return image.convert("RGB")
+        draft(image, contract)
+        return finish_decode(image, contract)
     except Image.DecompressionBombError:
         raise ServeError(413, f"image has more than {max_pixels} pixels") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise bad_request(f"unreadable image: {exc}") from None
 
 
-def _resize_scale(image_width: int, image_height: int, height: int, width: int) -> float:
-    """The factor making the image just cover the resize box (crop / CROP_FRACTION)."""
-    return max(height / CROP_FRACTION / image_height, width / CROP_FRACTION / image_width)
+def preprocess(image: Image.Image, contract: InputContract,
+               dtype: np.dtype | type = np.float32) -> np.ndarray:
+    """A decoded image -> one batch row [1, ...] of the model's input."""
+    return model_input(resize_and_crop(image, contract)[None], contract, dtype)
 
 
-def preprocess(image: Image.Image, height: int, width: int) -> np.ndarray:
-    """RGB image -> normalised float32 [1, 3, height, width]."""
-    scale = _resize_scale(image.width, image.height, height, width)
-    resized_width = max(width, round(image.width * scale))
-    resized_height = max(height, round(image.height * scale))
-    image = image.resize((resized_width, resized_height), Image.Resampling.BILINEAR)
-    left = round((resized_width - width) / 2)
-    top = round((resized_height - height) / 2)
-    image = image.crop((left, top, left + width, top + height))
-    pixels = np.asarray(image, dtype=np.float32) / 255.0
-    pixels = (pixels - IMAGENET_MEAN) / IMAGENET_STD
-    return np.ascontiguousarray(pixels.transpose(2, 0, 1)[None])
+def check_image_model(contract: InputContract) -> None:
+    """Refuse (400) a model that takes no images before reading the upload."""
+    if contract.colour is None:
+        raise bad_request(f"the model takes {contract.channels}-channel inputs, not images "
+                          "(only 1-channel grey and 3-channel RGB models do)")
 
 
 def top_k(logits: np.ndarray, k: int, labels: list[str] | None) -> list[dict]:
@@ -84,7 +78,6 @@ def top_k(logits: np.ndarray, k: int, labels: list[str] | None) -> list[dict]:
          **({"label": labels[index]} if labels else {})}
         for index in order
     ]
-
 
 
 def _finite(value: float) -> float | None:

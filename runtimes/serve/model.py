@@ -17,6 +17,14 @@ from pathlib import Path
 import numpy as np
 
 from resnext_compiler.errors import UserError
+from resnext_compiler.input_contract import (
+    FLOAT_NCHW,
+    KEY_PREFIX,
+    InputContract,
+    contract_from_metadata,
+    default_contract,
+    onnx_input_layout,
+)
 from resnext_compiler.runtimes.serve.datatypes import ORT_TO_V2, V2_TO_NUMPY
 
 log = logging.getLogger("resnext_compiler.serve")
@@ -35,6 +43,7 @@ class ModelSource:
     onnx_path: Path
     config_max_batch: int | None = None  # Triton config.pbtxt's max_batch_size, if any
     name_from_metadata: bool = False  # a bare .onnx file: prefer its spec_name metadata
+    labels_path: Path | None = None  # Triton: the output's label_filename in the model folder
 
 
 @dataclass(frozen=True)
@@ -74,6 +83,7 @@ def _triton_model(model_dir: Path) -> ModelSource:
                         "ONNX; this server runs onnxruntime_onnx models only")
     name = re.search(r'^\s*name\s*:\s*"([^"]+)"', config, re.MULTILINE)
     max_batch = re.search(r"^\s*max_batch_size\s*:\s*(\d+)", config, re.MULTILINE)
+    label_file = re.search(r'^\s*label_filename\s*:\s*"([^"/\\]+)"', config, re.MULTILINE)
     versions = sorted((int(child.name), child) for child in model_dir.iterdir()
                       if child.name.isdigit() and (child / "model.onnx").is_file())
     if not versions:
@@ -85,6 +95,7 @@ def _triton_model(model_dir: Path) -> ModelSource:
         version=str(version),
         onnx_path=version_dir / "model.onnx",
         config_max_batch=int(max_batch.group(1)) if max_batch and int(max_batch.group(1)) else None,
+        labels_path=model_dir / label_file.group(1) if label_file else None,
     )
 
 
@@ -134,8 +145,8 @@ class LoadedModel:
         if len(inputs) != 1:
             raise UserError(f"{self.path}: expected one input, found {len(inputs)}")
         self.input = _tensor_info(inputs[0], self.path)
-        if any(dim < 1 for dim in self.input.shape[1:]):
-            raise UserError(f"{self.path}: input {self.input.name!r} needs static dimensions "
+        if len(self.input.shape) != 4 or any(dim < 1 for dim in self.input.shape[1:]):
+            raise UserError(f"{self.path}: input {self.input.name!r} needs 4 dimensions, static "
                             f"after the batch, got {list(self.input.shape)}")
         self.outputs = [_tensor_info(out, self.path) for out in self.session.get_outputs()]
         self.static_batch = self.input.shape[0] if self.input.shape[0] > 0 else None
@@ -145,6 +156,8 @@ class LoadedModel:
         spec_name = self.metadata.get("spec_name", "")
         if source.name_from_metadata and re.fullmatch(r"[A-Za-z0-9_.-]+", spec_name):
             self.name = spec_name  # the ONNX backend records the spec's name here
+        self.contract, self.contract_recorded = _contract(self.metadata, self.input.shape,
+                                                          self.path)
         self.run(np.zeros((self.static_batch or 1, *self.input.shape[1:]), self.input_dtype))
         log.info("loaded model %s (version %s) from %s on %s; input %s %s, max batch %d",
                  self.name, self.version, self.path, self.provider, self.input.name,
@@ -154,15 +167,23 @@ class LoadedModel:
     def input_dtype(self) -> np.dtype:
         return V2_TO_NUMPY[self.input.datatype]
 
-    @property
-    def image_size(self) -> tuple[int, int, int]:
-        """(channels, height, width) of one input sample."""
-        _, channels, height, width = self.input.shape
-        return channels, height, width
-
     def run(self, batch: np.ndarray) -> list[np.ndarray]:
         """All outputs for one batch (called from the batcher's worker thread)."""
         return self.session.run(None, {self.input.name: batch})
+
+
+def _contract(metadata: dict[str, str], shape: tuple[int, ...],
+              path: Path) -> tuple[InputContract, bool]:
+    """(the model's input contract, whether the file records one) -- else the defaults."""
+    fmt = metadata.get(KEY_PREFIX + "input_format", FLOAT_NCHW)
+    try:
+        channels, height, width = onnx_input_layout(list(shape), fmt)
+        recorded = contract_from_metadata(metadata, channels, height, width)
+    except UserError as exc:
+        raise UserError(f"{path}: {exc}") from None
+    if recorded is not None and KEY_PREFIX + "resize" in metadata:
+        return recorded, True
+    return recorded or default_contract(channels, height, width), False
 
 
 def _tensor_info(arg, path: Path) -> TensorInfo:  # noqa: ANN001 - onnxruntime NodeArg

@@ -22,17 +22,32 @@ log = logging.getLogger("resnext_compiler.serve")
 
 
 def load_models(model_path: Path, config: ServeConfig) -> tuple[list, dict[str, list[str]]]:
-    """Load every model under `model_path` and the labels file (if any) for each of them."""
+    """Load every model under `model_path` and the class names of each of them: `--labels`,
+    else a Triton model's label_filename, else the names its ONNX metadata records."""
     from resnext_compiler.runtimes.serve.labels import load_labels
     from resnext_compiler.runtimes.serve.model import LoadedModel, find_models
 
-    models = [LoadedModel(source, config.device, config.max_batch, config.intra_op_threads)
-              for source in find_models(model_path)]
-    labels = {}
-    if config.labels is not None:
-        for model in models:
-            labels[model.name] = load_labels(config.labels, model.outputs[0].shape[-1])
+    models, labels = [], {}
+    for source in find_models(model_path):
+        model = LoadedModel(source, config.device, config.max_batch, config.intra_op_threads)
+        models.append(model)
+        path = config.labels or source.labels_path
+        if path is not None:
+            labels[model.name] = load_labels(path, model.outputs[0].shape[-1])
+        elif model.contract.labels is not None:
+            labels[model.name] = list(model.contract.labels)
+        announce_contract(model)
     return models, labels
+
+
+def announce_contract(model) -> None:  # noqa: ANN001 - LoadedModel
+    """Say once, at start-up, how /v1/classify prepares images for `model`."""
+    if model.contract_recorded:
+        log.info("model %s input contract (from the model file):\n  %s", model.name,
+                 "\n  ".join(model.contract.describe()))
+    else:
+        log.warning("model %s records no input contract; /v1/classify uses the defaults "
+                    "(docs/serving.md):\n  %s", model.name, "\n  ".join(model.contract.describe()))
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
