@@ -113,19 +113,44 @@ def check_command(
 
 
 def inspect_command(
-    spec: Path = typer.Argument(..., metavar="SPEC", help="Spec file.", show_default=False),
+    spec: Path = typer.Argument(..., metavar="SPEC|MODEL.onnx|REPO", show_default=False,
+                                help="Spec file, or a compiled ONNX file / Triton repository."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object instead of a table."),
 ) -> None:
-    """Per-stage shapes, parameters, multiply-accumulates and activation memory."""
+    """Per-stage shapes, parameters, MACs and memory of a spec; a compiled model's input
+    contract (preprocessing and class names)."""
     from resnext_compiler.passes.complexity import analyse
     from resnext_compiler.report import report_dict, report_table
 
+    if spec.is_dir() or spec.suffix.lower() == ".onnx":
+        _inspect_artifact(spec, as_json)
+        return
     parsed_spec, graph = _load(spec)
     cost = analyse(graph)
     if as_json:
         typer.echo(json.dumps(report_dict(parsed_spec, graph, cost), indent=2))
     else:
         typer.echo(report_table(parsed_spec, graph, cost))
+
+
+def _inspect_artifact(path: Path, as_json: bool) -> None:
+    from dataclasses import asdict
+
+    from resnext_compiler.input_contract import find_onnx_file, read_contract
+
+    contract = read_contract(path)
+    onnx_file = find_onnx_file(path)
+    if as_json:
+        data = {"model": str(onnx_file), "contract": asdict(contract) if contract else None}
+        typer.echo(json.dumps(data, indent=2))
+        return
+    if contract is None:
+        typer.echo(f"{onnx_file}: records no input contract (serve and evaluate use the "
+                   "defaults of docs/serving.md)")
+        return
+    typer.echo(f"{onnx_file}: input contract")
+    for line in contract.describe():
+        typer.echo(f"  {line}")
 
 
 def schema_command() -> None:

@@ -117,26 +117,60 @@ def train_command(
         raise typer.Exit(EXIT_INTERRUPTED)
 
 
+def _is_artifact(path: Path) -> bool:
+    """A compiled model (ONNX file or Triton model folder/repository), not a spec."""
+    return path.is_dir() or path.suffix.lower() == ".onnx"
+
+
 def evaluate_command(
-    spec: Path = typer.Argument(..., help="Spec file (e.g. RUN/spec.yaml).", show_default=False),
-    weights: Path = typer.Option(
-        ..., "--weights", "-w", help=".safetensors, train checkpoint or state-dict .pt."),
+    model: Path = typer.Argument(
+        ..., metavar="SPEC|MODEL.onnx|REPO",
+        help="A spec with --weights (e.g. RUN/spec.yaml), or a compiled ONNX file or Triton "
+        "repository, measured with the preprocessing and class names it records.",
+        show_default=False),
+    weights: Path | None = typer.Option(
+        None, "--weights", "-w", help="With a SPEC: .safetensors, train checkpoint or .pt."),
     data: Path | None = typer.Option(
-        None, "--data", help="Data folder (not needed for the embedded digits)."),
-    dataset: str | None = typer.Option(None, "--dataset", help="Default: the spec's."),
+        None, "--data", help="Data folder (DIR/val/<class>/ or, for artifacts, DIR/<class>/; "
+        "not needed for the embedded digits)."),
+    dataset: str | None = typer.Option(None, "--dataset", help="With a SPEC; default: the "
+                                       "spec's."),
     batch_size: int = typer.Option(256, "--batch-size", min=1),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
     workers: int = typer.Option(2, "--workers", help="Data loader workers (image folders)."),
+    predictions: Path | None = typer.Option(
+        None, "--predictions", help="Write each image's top-1 answer as CSV "
+        "(image,target,predicted,label)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Single-crop top-1/top-5 error on the validation split (the paper's table metric)."""
-    from resnext_compiler.runtimes.train.evaluate import evaluate_weights
+    from resnext_compiler.runtimes.evaluation import write_predictions
 
-    if not spec.is_file():
-        raise UserError(f"spec file not found: {spec}")
-    result, description = evaluate_weights(
-        spec, weights, dataset, str(data) if data is not None else None, batch_size,
-        _device(device, 0), workers)
+    if not model.exists():
+        raise UserError(f"model or spec not found: {model}")
+    if _is_artifact(model):
+        from resnext_compiler.runtimes.evaluation import evaluate_artifact
+
+        if weights is not None or dataset is not None:
+            raise UserError(f"{model} is a compiled model: it carries its weights and "
+                            "preprocessing; drop --weights/--dataset")
+        if data is None:
+            raise UserError("evaluating a compiled model needs --data DIR (class folders)")
+        if device not in ("auto", "cpu", "cuda"):
+            raise UserError(f"--device must be auto, cpu or cuda; got {device!r}")
+        result, answers, description, classes = evaluate_artifact(
+            model, data, min(batch_size, 1024), device)
+    else:
+        from resnext_compiler.runtimes.train.evaluate import evaluate_weights
+
+        if weights is None:
+            raise UserError(f"evaluating the spec {model} needs --weights W (or give a compiled "
+                            "MODEL.onnx)")
+        result, answers, description, classes = evaluate_weights(
+            model, weights, dataset, str(data) if data is not None else None, batch_size,
+            _device(device, 0), workers)
+    if predictions is not None:
+        write_predictions(predictions, answers, classes)
     if as_json:
         typer.echo(json.dumps({"top1_error": result.top1_error, "top5_error": result.top5_error,
                                "loss": result.loss, "images": result.images}))

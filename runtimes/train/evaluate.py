@@ -1,31 +1,24 @@
 """Single-crop top-1 / top-5 error, the metric of the paper's tables (Xie et al. 2017, Table 3-5).
 
-ImageNet-style folders: resize the shorter side to 256 and take the centre 224 crop (in
-proportion for other input sizes); CIFAR and digits: the test images as they are.
+Images go through the model's evaluation transform (its `InputContract`: for ImageNet-style
+folders the 224-of-256 centre crop, in proportion for other sizes; CIFAR and digits as they
+are), the same one `serve` and `evaluate MODEL.onnx` apply.
 """
 
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from resnext_compiler.runtimes.evaluation import EvalResult, Prediction
 from resnext_compiler.runtimes.train.distributed import DistContext
 from resnext_compiler.runtimes.train.images import ImageSet
 from resnext_compiler.runtimes.train.loader import batches
 from resnext_compiler.runtimes.train.metrics import topk_wrong
 from resnext_compiler.runtimes.train.sampler import shard
-
-
-@dataclass(frozen=True)
-class EvalResult:
-    loss: float
-    top1_error: float  # percent
-    top5_error: float  # percent
-    images: int
 
 
 def autocast(device: str, amp_dtype: str | None) -> contextlib.AbstractContextManager:
@@ -39,8 +32,11 @@ def autocast(device: str, amp_dtype: str | None) -> contextlib.AbstractContextMa
 def evaluate_model(model: torch.nn.Module, images: ImageSet, batch_size: int = 256,
                    device: str = "cpu", context: DistContext | None = None,
                    channels_last: bool = False, amp_dtype: str | None = None,
-                   workers: int = 0) -> EvalResult:
-    """Error of `model` on every image of `images` (sharded over ranks, sums all-reduced)."""
+                   workers: int = 0, predictions: list[int] | None = None) -> EvalResult:
+    """Error of `model` on every image of `images` (sharded over ranks, sums all-reduced).
+
+    `predictions` (one process only) receives each image's top-1 class, in order.
+    """
     context = context or DistContext()
     was_training = model.training
     model.eval()
@@ -55,6 +51,8 @@ def evaluate_model(model: torch.nn.Module, images: ImageSet, batch_size: int = 2
         with autocast(device, amp_dtype):
             logits = model(x)
         logits = logits.float()
+        if predictions is not None:
+            predictions.extend(logits.argmax(dim=1).tolist())
         loss = F.cross_entropy(logits, y, reduction="sum")
         totals += torch.cat([loss.double().reshape(1), topk_wrong(logits, y),
                              torch.tensor([len(y)], dtype=torch.float64, device=y.device)]).cpu()
@@ -66,9 +64,12 @@ def evaluate_model(model: torch.nn.Module, images: ImageSet, batch_size: int = 2
 
 
 def evaluate_weights(spec_path: Path, weights: Path, dataset: str | None, data_dir: str | None,
-                     batch_size: int = 256, device: str = "cpu",
-                     workers: int = 2) -> tuple[EvalResult, str]:
-    """Load SPEC with WEIGHTS and measure it on the validation split of the data set."""
+                     batch_size: int = 256, device: str = "cpu", workers: int = 2,
+                     ) -> tuple[EvalResult, list[Prediction], str, tuple[str, ...]]:
+    """Load SPEC with WEIGHTS and measure it on the validation split of the data set.
+
+    Returns (result, per-image predictions, description, class names).
+    """
     from resnext_compiler.backends.torch_module import build_module, load_weights
     from resnext_compiler.pipeline import compile_spec
     from resnext_compiler.runtimes.train.checkpoint import read_weights
@@ -81,4 +82,12 @@ def evaluate_weights(spec_path: Path, weights: Path, dataset: str | None, data_d
     model = build_module(compile_spec(spec), seed=None)
     load_weights(model, read_weights(weights))
     model.to(device)
-    return evaluate_model(model, data.val, batch_size, device, workers=workers), data.description
+    answers: list[int] = []
+    result = evaluate_model(model, data.val, batch_size, device, workers=workers,
+                            predictions=answers)
+    samples = getattr(data.val, "samples", None)  # image folders: (path, label) pairs
+    names = [path for path, _ in samples] if samples else [str(i) for i in range(len(answers))]
+    targets = [label for _, label in samples] if samples else data.val.labels.tolist()
+    predictions = [Prediction(name, target, answer)
+                   for name, target, answer in zip(names, targets, answers, strict=True)]
+    return result, predictions, data.description, tuple(data.contract.labels or ())
