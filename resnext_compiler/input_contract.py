@@ -211,6 +211,15 @@ def labels_text(labels: tuple[str, ...] | list[str]) -> str:
     return "".join(f"{name}\n" for name in labels)
 
 
+def parse_labels(text: str) -> tuple[str, ...]:
+    """The names in a labels file (the inverse of `labels_text`; blank lines at the end and
+    surrounding spaces are ignored)."""
+    lines = text.splitlines()
+    while lines and not lines[-1].strip():
+        lines.pop()
+    return tuple(line.strip() for line in lines)
+
+
 def contract_from_metadata(metadata: dict[str, str], channels: int, height: int,
                            width: int) -> InputContract | None:
     """The contract recorded in ONNX metadata / Triton parameters, or None when absent.

@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError
 
 from resnext_compiler.errors import Diagnostic, Location, SpecError, format_field_path
+from resnext_compiler.input_contract import parse_labels
 from resnext_compiler.yaml_source import FieldPath, SourceMap, read_yaml, read_yaml_file
 
 SPEC_VERSION = 1
@@ -475,12 +476,10 @@ def _read_labels_file(spec: Spec, name: str) -> tuple[tuple[str, ...] | None, st
     try:
         if path.stat().st_size > MAX_LABELS_BYTES:
             return None, f"labels file {path} is larger than {MAX_LABELS_BYTES} bytes"
-        lines = path.read_text(encoding="utf-8").splitlines()
+        text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         return None, f"cannot read labels file {path}: {getattr(exc, 'strerror', None) or exc}"
-    while lines and not lines[-1].strip():
-        lines.pop()
-    return tuple(line.strip() for line in lines), ""
+    return parse_labels(text), ""
 
 
 def load_spec(path: str | Path) -> Spec:

@@ -1,21 +1,20 @@
-"""Class labels for `--labels FILE`: one label per line, line i naming class i."""
+"""Class labels for `--labels FILE` or a Triton label_filename: line i names class i."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from resnext_compiler.errors import UserError
+from resnext_compiler.input_contract import parse_labels
 
 
 def load_labels(path: Path, num_classes: int) -> list[str]:
     """The labels in `path`; blank lines at the end are ignored and the count must match."""
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        names = parse_labels(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"--labels {path}: cannot read it ({exc})") from None
-    while lines and not lines[-1].strip():
-        lines.pop()
-    if len(lines) != num_classes:
-        raise UserError(f"--labels {path}: {len(lines)} labels for a model with {num_classes} "
+        raise UserError(f"labels {path}: cannot read it ({exc})") from None
+    if len(names) != num_classes:
+        raise UserError(f"labels {path}: {len(names)} labels for a model with {num_classes} "
                         "classes")
-    return [line.strip() for line in lines]
+    return list(names)
