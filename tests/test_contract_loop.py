@@ -5,6 +5,7 @@ the Triton repository carries the class names (tritonclient's classification req
 from __future__ import annotations
 
 import csv
+import io
 import shlex
 from pathlib import Path
 
@@ -122,6 +123,15 @@ def test_served_evaluated_and_trained_forms_agree_image_for_image(
             top = reply.json()["predictions"][0]
             assert reply.json()["label"] == top["label"]
             served[image] = (top["index"], top["label"])
+        if grey:  # a grey model takes colour images too (converted to one channel)
+            first = sorted(onnx_answers)[0]
+            buffer = io.BytesIO()
+            Image.open(first).convert("RGB").save(buffer, format="PNG")
+            reply = httpx.post(f"{server.url}/v1/classify", content=buffer.getvalue(),
+                               headers={"content-type": "image/png"})
+            assert reply.status_code == 200, reply.text
+            if first.endswith(".png"):  # lossless: the same pixels, so the same answer
+                assert reply.json()["predictions"][0]["index"] == served[first][0]
     assert served == onnx_answers == spec_answers
     for image, (_, label) in served.items():
         assert label == Path(image).parent.name, image
@@ -185,6 +195,8 @@ def test_triton_repository_names_classes_for_the_classification_extension(
             wanted = triton.InferRequestedOutput("logits", class_count=2)
             answer = client.infer("loop_rgb", [tensor], outputs=[wanted]).as_numpy("logits")
     assert answer.shape == (len(images), 2)
+    evaluated = run_cli("evaluate", root / "repo", "--data", root / "data", "--json")
+    assert evaluated.code == 0, evaluated
     for image, row in zip(images, answer, strict=True):
         score, index, label = row[0].decode().split(":")
         assert label == contract.labels[int(index)] == image.parent.name

@@ -93,3 +93,44 @@ def test_a_run_directory_records_the_resolved_contract_and_exports_carry_it(tmp_
     contract = read_contract(tmp_path / "digits.onnx")
     assert contract == resolve_contract(recorded)
     assert contract.colour == "grey" and contract.labels[3] == "3"
+
+
+def test_generated_torch_source_carries_the_contract_as_safe_constants(tmp_path, run_cli):
+    import ast
+
+    names = ["plain", "quote ' and \\\" here", "'); import os #"]
+    spec = tmp_path / "named.yaml"
+    spec.write_text(BASE + "preprocess:\n  resize: direct\n  labels: "
+                    + "[" + ", ".join(json_string(n) for n in names) + "]\n")
+    result = run_cli(spec, "--backend", "torch", "-o", tmp_path / "named.py")
+    assert result.code == 0, result
+    source = (tmp_path / "named.py").read_text()
+    constants = {node.targets[0].id: ast.literal_eval(node.value)
+                 for node in ast.parse(source).body
+                 if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)
+                 and node.targets[0].id in ("CLASS_NAMES", "MEAN", "RESIZE", "COLOUR")}
+    assert constants == {"CLASS_NAMES": tuple(names), "MEAN": DATASET_STATS["imagenet"][0],
+                         "RESIZE": "direct", "COLOUR": "rgb"}
+    assert "import os" not in source.replace("'); import os #", "")
+
+
+def json_string(text: str) -> str:
+    import json
+
+    return json.dumps(text)
+
+
+def test_serve_says_once_when_a_model_records_no_contract(tmp_path, caplog):
+    import logging
+
+    from test_serve_helpers import write_tiny_onnx
+
+    from resnext_compiler.runtimes.serve.config import ServeConfig
+    from resnext_compiler.runtimes.serve.server import load_models
+
+    path = write_tiny_onnx(tmp_path / "bare.onnx")
+    with caplog.at_level(logging.INFO, logger="resnext_compiler.serve"):
+        (model,), labels = load_models(path, ServeConfig(device="cpu"))
+    warnings = [r for r in caplog.records if "records no input contract" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].levelno == logging.WARNING
+    assert model.contract == default_contract(3, 32, 32) and labels == {}

@@ -77,8 +77,8 @@ def test_ddp_metrics_are_reduced_over_both_ranks(runs):
 def test_only_rank_zero_writes_files_and_prints(runs):
     ddp_dir, _, stdout = runs
     files = sorted(str(p.relative_to(ddp_dir)) for p in ddp_dir.rglob("*") if p.is_file())
-    assert files == ["checkpoints/last.pt", "metrics.csv", "metrics.jsonl", "model.safetensors",
-                     "spec.yaml", "train.json"]
+    assert files == ["checkpoints/last.pt", "labels.txt", "metrics.csv", "metrics.jsonl",
+                     "model.safetensors", "spec.yaml", "train.json"]
     assert len((ddp_dir / "metrics.jsonl").read_text().splitlines()) == 1
     assert stdout.count("epoch 1/1: train loss") == 1
     assert "batch: global 32 = 2 process(es) x 1 accumulation step(s) x 16 images" in stdout
