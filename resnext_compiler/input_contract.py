@@ -17,10 +17,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from resnext_compiler.errors import UserError
+
+if TYPE_CHECKING:  # spec.py imports this module (parse_labels)
+    from resnext_compiler.spec import Spec
 
 IMAGENET_CROP_FRACTION = 0.875  # 224 of 256 (Krizhevsky et al. 2012; torchvision, timm)
 SMALL_INPUT = 64  # ImageNet-style folders at or below this size resize directly
@@ -170,7 +174,7 @@ def default_contract(channels: int, height: int, width: int,
                          IMAGENET_CROP_FRACTION if crops else 1.0, mean, std)
 
 
-def resolve_contract(spec, dataset: str | None = None,  # noqa: ANN001 - Spec (no import cycle)
+def resolve_contract(spec: Spec, dataset: str | None = None,
                      labels: list[str] | tuple[str, ...] | None = None) -> InputContract:
     """The spec's contract: its `preprocess:` values over the defaults of `dataset` (default:
     the spec's train.dataset). `labels` (a data set's class names) fill in missing names."""

@@ -255,3 +255,20 @@ def test_inspect_prints_the_contract_of_a_compiled_model(trained_rgb_run: Path,
     text = run_cli("inspect", root / "inspect.onnx").out
     assert "scale to cover 18x18 (crop fraction 0.875), centre crop 16x16" in text
     assert "classes    3: crimson, forest, navy" in text
+
+
+def test_evaluating_and_inspecting_a_compiled_model_never_imports_torch(trained_rgb_run: Path,
+                                                                      run_cli) -> None:
+    import subprocess
+    import sys
+
+    from test_onnx_backend import NO_TORCH
+
+    root = trained_rgb_run
+    assert run_cli(root / "run" / "spec.yaml", "--weights", root / "run" / "model.safetensors",
+                   "--image-input", "-o", root / "notorch.onnx").code == 0
+    for args in (["evaluate", str(root / "notorch.onnx"), "--data", str(root / "data")],
+                 ["inspect", str(root / "notorch.onnx")]):
+        done = subprocess.run([sys.executable, "-c", NO_TORCH, *args], capture_output=True,
+                              text=True, timeout=120)
+        assert done.returncode == 0 and "no torch" in done.stdout, done.stderr
