@@ -14,9 +14,13 @@ import socket
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from resnext_compiler.errors import UserError
 from resnext_compiler.runtimes.serve.config import ServeConfig
+
+if TYPE_CHECKING:  # onnxruntime is imported only when models are loaded
+    from resnext_compiler.runtimes.serve.model import LoadedModel
 
 log = logging.getLogger("resnext_compiler.serve")
 
@@ -40,7 +44,7 @@ def load_models(model_path: Path, config: ServeConfig) -> tuple[list, dict[str, 
     return models, labels
 
 
-def announce_contract(model) -> None:  # noqa: ANN001 - LoadedModel
+def announce_contract(model: LoadedModel) -> None:
     """Say once, at start-up, how /v1/classify prepares images for `model`."""
     if model.contract_recorded:
         log.info("model %s input contract (from the model file):\n  %s", model.name,
