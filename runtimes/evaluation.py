@@ -38,16 +38,18 @@ class Prediction:
     image: str
     target: int
     predicted: int
+    logit: float  # the predicted class's logit
 
 
 def write_predictions(path: Path, predictions: list[Prediction],
                       classes: list[str] | tuple[str, ...] | None) -> Path:
-    """CSV `image,target,predicted,label` (label: the predicted class's name), atomically."""
+    """CSV `image,target,predicted,label,logit` (label: the predicted class's name)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["image", "target", "predicted", "label"])
+    writer.writerow(["image", "target", "predicted", "label", "logit"])
     for p in predictions:
-        writer.writerow([p.image, p.target, p.predicted, classes[p.predicted] if classes else ""])
+        writer.writerow([p.image, p.target, p.predicted, classes[p.predicted] if classes else "",
+                         repr(p.logit)])
     return write_text_atomic(path, buffer.getvalue())
 
 
@@ -97,8 +99,9 @@ def evaluate_artifact(model_path: Path, data_dir: Path, batch_size: int = 64,
         logits = np.asarray(model.run(batch)[0][:len(chunk)], dtype=np.float64)
         targets = np.array([label for _, label in chunk], dtype=np.int64)
         totals += error_sums(logits, targets)
-        predictions += [Prediction(path, int(t), int(p)) for (path, _), t, p
-                        in zip(chunk, targets, logits.argmax(axis=1), strict=True)]
+        best = logits.argmax(axis=1)
+        predictions += [Prediction(path, int(t), int(p), float(row[p])) for (path, _), t, p, row
+                        in zip(chunk, targets, best, logits, strict=True)]
     n = len(samples)
     result = EvalResult(totals[0] / n, 100 * totals[1] / n, 100 * totals[2] / n, n)
     dtype = model.metadata.get("dtype", model.input.datatype)

@@ -71,8 +71,13 @@ def write_data(root: Path, grey: bool) -> None:
 
 
 def read_predictions(path: Path) -> dict[str, tuple[int, str]]:
+    return {image: (index, label) for image, (index, label, _) in read_answers(path).items()}
+
+
+def read_answers(path: Path) -> dict[str, tuple[int, str, float]]:
+    """image -> (top-1 index, its label, its logit) from `evaluate --predictions`."""
     with path.open() as handle:
-        return {row["image"]: (int(row["predicted"]), row["label"])
+        return {row["image"]: (int(row["predicted"]), row["label"], float(row["logit"]))
                 for row in csv.DictReader(handle)}
 
 
@@ -113,7 +118,7 @@ def test_served_evaluated_and_trained_forms_agree_image_for_image(
     assert len(onnx_answers) == 5 * len(classes)
 
     models, labels = load_models(model, ServeConfig(device="cpu", max_batch=4))
-    served = {}
+    served, served_logits = {}, {}
     with BackgroundServer(create_app(models, ServeConfig(), labels)) as server:
         for image in onnx_answers:
             data = Path(image).read_bytes()
@@ -123,6 +128,7 @@ def test_served_evaluated_and_trained_forms_agree_image_for_image(
             top = reply.json()["predictions"][0]
             assert reply.json()["label"] == top["label"]
             served[image] = (top["index"], top["label"])
+            served_logits[image] = top["logit"]
         if grey:  # a grey model takes colour images too (converted to one channel)
             first = sorted(onnx_answers)[0]
             buffer = io.BytesIO()
@@ -133,6 +139,13 @@ def test_served_evaluated_and_trained_forms_agree_image_for_image(
             if first.endswith(".png"):  # lossless: the same pixels, so the same answer
                 assert reply.json()["predictions"][0]["index"] == served[first][0]
     assert served == onnx_answers == spec_answers
+    # The same pixels, not only the same answers: the served top-1 logit is evaluate's (same
+    # file, same transform), and the PyTorch form's up to float rounding of folded BatchNorm.
+    onnx_logits = {k: v[2] for k, v in read_answers(onnx_csv).items()}
+    spec_logits = {k: v[2] for k, v in read_answers(spec_csv).items()}
+    for image, logit in served_logits.items():
+        assert logit == pytest.approx(onnx_logits[image], rel=1e-5, abs=1e-5), image
+        assert logit == pytest.approx(spec_logits[image], rel=1e-4, abs=1e-4), image
     for image, (_, label) in served.items():
         assert label == Path(image).parent.name, image
 

@@ -140,7 +140,7 @@ def evaluate_command(
     workers: int = typer.Option(2, "--workers", help="Data loader workers (image folders)."),
     predictions: Path | None = typer.Option(
         None, "--predictions", help="Write each image's top-1 answer as CSV "
-        "(image,target,predicted,label)."),
+        "(image,target,predicted,label,logit)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Single-crop top-1/top-5 error on the validation split (the paper's table metric)."""

@@ -32,10 +32,11 @@ def autocast(device: str, amp_dtype: str | None) -> contextlib.AbstractContextMa
 def evaluate_model(model: torch.nn.Module, images: ImageSet, batch_size: int = 256,
                    device: str = "cpu", context: DistContext | None = None,
                    channels_last: bool = False, amp_dtype: str | None = None,
-                   workers: int = 0, predictions: list[int] | None = None) -> EvalResult:
+                   workers: int = 0,
+                   predictions: list[tuple[int, float]] | None = None) -> EvalResult:
     """Error of `model` on every image of `images` (sharded over ranks, sums all-reduced).
 
-    `predictions` (one process only) receives each image's top-1 class, in order.
+    `predictions` (one process only) receives each image's (top-1 class, its logit), in order.
     """
     context = context or DistContext()
     was_training = model.training
@@ -52,7 +53,8 @@ def evaluate_model(model: torch.nn.Module, images: ImageSet, batch_size: int = 2
             logits = model(x)
         logits = logits.float()
         if predictions is not None:
-            predictions.extend(logits.argmax(dim=1).tolist())
+            best = logits.max(dim=1)
+            predictions.extend(zip(best.indices.tolist(), best.values.tolist(), strict=True))
         loss = F.cross_entropy(logits, y, reduction="sum")
         totals += torch.cat([loss.double().reshape(1), topk_wrong(logits, y),
                              torch.tensor([len(y)], dtype=torch.float64, device=y.device)]).cpu()
@@ -82,12 +84,12 @@ def evaluate_weights(spec_path: Path, weights: Path, dataset: str | None, data_d
     model = build_module(compile_spec(spec), seed=None)
     load_weights(model, read_weights(weights))
     model.to(device)
-    answers: list[int] = []
+    answers: list[tuple[int, float]] = []
     result = evaluate_model(model, data.val, batch_size, device, workers=workers,
                             predictions=answers)
     samples = getattr(data.val, "samples", None)  # image folders: (path, label) pairs
     names = [path for path, _ in samples] if samples else [str(i) for i in range(len(answers))]
     targets = [label for _, label in samples] if samples else data.val.labels.tolist()
-    predictions = [Prediction(name, target, answer)
-                   for name, target, answer in zip(names, targets, answers, strict=True)]
+    predictions = [Prediction(name, target, index, logit) for name, target, (index, logit)
+                   in zip(names, targets, answers, strict=True)]
     return result, predictions, data.description, tuple(data.contract.labels or ())
