@@ -2,14 +2,14 @@
 
 By default each residual block is one box that states what the paper's tables state
 (`layer2.0  bottleneck C=32 d=4 stride 2`: cardinality C and path width d, Xie et al. 2017,
-Table 1), grouped into one cluster per stage, so the stages and the cardinality of every block
-are visible at a glance. `--expand` draws every IR node (nested clusters per stage and block).
-If Graphviz's `dot` program is installed the picture is also rendered to SVG and PNG.
+Table 1), read from the graph's block records, grouped into one cluster per stage, so the
+stages and the cardinality of every block are visible at a glance. `--expand` draws every IR
+node (nested clusters per stage and block). If Graphviz's `dot` program is installed the
+picture is also rendered to SVG and PNG.
 """
 
 from __future__ import annotations
 
-import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -18,7 +18,7 @@ from resnext_compiler import ops
 from resnext_compiler.artifacts import write_bytes_atomic, write_text_atomic
 from resnext_compiler.backend import CompileOptions
 from resnext_compiler.errors import ResnextError, UserError
-from resnext_compiler.ir import INPUT, Graph, Node
+from resnext_compiler.ir import INPUT, BlockRecord, Graph, Node
 from resnext_compiler.naming import file_stem
 from resnext_compiler.spec import Spec
 
@@ -61,36 +61,21 @@ def _op_text(op: ops.Op) -> str:
     return op.kind
 
 
-def describe_block(nodes: list[Node]) -> str:
-    """One line for a residual block, read from its IR nodes alone."""
-    prefix = nodes[0].block
-    local = {n.name[len(prefix) + 1:]: n for n in nodes}
-    paths = {m.group(1) for name in local if (m := re.match(r"paths\.(\d+)\.", name))}
-    stride = max([getattr(n.op, "stride", 1) for n in nodes
-                  if isinstance(n.op, (ops.Conv, ops.AvgPool, ops.Subsample))], default=1)
-    bottleneck = any(name.endswith("conv3") for name in local)
-    if not bottleneck:
-        width = local["conv1"].op.out_channels if "conv1" in local else 0
-        text = f"{prefix}  basic w={width} stride {stride}"
-    elif paths:
-        path_width = local["paths.0.conv2"].op.out_channels
-        form = "A" if "sum" in local or "paths.0.conv3" in local else "B"
-        text = f"{prefix}  bottleneck C={len(paths)} d={path_width} stride {stride} (form {form})"
+def describe_block(block: BlockRecord) -> str:
+    """One line for a residual block, read from the graph's record of it."""
+    if block.type == "basic":
+        text = f"{block.prefix}  basic w={block.path_width} stride {block.stride}"
     else:
-        conv2 = local["conv2"].op
-        text = (f"{prefix}  bottleneck C={conv2.groups} d={conv2.out_channels // conv2.groups} "
-                f"stride {stride}")
+        form = "" if block.form == "C" else f" (form {block.form})"
+        text = (f"{block.prefix}  bottleneck C={block.cardinality} d={block.path_width} "
+                f"stride {block.stride}{form}")
     extras = []
-    if isinstance(nodes[0].op, ops.BatchNorm):
+    if block.preact:
         extras.append("pre-activation")
-    if any(name.startswith("se.") for name in local):
+    if block.squeeze_excitation:
         extras.append("squeeze-excitation")
-    shortcut = [n for name, n in local.items() if name.startswith("downsample")]
-    if any(isinstance(n.op, ops.Conv) for n in shortcut):
-        avg = any(isinstance(n.op, ops.AvgPool) for n in shortcut)
-        extras.append("avg-pool + projection shortcut" if avg else "projection shortcut")
-    elif any(isinstance(n.op, ops.PadChannels) for n in shortcut):
-        extras.append("zero-pad shortcut")
+    if block.shortcut in ("projection", "avg-pool + projection", "zero-pad"):
+        extras.append(f"{block.shortcut} shortcut")
     return text + ("\n" + ", ".join(extras) if extras else "")
 
 
@@ -134,7 +119,7 @@ def _collapsed(graph: Graph) -> list[str]:
     for stage, nodes in _stages(graph):
         groups = list(dict.fromkeys(_group(n) for n in nodes))
         out = graph.shape_of(nodes[-1].name)
-        residual = stage.startswith("layer")
+        residual = any(record.stage == stage for record in graph.block_records)
         if residual:
             lines.append(f"  subgraph {_quote('cluster_' + stage)} {{")
             title = f"{stage}: {len(groups)} blocks, output {out}"
@@ -143,10 +128,10 @@ def _collapsed(graph: Graph) -> list[str]:
         for group in groups:
             block_nodes = members[group]
             last = graph.shape_of(block_nodes[-1].name)
-            if residual:
-                label = f"{describe_block(block_nodes)}\n-> {last}"
-                strided = "stride 1" not in label.splitlines()[0]
-                style = ", penwidth=2" if strided else ""
+            record = graph.block_record(group)
+            if residual and record is not None:
+                label = f"{describe_block(record)}\n-> {last}"
+                style = ", penwidth=2" if record.stride > 1 else ""
                 lines.append(f'    {_quote(group)} [label={_quote(label)}, fillcolor="#cfe2f3"'
                              f"{style}];")
             else:

@@ -18,7 +18,7 @@ from resnext_compiler.artifacts import write_text_atomic
 from resnext_compiler.backend import CompileOptions
 from resnext_compiler.errors import UserError
 from resnext_compiler.input_contract import resolve_contract
-from resnext_compiler.ir import INPUT, Graph, Node
+from resnext_compiler.ir import INPUT, BlockRecord, Graph
 from resnext_compiler.naming import class_name, file_stem
 from resnext_compiler.spec import Spec
 
@@ -145,11 +145,8 @@ def _forward_lines(graph: Graph) -> list[str]:
     for i, node in enumerate(graph.nodes):
         if node.block != block:
             block = node.block
-            lines.append(
-                f"# {block}"
-                if block in ("stem", "head")
-                else f"# {block}: {_block_summary(graph, node)}"
-            )
+            record = graph.block_record(block)
+            lines.append(f"# {block}" if record is None else f"# {block}: {_block_summary(record)}")
         args = [var[name] for name in node.inputs]
         dead = [name for name in dict.fromkeys(node.inputs) if last_use.get(name) == i]
         for name in dead:
@@ -169,10 +166,11 @@ def _forward_lines(graph: Graph) -> list[str]:
     return lines
 
 
-def _block_summary(graph: Graph, first: Node) -> str:
-    convs = [n for n in graph.nodes if n.block == first.block and isinstance(n.op, ops.Conv)]
-    groups = max((n.op.groups for n in convs), default=1)
-    return f"{len(convs)} convs" + (f", cardinality {groups} (grouped conv)" if groups > 1 else "")
+def _block_summary(block: BlockRecord) -> str:
+    """`bottleneck 32x4d (form C), stride 2`: the paper's C x d, from the block record."""
+    if block.type == "basic":
+        return f"basic, width {block.path_width}, stride {block.stride}"
+    return f"bottleneck {block.cxd} (form {block.form}), stride {block.stride}"
 
 
 def _chunks(text: str, size: int = 60) -> list[str]:

@@ -11,12 +11,13 @@ table (facebookresearch/ResNeXt README): C=1 d=64, C=2 d=40, C=4 d=24, C=8 d=14,
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal
 
 from resnext_compiler.errors import UserError
-from resnext_compiler.spec import Spec, StageSpec, parse_spec
+from resnext_compiler.spec import Spec, StageSpec, bottleneck_path_width, parse_spec
 
 Criterion = Literal["params", "macs"]
 CRITERIA: tuple[str, ...] = ("params", "macs")
@@ -117,8 +118,9 @@ def solve(template: Spec, cardinality: int, match: Criterion = "params") -> Desi
     reference = analyse(compile_spec(template))
     target = reference.params if match == "params" else reference.macs
     measure = _measure(template, cardinality)
-    # The narrowest stage must keep at least one channel per path.
-    low = max(1, -(-64 // min(stage.width for stage in template.resolved_stages())))
+    # The narrowest stage must keep at least one channel per path (the width rule inverted).
+    narrowest = min(stage.width for stage in template.resolved_stages())
+    low = next(d for d in itertools.count(1) if bottleneck_path_width(narrowest, d) >= 1)
     high = low
     while measure(high).value(match) < target:
         high *= 2

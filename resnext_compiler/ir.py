@@ -5,7 +5,10 @@ PyTorch module paths (`layer1.0.conv2`), so a node's parameters are named
 `layer1.0.conv2.weight` exactly as in torchvision's state dicts. The graph input value is
 named `input`.
 
-Graphs are plain data; passes return new graphs (`dataclasses.replace`).
+Graphs are plain data; passes return new graphs (`dataclasses.replace`). Besides its nodes a
+graph carries one `BlockRecord` per residual block: what the block *is* (type, form, C x d,
+stride, ...), written by lowering and kept (or updated) by every pass, so consumers read the
+structure instead of guessing it back from node names.
 """
 
 from __future__ import annotations
@@ -53,6 +56,43 @@ class Param:
 
 
 @dataclass(frozen=True)
+class BlockRecord:
+    """What one residual block is (Xie et al. 2017, Table 1's `[..., C=32]` entries).
+
+    `path_width` is d, the width of one of the C paths (a basic block: its conv width, C=1).
+    `shortcut` is `identity`, `subsample` (shortcut A, strided), `zero-pad` (shortcut A,
+    widening), `projection` or `avg-pool + projection` (ResNet-D). `cardinality_origin` and
+    `stride_origin` are the spec field paths that set C and the stride, for located errors.
+    """
+
+    prefix: str  # module path of the block, e.g. "layer2.0"
+    stage: str
+    type: str  # "bottleneck" | "basic"
+    form: str  # "A" | "B" | "C" (Fig. 3)
+    cardinality: int
+    path_width: int
+    in_channels: int
+    out_channels: int
+    stride: int
+    preact: bool
+    squeeze_excitation: bool
+    shortcut: str
+    origin: str = ""
+    cardinality_origin: str = ""
+    stride_origin: str = ""
+
+    @property
+    def group_width(self) -> int:
+        """Channels of the grouped 3x3 conv: C x d."""
+        return self.cardinality * self.path_width
+
+    @property
+    def cxd(self) -> str:
+        """The paper's `C x d` notation (`32x4d`)."""
+        return f"{self.cardinality}x{self.path_width}d"
+
+
+@dataclass(frozen=True)
 class Graph:
     """A whole network. `shapes` maps value names to shapes once `infer_shapes` has run."""
 
@@ -62,12 +102,20 @@ class Graph:
     output: str
     shapes: dict[str, TensorShape] = field(default_factory=dict)
     metadata: dict[str, str] = field(default_factory=dict)
+    block_records: tuple[BlockRecord, ...] = ()
 
     def node(self, name: str) -> Node:
         for node in self.nodes:
             if node.name == name:
                 return node
         raise KeyError(name)
+
+    def block_record(self, prefix: str) -> BlockRecord | None:
+        """The record of block `prefix` (`layer2.0`), or None for the stem, head or unknown."""
+        for record in self.block_records:
+            if record.prefix == prefix:
+                return record
+        return None
 
     def params(self, include_buffers: bool = True) -> list[Param]:
         out = []
@@ -121,6 +169,7 @@ class GraphBuilder:
         self.stage = ""
         self.block = ""
         self.origin = ""
+        self.records: list[BlockRecord] = []
 
     def add(self, name: str, op: Op, *inputs: str, origin: str | None = None) -> str:
         if name in self._names or name == INPUT:
@@ -140,5 +189,10 @@ class GraphBuilder:
 
     def build(self, output: str, metadata: dict[str, str] | None = None) -> Graph:
         return Graph(
-            self.name, self.input_shape, tuple(self.nodes), output, metadata=dict(metadata or {})
+            self.name,
+            self.input_shape,
+            tuple(self.nodes),
+            output,
+            metadata=dict(metadata or {}),
+            block_records=tuple(self.records),
         )

@@ -1,6 +1,7 @@
 """Spec -> IR. Checks what only the spec can explain, then appends stem, stages and head.
 
 Problems are collected (all of them, not the first) and raised as one located SpecError.
+Map sizes are left to shape inference, whose errors point back at spec lines via `node.origin`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from resnext_compiler.ops import (
     TensorShape,
 )
 from resnext_compiler.spec import ResolvedStage, Spec
-from resnext_compiler.stems import STEM_STRIDES, STEMS
+from resnext_compiler.stems import STEMS
 
 
 def _field_tuple(path: str) -> tuple[str | int, ...]:
@@ -38,45 +39,18 @@ def diagnostic(spec: Spec, field: str, message: str) -> Diagnostic:
 
 
 def check_spec(spec: Spec) -> list[Diagnostic]:
-    """Problems a valid-looking spec can still have: widths, groups, shrinking maps."""
+    """Problems of the stage fields themselves: block-type options, the width rule.
+
+    Feature-map sizes are not checked here: shape inference (`passes.shapes`) does that on the
+    lowered graph, and `pipeline.compile_spec` maps its errors back to spec lines.
+    """
     problems: list[Diagnostic] = []
-    height, width = spec.input.height, spec.input.width
-    for kernel, stride, padding in STEM_STRIDES[spec.stem]:
-        if height < stride or width < stride:
-            problems.append(
-                diagnostic(
-                    spec,
-                    "input",
-                    f"a {spec.input.height}x{spec.input.width} input is too small for the "
-                    f"{spec.stem} stem (a stride-{stride} layer would see {height}x{width})",
-                )
-            )
-            return problems
-        height = (height + 2 * padding - kernel) // stride + 1
-        width = (width + 2 * padding - kernel) // stride + 1
-    in_channels = 64
     for stage in spec.resolved_stages():
-        problems.extend(_check_stage(spec, stage, in_channels))
-        if stage.stride > 1:
-            # A stride larger than the map has nothing left to downsample: the map would
-            # already be smaller than one output pixel per stride step.
-            if height < stage.stride or width < stage.stride:
-                problems.append(
-                    diagnostic(
-                        spec,
-                        f"stages[{stage.index}].stride",
-                        f"stride {stage.stride} is too large: {stage.name} receives a "
-                        f"{height}x{width} feature map (input {spec.input.height}x"
-                        f"{spec.input.width}); use a larger input or a smaller stride",
-                    )
-                )
-            height = (height - 1) // stage.stride + 1
-            width = (width - 1) // stage.stride + 1
-        in_channels = stage.out_channels
+        problems.extend(_check_stage(spec, stage))
     return problems
 
 
-def _check_stage(spec: Spec, stage: ResolvedStage, in_channels: int) -> list[Diagnostic]:
+def _check_stage(spec: Spec, stage: ResolvedStage) -> list[Diagnostic]:
     out: list[Diagnostic] = []
     if stage.type == "basic":
         if stage.cardinality != 1:
@@ -112,56 +86,60 @@ def _check_stage(spec: Spec, stage: ResolvedStage, in_channels: int) -> list[Dia
                     f"{stage.cardinality} (each of the C paths needs the same width)",
                 )
             )
-    else:
-        path_width = stage.width * stage.base_width // 64
-        if path_width == 0:
-            out.append(
-                diagnostic(
-                    spec,
-                    stage.origin("base_width"),
-                    f"bottleneck width floor({stage.width} * {stage.base_width} / 64) is 0; "
-                    f"raise base_width or width",
-                )
-            )
-    if spec.shortcut == "A" and stage.out_channels < in_channels:
+    elif stage.path_width == 0:
         out.append(
             diagnostic(
                 spec,
-                f"stages[{stage.index}].width",
-                f"shortcut A cannot reduce channels ({in_channels} -> {stage.out_channels}); "
-                f"use shortcut B or C",
+                stage.origin("base_width"),
+                f"bottleneck width floor({stage.width} * {stage.base_width} / 64) is 0; "
+                f"raise base_width or width",
             )
         )
     return out
 
 
+def _shortcut_problem(spec: Spec, stage: ResolvedStage, in_channels: int) -> Diagnostic | None:
+    if spec.shortcut == "A" and stage.out_channels < in_channels:
+        return diagnostic(
+            spec,
+            f"stages[{stage.index}].width",
+            f"shortcut A cannot reduce channels ({in_channels} -> {stage.out_channels}); "
+            f"use shortcut B or C",
+        )
+    return None
+
+
 def lower(spec: Spec) -> Graph:
     """Lower a validated spec to an IR graph (shapes are filled in by `passes.infer_shapes`)."""
-    problems = check_spec(spec)
-    if problems:
-        raise SpecError(problems)
+    problems = check_spec(spec)  # raised after lowering, with the shortcut problems
     shape = TensorShape(spec.input.channels, spec.input.height, spec.input.width)
     b = GraphBuilder(spec.name, shape)
     b.stage, b.block, b.origin = "stem", "stem", "stem"
     x, channels = STEMS[spec.stem](b, spec.input.channels)
     preact = False
     for stage in spec.resolved_stages():
+        problem = _shortcut_problem(spec, stage, channels)
+        if problem is not None:
+            problems.append(problem)
         lower_block = BLOCKS[stage.type]
         b.stage = stage.name
         for i in range(stage.depth):
-            b.block = f"{stage.name}.{i}"
-            b.origin = f"stages[{stage.index}]"
             ctx = BlockContext(
-                prefix=b.block,
+                prefix=f"{stage.name}.{i}",
                 in_channels=channels,
                 stride=stage.stride if i == 0 else 1,
                 stage=stage,
                 shortcut=spec.shortcut,
                 avg_down=spec.avg_down,
             )
+            record = ctx.record
+            b.block, b.origin = record.prefix, record.origin
+            b.records.append(record)
             x = lower_block(b, x, ctx)
             channels = stage.out_channels
         preact = stage.preact
+    if problems:
+        raise SpecError(problems)
     b.stage, b.block, b.origin = "head", "head", "head"
     if preact:  # pre-activation networks normalise once more before pooling
         x = b.add("final_bn", BatchNorm(channels), x)

@@ -63,8 +63,9 @@ def _spatial(
 ) -> tuple[int, int]:
     if stride > 1 and (shape.height < stride or shape.width < stride):
         raise ShapeError(
-            f"{op_name} with stride {stride} needs a feature map of at least {stride}x{stride}, "
-            f"got {shape.height}x{shape.width}; use a larger input or a smaller stride"
+            f"stride {stride} is too large: a {op_name} with stride {stride} needs a feature map "
+            f"of at least {stride}x{stride} and receives {shape.height}x{shape.width}; "
+            f"use a larger input or a smaller stride"
         )
     height = _conv_out(shape.height, kernel, stride, padding, ceil)
     width = _conv_out(shape.width, kernel, stride, padding, ceil)

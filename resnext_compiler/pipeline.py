@@ -10,11 +10,13 @@ from resnext_compiler.spec import Spec
 from resnext_compiler.validate import structural_problems
 
 
-def _locate_node(spec: Spec, graph: Graph, node_name: str, message: str) -> Diagnostic:
-    try:
-        origin = graph.node(node_name).origin
-    except KeyError:
-        origin = ""
+def _locate_node(spec: Spec, graph: Graph, node_name: str, message: str,
+                 origin: str | None = None) -> Diagnostic:
+    if origin is None:
+        try:
+            origin = graph.node(node_name).origin
+        except KeyError:
+            origin = ""
     text = f"{message} (at node {node_name})"
     return Diagnostic(
         text, origin, spec.locate(_field_tuple(origin)) if origin else spec.locate(())
@@ -30,6 +32,9 @@ def compile_spec(spec: Spec) -> Graph:
     try:
         return infer_shapes(graph)
     except ShapeProblem as exc:
-        raise SpecError(
-            [_locate_node(spec, graph, exc.node, str(exc.args[0]).split(": ", 1)[1])]
-        ) from None
+        message = str(exc.args[0]).split(": ", 1)[1]
+        if graph.node(exc.node).stage == "stem":  # the stem is fixed; only the input can change
+            size = f"{spec.input.height}x{spec.input.width}"
+            message = f"a {size} input is too small for the {spec.stem} stem: {message}"
+            raise SpecError([_locate_node(spec, graph, exc.node, message, "input")]) from None
+        raise SpecError([_locate_node(spec, graph, exc.node, message)]) from None

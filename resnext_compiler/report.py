@@ -16,7 +16,10 @@ def _shape(shape: TensorShape, flat: bool = False) -> list[int]:
 
 
 def report_dict(spec: Spec, graph: Graph, cost: Complexity) -> dict[str, Any]:
-    stages_by_name = {s.name: s for s in spec.resolved_stages()}
+    widths = {s.name: (s.width, s.base_width) for s in spec.resolved_stages()}
+    first_block = {}
+    for record in graph.block_records:
+        first_block.setdefault(record.stage, record)
     stages = []
     for stage in cost.stages:
         entry: dict[str, Any] = {
@@ -27,16 +30,19 @@ def report_dict(spec: Spec, graph: Graph, cost: Complexity) -> dict[str, Any]:
             "macs": stage.macs,
             "activation_bytes": stage.activation_bytes,
         }
-        resolved = stages_by_name.get(stage.name)
-        if resolved is not None:
+        block = first_block.get(stage.name)
+        if block is not None:
+            bottleneck = block.type == "bottleneck"
+            width, base_width = widths[stage.name]
             entry.update(
-                block=resolved.type,
-                cardinality=resolved.cardinality,
-                base_width=resolved.base_width,
-                group_width=resolved.group_width if resolved.type == "bottleneck" else None,
-                width=resolved.width,
-                stride=resolved.stride,
-                form=resolved.form,
+                block=block.type,
+                cardinality=block.cardinality,
+                base_width=base_width,
+                group_width=block.group_width if bottleneck else None,
+                path_width=block.path_width if bottleneck else None,
+                width=width,
+                stride=block.stride,
+                form=block.form,
             )
         stages.append(entry)
     return {
@@ -63,7 +69,7 @@ def report_table(spec: Spec, graph: Graph, cost: Complexity) -> str:
     for st in data["stages"]:
         cxd = ""
         if st.get("block") == "bottleneck":
-            cxd = f"{st['cardinality']} x {st['group_width'] // st['cardinality']}d"
+            cxd = f"{st['cardinality']} x {st['path_width']}d"
         elif st.get("block") == "basic":
             cxd = "basic"
         rows.append(

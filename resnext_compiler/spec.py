@@ -1,4 +1,4 @@
-"""Spec v1: the YAML description of one network (DESIGN.md, "Spec v1").
+"""Spec v1: the YAML description of one network (see docs/design.md).
 
 `load_spec(path)` reads a file (following `extends:`), validates it with pydantic and keeps
 a source map, so every problem is reported as `FILE:LINE:COL: field.path: message`.
@@ -224,6 +224,12 @@ class Spec(_Model):
         return yaml.safe_dump(data, sort_keys=False, width=100)
 
 
+def bottleneck_path_width(width: int, base_width: int) -> int:
+    """The ResNeXt width rule, d = floor(width * base_width / 64): `base_width` is d at the
+    first stage's width 64 and d grows with the stage (Xie et al. 2017, Table 1)."""
+    return width * base_width // 64
+
+
 @dataclass(frozen=True)
 class ResolvedStage:
     """A stage with every default filled in; `origin(field)` is where a value came from."""
@@ -245,11 +251,21 @@ class ResolvedStage:
     overrides: frozenset[str]
 
     @property
+    def path_width(self) -> int:
+        """d, the width of one path: floor(width * base_width / 64) (seed: resnext.lua),
+        or an explicit group width shared by the C paths. A basic block's conv width."""
+        if self.type == "basic":
+            return self.width
+        if self.explicit_group_width is not None:
+            return self.explicit_group_width // self.cardinality
+        return bottleneck_path_width(self.width, self.base_width)
+
+    @property
     def group_width(self) -> int:
-        """Grouped 3x3 conv channels: floor(width * base_width / 64) * C (seed: resnext.lua)."""
+        """Grouped 3x3 conv channels: C x d."""
         if self.explicit_group_width is not None:
             return self.explicit_group_width
-        return (self.width * self.base_width // 64) * self.cardinality
+        return self.path_width * self.cardinality
 
     @property
     def out_channels(self) -> int:

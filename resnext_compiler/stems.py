@@ -47,9 +47,3 @@ StemLowering = Callable[[GraphBuilder, int], tuple[str, int]]
 
 STEMS: dict[str, StemLowering] = {"imagenet": imagenet_stem, "cifar": cifar_stem, "deep": deep_stem}
 
-# Spatial reduction of each stem, for checks made before lowering.
-STEM_STRIDES: dict[str, list[tuple[int, int, int]]] = {
-    "imagenet": [(7, 2, 3), (3, 2, 1)],
-    "cifar": [(3, 1, 1)],
-    "deep": [(3, 2, 1), (3, 2, 1)],
-}

@@ -48,13 +48,12 @@ def test_basic_blocks_and_shortcut_kinds_are_named():
     graph = graph_of("resnet18")
     labels = block_labels(to_dot(graph))
     assert labels["layer2.0"] == "layer2.0  basic w=128 stride 2"
-    blocks = {b: [n for n in graph.nodes if n.block == b] for b in ("layer2.0", "layer2.1")}
-    assert describe_block(blocks["layer2.0"]).endswith("\nprojection shortcut")
-    assert "\n" not in describe_block(blocks["layer2.1"])
+    assert describe_block(graph.block_record("layer2.0")).endswith("\nprojection shortcut")
+    assert "\n" not in describe_block(graph.block_record("layer2.1"))
     se = graph_of("seresnext50_32x4d")
-    assert "squeeze-excitation" in describe_block([n for n in se.nodes if n.block == "layer1.1"])
+    assert "squeeze-excitation" in describe_block(se.block_record("layer1.1"))
     resnet_d = graph_of("resnext50d_32x4d")
-    assert describe_block([n for n in resnet_d.nodes if n.block == "layer3.0"]).endswith(
+    assert describe_block(resnet_d.block_record("layer3.0")).endswith(
         "avg-pool + projection shortcut")
 
 

@@ -1,7 +1,8 @@
 """Block lowerings: one file per block type, registered in `BLOCKS`.
 
 A block lowering appends the nodes of one residual block to a `GraphBuilder` and returns
-the block's output value. It receives a `BlockContext` with everything it may need.
+the block's output value. It receives a `BlockContext` with everything it may need; the
+context's `record` is what the graph remembers about the block (`ir.BlockRecord`).
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from resnext_compiler.ir import GraphBuilder
+from resnext_compiler.ir import BlockRecord, GraphBuilder
 from resnext_compiler.spec import ResolvedStage
 
 
@@ -21,6 +22,29 @@ class BlockContext:
     stage: ResolvedStage
     shortcut: str  # "A" | "B" | "C"
     avg_down: bool
+
+    @property
+    def record(self) -> BlockRecord:
+        from resnext_compiler.blocks.shortcut import shortcut_kind
+
+        st = self.stage
+        return BlockRecord(
+            prefix=self.prefix,
+            stage=st.name,
+            type=st.type,
+            form=st.form,
+            cardinality=st.cardinality,
+            path_width=st.path_width,
+            in_channels=self.in_channels,
+            out_channels=st.out_channels,
+            stride=self.stride,
+            preact=st.preact,
+            squeeze_excitation=st.se_ratio > 0,
+            shortcut=shortcut_kind(self),
+            origin=f"stages[{st.index}]",
+            cardinality_origin=st.origin("cardinality"),
+            stride_origin=st.origin("stride"),
+        )
 
 
 BlockLowering = Callable[[GraphBuilder, str, BlockContext], str]

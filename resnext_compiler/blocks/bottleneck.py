@@ -17,57 +17,20 @@ from __future__ import annotations
 from resnext_compiler.blocks import BlockContext
 from resnext_compiler.blocks.shortcut import lower_shortcut
 from resnext_compiler.blocks.squeeze_excitation import lower_se
-from resnext_compiler.ir import GraphBuilder
+from resnext_compiler.ir import BlockRecord, GraphBuilder
 from resnext_compiler.ops import Add, BatchNorm, Concat, Conv, ReLU
 
 
 def lower_bottleneck(b: GraphBuilder, x: str, ctx: BlockContext) -> str:
     st = ctx.stage
     p = ctx.prefix
-    cardinality, group_width, out = st.cardinality, st.group_width, st.out_channels
-    path_width = group_width // cardinality
-    card_origin = st.origin("cardinality")
-    stride_origin = st.origin("stride")
-
+    out = st.out_channels
     block_input = x
     if st.preact:
         x = b.add(f"{p}.bn1", BatchNorm(ctx.in_channels), x)
         x = b.add(f"{p}.relu1", ReLU(), x)
     shortcut_input = x if st.preact else block_input
-    names = _names(st.preact)
-
-    if st.form == "C":
-        y = b.add(f"{p}.conv1", Conv(ctx.in_channels, group_width, 1), x, origin=card_origin)
-        y = _norm_act(b, p, names, 0, group_width, y)
-        y = b.add(
-            f"{p}.conv2",
-            Conv(group_width, group_width, 3, ctx.stride, 1, cardinality),
-            y,
-            origin=stride_origin,
-        )
-        y = _norm_act(b, p, names, 1, group_width, y)
-        y = b.add(f"{p}.conv3", Conv(group_width, out, 1), y, origin=card_origin)
-    else:
-        paths = []
-        for i in range(cardinality):
-            q = f"{p}.paths.{i}"
-            y = b.add(f"{q}.conv1", Conv(ctx.in_channels, path_width, 1), x, origin=card_origin)
-            y = _norm_act(b, q, names, 0, path_width, y)
-            y = b.add(
-                f"{q}.conv2",
-                Conv(path_width, path_width, 3, ctx.stride, 1),
-                y,
-                origin=stride_origin,
-            )
-            y = _norm_act(b, q, names, 1, path_width, y)
-            if st.form == "A":
-                y = b.add(f"{q}.conv3", Conv(path_width, out, 1), y, origin=card_origin)
-            paths.append(y)
-        if st.form == "A":
-            y = b.add(f"{p}.sum", Add(), *paths) if len(paths) > 1 else paths[0]
-        else:
-            y = b.add(f"{p}.concat", Concat(), *paths) if len(paths) > 1 else paths[0]
-            y = b.add(f"{p}.conv3", Conv(group_width, out, 1), y, origin=card_origin)
+    y = emit_branch(b, x, ctx.record)
     if not st.preact:
         y = b.add(f"{p}.bn3", BatchNorm(out, zero_init=st.zero_init_last_bn), y)
     if st.se_ratio > 0:
@@ -79,16 +42,45 @@ def lower_bottleneck(b: GraphBuilder, x: str, ctx: BlockContext) -> str:
     return y
 
 
-def _names(preact: bool) -> list[tuple[str, str]]:
-    """(BN name, ReLU name) after conv1 and conv2."""
-    if preact:  # pre-activation: bn2/bn3 sit before conv2/conv3
-        return [("bn2", "relu2"), ("bn3", "relu3")]
-    return [("bn1", "relu1"), ("bn2", "relu2")]
+def emit_branch(b: GraphBuilder, x: str, block: BlockRecord) -> str:
+    """Append the residual branch of `block` (conv1 ... conv3) in `block.form`, reading `x`.
+
+    The one place forms A/B/C are spelled out: lowering and the form rewrite
+    (`passes/forms.py`) both call it. Returns the branch's output value.
+    """
+    p, form = block.prefix, block.form
+    d, dc, out = block.path_width, block.group_width, block.out_channels
+    if form == "C":
+        y = _path(b, x, p, block, dc, block.cardinality)
+        return b.add(f"{p}.conv3", Conv(dc, out, 1), y, origin=block.cardinality_origin)
+    ends = []
+    for i in range(block.cardinality):
+        q = f"{p}.paths.{i}"
+        y = _path(b, x, q, block, d, 1)
+        if form == "A":
+            y = b.add(f"{q}.conv3", Conv(d, out, 1), y, origin=block.cardinality_origin)
+        ends.append(y)
+    if form == "A":
+        return b.add(f"{p}.sum", Add(), *ends) if len(ends) > 1 else ends[0]
+    y = b.add(f"{p}.concat", Concat(), *ends) if len(ends) > 1 else ends[0]
+    return b.add(f"{p}.conv3", Conv(dc, out, 1), y, origin=block.cardinality_origin)
 
 
-def _norm_act(
-    b: GraphBuilder, prefix: str, names: list[tuple[str, str]], index: int, channels: int, x: str
-) -> str:
-    bn, relu = names[index]
-    x = b.add(f"{prefix}.{bn}", BatchNorm(channels), x)
-    return b.add(f"{prefix}.{relu}", ReLU(), x)
+def branch_norm_names(preact: bool) -> tuple[tuple[str, str], tuple[str, str]]:
+    """(BN, ReLU) names after conv1 and after conv2 (torchvision's; pre-activation shifts them
+    by one because bn1/relu1 sit before conv1)."""
+    if preact:
+        return ("bn2", "relu2"), ("bn3", "relu3")
+    return ("bn1", "relu1"), ("bn2", "relu2")
+
+
+def _path(b: GraphBuilder, x: str, q: str, block: BlockRecord, width: int, groups: int) -> str:
+    """conv1 (in -> width), BN, ReLU, 3x3 conv2 (width -> width, `groups`), BN, ReLU."""
+    (bn_a, relu_a), (bn_b, relu_b) = branch_norm_names(block.preact)
+    y = b.add(f"{q}.conv1", Conv(block.in_channels, width, 1), x, origin=block.cardinality_origin)
+    y = b.add(f"{q}.{bn_a}", BatchNorm(width), y)
+    y = b.add(f"{q}.{relu_a}", ReLU(), y)
+    y = b.add(f"{q}.conv2", Conv(width, width, 3, block.stride, 1, groups), y,
+              origin=block.stride_origin)
+    y = b.add(f"{q}.{bn_b}", BatchNorm(width), y)
+    return b.add(f"{q}.{relu_b}", ReLU(), y)

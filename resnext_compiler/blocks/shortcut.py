@@ -13,13 +13,17 @@ from resnext_compiler.ir import GraphBuilder
 from resnext_compiler.ops import AvgPool, BatchNorm, Conv, PadChannels, Subsample
 
 
-def needs_projection(ctx: BlockContext, out_channels: int) -> bool:
-    changes = ctx.stride != 1 or ctx.in_channels != out_channels
-    if ctx.shortcut == "C":
-        return True
+def shortcut_kind(ctx: BlockContext) -> str:
+    """What the block's shortcut is (the `BlockRecord.shortcut` vocabulary)."""
+    out_channels = ctx.stage.out_channels
     if ctx.shortcut == "A":
-        return False
-    return changes
+        if out_channels != ctx.in_channels:
+            return "zero-pad"
+        return "subsample" if ctx.stride != 1 else "identity"
+    changes = ctx.stride != 1 or ctx.in_channels != out_channels
+    if ctx.shortcut == "C" or changes:
+        return "avg-pool + projection" if ctx.avg_down and ctx.stride != 1 else "projection"
+    return "identity"
 
 
 def lower_shortcut(b: GraphBuilder, x: str, ctx: BlockContext, out_channels: int) -> str:
@@ -31,7 +35,7 @@ def lower_shortcut(b: GraphBuilder, x: str, ctx: BlockContext, out_channels: int
         if out_channels != ctx.in_channels:
             x = b.add(f"{p}.pad", PadChannels(out_channels - ctx.in_channels), x, origin="shortcut")
         return x
-    if not needs_projection(ctx, out_channels):
+    if shortcut_kind(ctx) == "identity":
         return x
     if ctx.avg_down:
         # timm's layout: downsample.0 is the pool (Identity at stride 1), .1 conv, .2 BN.

@@ -19,233 +19,65 @@ inputs, origins) that lowering the spec with that form produces.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import numpy as np
 
-from resnext_compiler.ir import Graph, Node
-from resnext_compiler.ops import Add, BatchNorm, Concat, Conv, ReLU
+from resnext_compiler.blocks.bottleneck import branch_norm_names, emit_branch
+from resnext_compiler.ir import BlockRecord, Graph, GraphBuilder, Node
 from resnext_compiler.passes.shapes import infer_shapes
 
 FORMS = ("A", "B", "C")
 
 
-@dataclass(frozen=True)
-class Branch:
-    """The residual branch of one bottleneck block, in whichever form the graph holds it."""
-
-    prefix: str  # module path of the block, e.g. "layer2.0"
-    form: str
-    cardinality: int
-    path_width: int  # d
-    in_channels: int
-    out_channels: int
-    stride: int
-    norm_names: tuple[str, str]  # BN after conv1 and conv2 ("bn1", "bn2"; "bn2", "bn3" preact)
-    act_names: tuple[str, str]
-    members: tuple[str, ...]  # node names making up the branch
-    input: str  # value feeding conv1
-    output: str  # value the rest of the block reads
-    conv1: Node
-    conv2: Node
-    norm: Node  # a template BN (eps, momentum, origin)
-
-    @property
-    def group_width(self) -> int:
-        return self.cardinality * self.path_width
+def find_branches(graph: Graph) -> list[BlockRecord]:
+    """The records of every bottleneck block of `graph` (basic blocks have no branch forms)."""
+    return [record for record in graph.block_records if record.type == "bottleneck"]
 
 
-class _Index:
-    """Nodes by name and each value's consumers, built once per graph."""
-
-    def __init__(self, graph: Graph):
-        self.nodes = {n.name: n for n in graph.nodes}
-        self.consumers: dict[str, list[Node]] = {}
-        for n in graph.nodes:
-            for value in n.inputs:
-                self.consumers.setdefault(value, []).append(n)
-
-    def get(self, name: str) -> Node | None:
-        return self.nodes.get(name)
-
-    def __contains__(self, name: str) -> bool:
-        return name in self.nodes
-
-    def __getitem__(self, name: str) -> Node:
-        return self.nodes[name]
-
-
-def _chain(nodes: _Index, conv1: str, conv2: str) -> tuple[Node, Node, Node, Node] | None:
-    """(bn_a, relu_a, bn_b, relu_b) when conv1 -> BN -> ReLU -> conv2 -> BN -> ReLU, else None."""
-    c2 = nodes.get(conv2)
-    if c2 is None or not isinstance(c2.op, Conv):
-        return None
-    relu_a = nodes.get(c2.inputs[0])
-    bn_a = nodes.get(relu_a.inputs[0]) if relu_a and isinstance(relu_a.op, ReLU) else None
-    if bn_a is None or not isinstance(bn_a.op, BatchNorm) or bn_a.inputs[0] != conv1:
-        return None
-    consumers = nodes.consumers.get(c2.name, [])
-    if len(consumers) != 1 or not isinstance(consumers[0].op, BatchNorm):
-        return None
-    bn_b = consumers[0]
-    consumers = nodes.consumers.get(bn_b.name, [])
-    if len(consumers) != 1 or not isinstance(consumers[0].op, ReLU):
-        return None
-    return bn_a, relu_a, bn_b, consumers[0]
-
-
-def _suffix(name: str) -> str:
-    return name.rsplit(".", 1)[1]
-
-
-def find_branches(graph: Graph) -> list[Branch]:
-    """Every bottleneck branch of `graph` (basic blocks and stems are not branches)."""
-    nodes = _Index(graph)
-    out: list[Branch] = []
-    for node in graph.nodes:
-        name = node.name
-        if name.endswith(".paths.0.conv1"):
-            branch = _paths_branch(nodes, name[: -len(".paths.0.conv1")])
-        elif name.endswith(".conv1") and ".paths." not in name:
-            branch = _grouped_branch(nodes, name[: -len(".conv1")])
-        else:
-            continue
-        if branch is not None:
-            out.append(branch)
-    return out
-
-
-def _grouped_branch(nodes: _Index, p: str) -> Branch | None:
-    conv1, conv2, conv3 = (nodes.get(f"{p}.conv{i}") for i in (1, 2, 3))
-    if conv1 is None or conv2 is None or conv3 is None:
-        return None
-    chain = _chain(nodes, conv1.name, conv2.name)
-    if chain is None or conv3.inputs != (chain[3].name,) or conv2.op.kernel_size != 3:
-        return None
-    bn_a, relu_a, bn_b, relu_b = chain
-    groups = conv2.op.groups
-    return Branch(
-        prefix=p, form="C", cardinality=groups, path_width=conv2.op.out_channels // groups,
-        in_channels=conv1.op.in_channels, out_channels=conv3.op.out_channels,
-        stride=conv2.op.stride,
-        norm_names=(_suffix(bn_a.name), _suffix(bn_b.name)),
-        act_names=(_suffix(relu_a.name), _suffix(relu_b.name)),
-        members=(conv1.name, bn_a.name, relu_a.name, conv2.name, bn_b.name, relu_b.name,
-                 conv3.name),
-        input=conv1.inputs[0], output=conv3.name, conv1=conv1, conv2=conv2, norm=bn_a,
-    )
-
-
-def _paths_branch(nodes: _Index, p: str) -> Branch | None:
-    members: list[str] = []
-    cardinality = 0
-    chain = None
-    while f"{p}.paths.{cardinality}.conv1" in nodes:
-        q = f"{p}.paths.{cardinality}"
-        chain = _chain(nodes, f"{q}.conv1", f"{q}.conv2")
-        if chain is None:
-            return None
-        members += [f"{q}.conv1", chain[0].name, chain[1].name, f"{q}.conv2", chain[2].name,
-                    chain[3].name]
-        if f"{q}.conv3" in nodes:
-            members.append(f"{q}.conv3")
-        cardinality += 1
-    assert chain is not None
-    form = "A" if f"{p}.paths.0.conv3" in nodes else "B"
-    conv1, conv2 = nodes[f"{p}.paths.0.conv1"], nodes[f"{p}.paths.0.conv2"]
-    if form == "A":
-        out_channels = nodes[f"{p}.paths.0.conv3"].op.out_channels
-        output = f"{p}.sum" if cardinality > 1 else f"{p}.paths.0.conv3"
-    else:
-        out_channels = nodes[f"{p}.conv3"].op.out_channels
-        output = f"{p}.conv3"
-        members.append(f"{p}.conv3")
-    if cardinality > 1:
-        members.append(f"{p}.sum" if form == "A" else f"{p}.concat")
-    bn_a, relu_a, bn_b, relu_b = _chain(nodes, conv1.name, conv2.name)  # type: ignore[misc]
-    return Branch(
-        prefix=p, form=form, cardinality=cardinality, path_width=conv2.op.out_channels,
-        in_channels=conv1.op.in_channels, out_channels=out_channels, stride=conv2.op.stride,
-        norm_names=(_suffix(bn_a.name), _suffix(bn_b.name)),
-        act_names=(_suffix(relu_a.name), _suffix(relu_b.name)),
-        members=tuple(members), input=conv1.inputs[0], output=output, conv1=conv1, conv2=conv2,
-        norm=bn_a,
-    )
-
-
-def _branch_nodes(br: Branch, form: str) -> tuple[list[Node], str]:
-    """Nodes of `br` in `form` (as `blocks/bottleneck.py` lowers them) and its output value."""
-    card_origin, stride_origin, origin = br.conv1.origin, br.conv2.origin, br.norm.origin
-    stage, block = br.conv1.stage, br.conv1.block
-    (bn_a, bn_b), (relu_a, relu_b) = br.norm_names, br.act_names
-    d, dc, c = br.path_width, br.group_width, br.cardinality
-
-    def node(name: str, op: object, inputs: tuple[str, ...], node_origin: str = origin) -> Node:
-        return Node(name, op, inputs, stage, block, node_origin)  # type: ignore[arg-type]
-
-    def bn(channels: int) -> BatchNorm:
-        return replace(br.norm.op, num_features=channels)  # type: ignore[type-var]
-
-    def path(q: str, width: int, groups: int) -> list[Node]:
-        return [
-            node(f"{q}.conv1", Conv(br.in_channels, width, 1), (br.input,), card_origin),
-            node(f"{q}.{bn_a}", bn(width), (f"{q}.conv1",)),
-            node(f"{q}.{relu_a}", ReLU(), (f"{q}.{bn_a}",)),
-            node(f"{q}.conv2", Conv(width, width, 3, br.stride, 1, groups), (f"{q}.{relu_a}",),
-                 stride_origin),
-            node(f"{q}.{bn_b}", bn(width), (f"{q}.conv2",)),
-            node(f"{q}.{relu_b}", ReLU(), (f"{q}.{bn_b}",)),
-        ]
-
-    p = br.prefix
-    if form == "C":
-        out = path(p, dc, c)
-        out.append(node(f"{p}.conv3", Conv(dc, br.out_channels, 1), (f"{p}.{relu_b}",),
-                        card_origin))
-        return out, f"{p}.conv3"
-    out = []
-    ends = []
-    for i in range(c):
-        q = f"{p}.paths.{i}"
-        out += path(q, d, 1)
-        ends.append(f"{q}.{relu_b}")
-        if form == "A":
-            out.append(node(f"{q}.conv3", Conv(d, br.out_channels, 1), (f"{q}.{relu_b}",),
-                            card_origin))
-            ends[-1] = f"{q}.conv3"
-    if form == "A":
-        if c == 1:
-            return out, ends[0]
-        out.append(node(f"{p}.sum", Add(), tuple(ends)))
-        return out, f"{p}.sum"
-    joined = ends[0]
-    if c > 1:
-        out.append(node(f"{p}.concat", Concat(), tuple(ends)))
-        joined = f"{p}.concat"
-    out.append(node(f"{p}.conv3", Conv(dc, br.out_channels, 1), (joined,), card_origin))
-    return out, f"{p}.conv3"
+def _emit(graph: Graph, block: BlockRecord, form: str, x: str) -> tuple[list[Node], str]:
+    """The branch of `block` in `form` reading `x`, as lowering emits it, and its output."""
+    b = GraphBuilder(graph.name, graph.input_shape)
+    b.stage, b.block, b.origin = block.stage, block.prefix, block.origin
+    output = emit_branch(b, x, replace(block, form=form))
+    return b.nodes, output
 
 
 def rewrite_forms(graph: Graph, form: str) -> Graph:
-    """`graph` with every bottleneck branch in `form` (A, B or C); shapes re-inferred if present."""
+    """`graph` with every bottleneck branch in `form` (A, B or C); shapes re-inferred if present.
+
+    The branch a block holds now and the one it gets are both emitted by `emit_branch`, so the
+    pass finds the nodes to replace from the block record, not from node names.
+    """
     if form not in FORMS:
         raise ValueError(f"form must be one of A, B, C, got {form!r}")
-    branches = {br.members[0]: br for br in find_branches(graph) if br.form != form}
-    if not branches:
+    todo = {block.prefix: block for block in find_branches(graph) if block.form != form}
+    if not todo:
         return graph
-    dropped = {name for br in branches.values() for name in br.members}
+    nodes_by_name = {node.name: node for node in graph.nodes}
+    replacements: dict[str, list[Node]] = {}
+    dropped: set[str] = set()
     renamed: dict[str, str] = {}
+    for block in todo.values():
+        current, current_output = _emit(graph, block, block.form, "")
+        members = [node.name for node in current]
+        if any(n.name not in nodes_by_name or nodes_by_name[n.name].op != n.op for n in current):
+            raise ValueError(f"{block.prefix}: the graph no longer holds the branch that lowering "
+                             f"made (rewrite forms before other passes change it)")
+        branch_input = nodes_by_name[members[0]].inputs[0]
+        new_nodes, output = _emit(graph, block, form, branch_input)
+        replacements[members[0]] = new_nodes
+        dropped.update(members)
+        renamed[current_output] = output
     nodes: list[Node] = []
     for node in graph.nodes:
-        br = branches.get(node.name)
-        if br is not None:
-            new_nodes, output = _branch_nodes(br, form)
-            nodes += new_nodes
-            renamed[br.output] = output
+        if node.name in replacements:
+            nodes += replacements[node.name]
         elif node.name not in dropped:
             inputs = tuple(renamed.get(i, i) for i in node.inputs)
             nodes.append(node if inputs == node.inputs else replace(node, inputs=inputs))
-    rewritten = replace(graph, nodes=tuple(nodes), shapes={},
+    records = tuple(replace(r, form=form) if r.prefix in todo else r for r in graph.block_records)
+    rewritten = replace(graph, nodes=tuple(nodes), shapes={}, block_records=records,
                         output=renamed.get(graph.output, graph.output))
     return infer_shapes(rewritten) if graph.shapes else rewritten
 
@@ -264,13 +96,14 @@ def _source_form(tensors: Mapping[str, np.ndarray] | set[str], p: str) -> str | 
     return None
 
 
-def _grouped_tensors(tensors: Mapping[str, np.ndarray], br: Branch, source: str,
+def _grouped_tensors(tensors: Mapping[str, np.ndarray], br: BlockRecord, source: str,
                      used: set[str]) -> dict[str, np.ndarray]:
     """The branch's tensors in form C layout (names relative to the block prefix)."""
     p = br.prefix
-    modules = ("conv1", br.norm_names[0], "conv2", br.norm_names[1])
+    (bn_a, _), (bn_b, _) = branch_norm_names(br.preact)
+    modules = ("conv1", bn_a, "conv2", bn_b)
     if source == "C":
-        names = [f"{m}.{s}" for m in modules for s in _suffixes(m, br)] + ["conv3.weight"]
+        names = [f"{m}.{s}" for m in modules for s in _suffixes(m)] + ["conv3.weight"]
         out = {n: tensors[f"{p}.{n}"] for n in names if f"{p}.{n}" in tensors}
         used.update(f"{p}.{n}" for n in out)
         return out
@@ -281,7 +114,7 @@ def _grouped_tensors(tensors: Mapping[str, np.ndarray], br: Branch, source: str,
         raise ValueError(f"{p}: the weights have {count} paths, the graph {br.cardinality}")
     out = {}
     for module in modules:
-        for suffix in _suffixes(module, br):
+        for suffix in _suffixes(module):
             keys = [f"{p}.paths.{i}.{module}.{suffix}" for i in range(count)]
             if not all(k in tensors for k in keys):
                 continue
@@ -303,11 +136,11 @@ def _grouped_tensors(tensors: Mapping[str, np.ndarray], br: Branch, source: str,
     return out
 
 
-def _suffixes(module: str, br: Branch) -> tuple[str, ...]:
+def _suffixes(module: str) -> tuple[str, ...]:
     return ("weight",) if module.startswith("conv") else (*_BN_SLICED, _BN_SHARED)
 
 
-def _split(grouped: dict[str, np.ndarray], br: Branch, form: str) -> dict[str, np.ndarray]:
+def _split(grouped: dict[str, np.ndarray], br: BlockRecord, form: str) -> dict[str, np.ndarray]:
     """Form C tensors of one branch -> `form`'s tensors (full names)."""
     p, d = br.prefix, br.path_width
     if form == "C":
