@@ -16,7 +16,7 @@ from pathlib import Path
 
 from resnext_compiler import ops
 from resnext_compiler.artifacts import write_bytes_atomic, write_text_atomic
-from resnext_compiler.backend import CompileOptions
+from resnext_compiler.backend import CompileOptions, resolve_output
 from resnext_compiler.errors import ResnextError, UserError
 from resnext_compiler.ir import INPUT, BlockRecord, Graph, Node
 from resnext_compiler.naming import file_stem
@@ -207,8 +207,7 @@ class DotBackend:
         return Path(f"{file_stem(spec.name)}.dot")
 
     def emit(self, graph: Graph, spec: Spec, options: CompileOptions, output: Path) -> list[Path]:
-        if output.is_dir():
-            output = output / self.default_output(spec)
+        output = resolve_output(output, self.default_output(spec))
         program = dot_program()
         wanted = [output.suffix] if output.suffix in RENDER_FORMATS else list(RENDER_FORMATS)
         if output.suffix in RENDER_FORMATS and program is None:

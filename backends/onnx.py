@@ -19,7 +19,7 @@ import numpy as np
 from onnx import ModelProto, OperatorSetIdProto, StringStringEntryProto, TensorProto, helper
 
 from resnext_compiler import __version__
-from resnext_compiler.backend import CompileOptions
+from resnext_compiler.backend import CompileOptions, resolve_output
 from resnext_compiler.backends.onnx_graph import build_graph, weight_specs
 from resnext_compiler.backends.onnx_writer import Initializer, write_model
 from resnext_compiler.errors import UserError
@@ -132,7 +132,6 @@ class OnnxBackend:
         return Path(f"{file_stem(spec.name)}.onnx")
 
     def emit(self, graph: Graph, spec: Spec, options: CompileOptions, output: Path) -> list[Path]:
-        if output.is_dir():
-            output = output / self.default_output(spec)
+        output = resolve_output(output, self.default_output(spec))
         return [export_onnx(graph, options, output, spec.description,
                             contract=resolve_contract(spec))]

@@ -11,14 +11,15 @@ from __future__ import annotations
 import operator
 from collections.abc import Mapping
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
 from resnext_compiler import ops
-from resnext_compiler.errors import UserError
 from resnext_compiler.ir import INPUT, Graph, Node
 from resnext_compiler.naming import class_name
+from resnext_compiler.weights import compare_weights
 
 
 def make_module(op: ops.Op) -> nn.Module | None:
@@ -150,23 +151,19 @@ def build_module(graph: Graph, seed: int | None = 0) -> fx.GraphModule:
 
 
 def load_weights(
-    model: nn.Module, tensors: Mapping[str, torch.Tensor], strict: bool = True
+    model: nn.Module, tensors: Mapping[str, torch.Tensor | np.ndarray], strict: bool = True
 ) -> None:
-    """Copy tensors into `model`, checking names and shapes; list mismatches on failure."""
+    """Copy tensors (torch or numpy) into `model`, checking names and shapes; list mismatches.
+
+    Absent BatchNorm step counters keep the model's own (inference never reads them).
+    """
     own = model.state_dict()
-    missing = [k for k in own if k not in tensors]
-    unexpected = [k for k in tensors if k not in own]
-    wrong = [
-        f"{k}: expected {tuple(own[k].shape)}, got {tuple(tensors[k].shape)}"
-        for k in own
-        if k in tensors and tuple(own[k].shape) != tuple(tensors[k].shape)
-    ]
-    if wrong or (strict and (missing or unexpected)):
-        lines = [*wrong[:10]]
-        lines += [f"{k}: missing from the weights" for k in missing[:10]]
-        lines += [f"{k}: not a parameter of this model" for k in unexpected[:10]]
-        raise UserError("weights do not fit the model:\n  " + "\n  ".join(lines))
+    report = compare_weights({k: tuple(v.shape) for k, v in own.items()},
+                             {k: tuple(v.shape) for k, v in tensors.items()},
+                             getattr(model, "ir_name", "the model"))
+    if report.wrong_shapes or (strict and (report.missing or report.unexpected)):
+        raise report.error("the weights")
     with torch.no_grad():
         for key, value in tensors.items():
             if key in own:
-                own[key].copy_(value.to(own[key].dtype))
+                own[key].copy_(torch.as_tensor(value).to(own[key].dtype))

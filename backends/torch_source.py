@@ -15,7 +15,7 @@ import jinja2
 
 from resnext_compiler import __version__, ops
 from resnext_compiler.artifacts import write_text_atomic
-from resnext_compiler.backend import CompileOptions
+from resnext_compiler.backend import CompileOptions, resolve_output
 from resnext_compiler.errors import UserError
 from resnext_compiler.input_contract import resolve_contract
 from resnext_compiler.ir import INPUT, BlockRecord, Graph
@@ -230,6 +230,5 @@ class TorchSourceBackend:
                 "the torch backend writes source only; load weights into build() "
                 "with model.load_state_dict(...)"
             )
-        if output.is_dir():
-            output = output / self.default_output(spec)
+        output = resolve_output(output, self.default_output(spec))
         return [write_text_atomic(output, render_source(graph, spec))]

@@ -46,6 +46,11 @@ class Backend(Protocol):
     ) -> list[Path]: ...
 
 
+def resolve_output(output: Path, default: Path) -> Path:
+    """`-o DIR` means `DIR/<default file name>`; any other path is used as given."""
+    return output / default if output.is_dir() else output
+
+
 def available_backends() -> dict[str, object]:
     """Entry points by name (not loaded: loading may import heavy libraries)."""
     return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}

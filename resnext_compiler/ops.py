@@ -133,6 +133,10 @@ class Conv(Op):
         return output.numel * per_output
 
 
+# BatchNorm's training step counter (PyTorch's buffer name); inference never reads it.
+BN_STEP_COUNTER = "num_batches_tracked"
+
+
 @dataclass(frozen=True)
 class BatchNorm(Op):
     kind: ClassVar[str] = "batchnorm"
@@ -155,7 +159,7 @@ class BatchNorm(Op):
             ParamSpec("bias", c),
             ParamSpec("running_mean", c, trainable=False),
             ParamSpec("running_var", c, trainable=False),
-            ParamSpec("num_batches_tracked", (), trainable=False, dtype="int64"),
+            ParamSpec(BN_STEP_COUNTER, (), trainable=False, dtype="int64"),
         ]
 
 

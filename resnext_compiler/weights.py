@@ -1,13 +1,18 @@
 """Model weights as numpy arrays keyed by IR parameter names (torchvision state-dict keys).
 
-Three sources, all read one tensor at a time so an exporter can stream them:
+The one weights loader: `model_weights(graph, path)` reads a file, strips wrapper prefixes,
+converts block forms, fills absent step counters and checks every name and shape, for
+`compile --weights`, `evaluate`, training and `import-weights` alike. Sources, all read one
+tensor at a time so an exporter can stream them:
 
 - a `.safetensors` file (what `import-weights` and training write), parsed with numpy alone
   and read one tensor at a time (no torch);
 - a PyTorch checkpoint (`.pt`/`.pth`): a plain state dict or a dict holding one under `"model"`
-  or `"state_dict"`, with a DDP `module.` prefix stripped; torch is imported only here and
-  `torch.load(..., weights_only=True)` never runs pickled code;
+  or `"state_dict"`, with DDP/`torch.compile` prefixes stripped; torch is imported only here
+  and `torch.load(..., weights_only=True)` never runs pickled code;
 - `initial_weights(graph, seed)`: deterministic initialisation (same seed, same bytes).
+
+`compare_weights` is the one missing/unexpected/wrong-shape report.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import json
 import math
 import zlib
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +30,18 @@ from resnext_compiler import ops
 from resnext_compiler.errors import UserError
 from resnext_compiler.ir import Graph, Param
 
-# Buffers that inference never reads; a weights file may leave them out.
-OPTIONAL_SUFFIXES = ("num_batches_tracked",)
+# BatchNorm's step counter: inference never reads it, so a weights file may leave it out
+# (Torch7 and old PyTorch checkpoints have none); it is then filled with 0.
+OPTIONAL_SUFFIXES = (ops.BN_STEP_COUNTER,)
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel, torch.compile
+SHOWN_PROBLEMS = 10
+
+
+def strip_wrapper_prefixes(key: str) -> str:
+    """`module._orig_mod.layer1.0.conv1.weight` -> `layer1.0.conv1.weight`."""
+    while key.startswith(WRAPPER_PREFIXES):
+        key = key.split(".", 1)[1]
+    return key
 
 _SAFETENSORS_DTYPES = {
     "F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"),
@@ -127,7 +143,7 @@ def read_torch_checkpoint(path: str | Path) -> dict[str, np.ndarray]:
     for key, value in state.items():
         if not isinstance(value, torch.Tensor):
             raise UserError(f"{path}: entry {key!r} is a {type(value).__name__}, not a tensor")
-        name = key.removeprefix("module.").removeprefix("_orig_mod.")
+        name = strip_wrapper_prefixes(key)
         if value.dtype == torch.bfloat16:
             value = value.float()
         out[name] = value.detach().cpu().numpy()
@@ -148,30 +164,71 @@ def read_weights(path: str | Path) -> Mapping[str, np.ndarray]:
     raise UserError(f"{file}: not a safetensors file or a PyTorch checkpoint")
 
 
+def list_problems(problems: list[str]) -> str:
+    """The first SHOWN_PROBLEMS lines, indented, and how many more there are."""
+    shown = "\n  ".join(problems[:SHOWN_PROBLEMS])
+    more = (f"\n  ... and {len(problems) - SHOWN_PROBLEMS} more"
+            if len(problems) > SHOWN_PROBLEMS else "")
+    return f"  {shown}{more}"
+
+
+@dataclass
+class WeightsMismatch:
+    """How a set of tensors differs from what a model expects, one line per tensor."""
+
+    owner: str
+    wrong_shapes: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+
+    @property
+    def problems(self) -> list[str]:
+        return self.wrong_shapes + self.missing + self.unexpected
+
+    def counts(self) -> str:
+        return (f"{len(self.wrong_shapes)} wrong shapes, {len(self.missing)} missing, "
+                f"{len(self.unexpected)} unexpected")
+
+    def listing(self) -> str:
+        return list_problems(self.problems)
+
+    def error(self, source: str) -> UserError:
+        return UserError(f"{source} do not fit {self.owner} ({self.counts()}):\n{self.listing()}")
+
+
+def compare_weights(expected: Mapping[str, tuple[int, ...]], given: Mapping[str, tuple[int, ...]],
+                    owner: str) -> WeightsMismatch:
+    """Names and shapes of `given` against `expected` (step counters may be absent)."""
+    report = WeightsMismatch(owner)
+    for name, shape in expected.items():
+        if name not in given:
+            if not name.endswith(OPTIONAL_SUFFIXES):
+                report.missing.append(f"{name}: missing (expected shape {list(shape)})")
+        elif tuple(given[name]) != tuple(shape):
+            report.wrong_shapes.append(f"{name}: expected shape {list(shape)}, "
+                                       f"got {list(given[name])}")
+    report.unexpected = [f"{name}: not a parameter of {owner} (shape {list(shape)})"
+                         for name, shape in given.items() if name not in expected]
+    return report
+
+
+def graph_shapes(graph: Graph) -> dict[str, tuple[int, ...]]:
+    return {p.name: p.shape for p in graph.params()}
+
+
+def weight_shapes(weights: Mapping[str, np.ndarray]) -> dict[str, tuple[int, ...]]:
+    return {name: _shape(weights, name) for name in weights}
+
+
 def check_weights(graph: Graph, weights: Mapping[str, np.ndarray], source: str = "weights") -> None:
     """Raise UserError listing the first mismatching keys (with shapes) if `weights` do not fit."""
-    expected = {p.name: p.shape for p in graph.params()}
-    wrong, missing = [], []
-    for name, shape in expected.items():
-        if name not in weights:
-            if not name.endswith(OPTIONAL_SUFFIXES):
-                missing.append(f"{name}: missing (expected shape {list(shape)})")
-            continue
-        got = _shape(weights, name)
-        if got != shape:
-            wrong.append(f"{name}: expected shape {list(shape)}, got {list(got)}")
-    unexpected = [f"{name}: not a parameter of {graph.name} (shape {list(_shape(weights, name))})"
-                  for name in weights if name not in expected]
-    problems = wrong + missing + unexpected
-    if problems:
-        shown = "\n  ".join(problems[:10])
-        more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
-        raise UserError(f"{source} do not fit {graph.name} ({len(wrong)} wrong shapes, "
-                        f"{len(missing)} missing, {len(unexpected)} unexpected):\n  {shown}{more}")
+    report = compare_weights(graph_shapes(graph), weight_shapes(weights), graph.name)
+    if report.problems:
+        raise report.error(source)
 
 
 def _shape(weights: Mapping[str, np.ndarray], name: str) -> tuple[int, ...]:
-    if isinstance(weights, (SafetensorsWeights, InitialWeights)):
+    if isinstance(weights, (SafetensorsWeights, InitialWeights, _Overlay)):
         return weights.shape(name)
     return tuple(np.shape(weights[name]))
 
@@ -229,17 +286,55 @@ class InitialWeights(Mapping[str, np.ndarray]):
         return values
 
 
-def model_weights(graph: Graph, path: str | Path | None, seed: int = 0) -> Mapping[str, np.ndarray]:
-    """Weights for `graph`: read from `path` and checked, or initialised from `seed`."""
-    if path is None:
-        return InitialWeights(graph, seed)
-    weights = read_weights(path)
+def fit_form(weights: Mapping[str, np.ndarray], graph: Graph, source: str
+             ) -> Mapping[str, np.ndarray]:
+    """`weights` with every bottleneck in the block form `graph` uses (`passes.forms`)."""
     from resnext_compiler.passes.forms import convert_weights, needs_conversion
 
-    if needs_conversion(weights, graph):  # e.g. form-C weights compiled with --form A
-        try:
-            weights = convert_weights(weights, graph)
-        except ValueError as exc:
-            raise UserError(f"weights {Path(path).name} do not fit this spec: {exc}") from None
-    check_weights(graph, weights, source=f"weights {Path(path).name}")
+    if not needs_conversion(weights, graph):  # e.g. form-C weights compiled with --form A
+        return weights
+    try:
+        return convert_weights(weights, graph)
+    except ValueError as exc:
+        raise UserError(f"{source} do not fit this spec: {exc}") from None
+
+
+def fill_step_counters(weights: Mapping[str, np.ndarray], graph: Graph
+                       ) -> Mapping[str, np.ndarray]:
+    """`weights` plus a 0 for every BatchNorm step counter it lacks."""
+    absent = {p.name: np.zeros(p.shape, np.int64) for p in graph.params()
+              if p.name.endswith(OPTIONAL_SUFFIXES) and p.name not in weights}
+    if not absent:
+        return weights
+    return _Overlay(weights, absent)
+
+
+class _Overlay(Mapping[str, np.ndarray]):
+    """`base` with a few extra tensors, keeping `base` lazy."""
+
+    def __init__(self, base: Mapping[str, np.ndarray], extra: dict[str, np.ndarray]):
+        self._base, self._extra = base, extra
+        self.fresh_arrays = getattr(base, "fresh_arrays", False)
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self._extra[name] if name in self._extra else self._base[name]
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self._base
+        yield from self._extra
+
+    def __len__(self) -> int:
+        return len(self._base) + len(self._extra)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self._extra[name].shape if name in self._extra else _shape(self._base, name)
+
+
+def model_weights(graph: Graph, path: str | Path | None, seed: int = 0) -> Mapping[str, np.ndarray]:
+    """Weights for `graph`: read from `path`, fitted to its forms and checked, or initialised."""
+    if path is None:
+        return InitialWeights(graph, seed)
+    source = f"weights {Path(path).name}"
+    weights = fill_step_counters(fit_form(read_weights(path), graph, source), graph)
+    check_weights(graph, weights, source=source)
     return weights

@@ -95,6 +95,11 @@ def read_yaml(text: str, filename: str) -> tuple[Any, SourceMap]:
     return data, source
 
 
+def _problem(message: str, path: FieldPath, filename: str, mark: yaml.Mark) -> Diagnostic:
+    """A diagnostic for the field at `path`, located at a YAML mark."""
+    return Diagnostic(message, format_field_path(path), _mark(filename, mark))
+
+
 def _convert(
     node: yaml.Node,
     path: FieldPath,
@@ -109,13 +114,7 @@ def _convert(
         try:
             loader.flatten_mapping(node)  # YAML merge keys (`<<: *defaults`) come first
         except yaml.YAMLError as exc:
-            problems.append(
-                Diagnostic(
-                    f"bad merge key: {exc}",
-                    format_field_path(path),
-                    _mark(filename, node.start_mark),
-                )
-            )
+            problems.append(_problem(f"bad merge key: {exc}", path, filename, node.start_mark))
         merged = len(node.value) - explicit
         out: dict[str, Any] = {}
         from_merge: set[str] = set()
@@ -123,15 +122,12 @@ def _convert(
             key = loader.construct_object(key_node, deep=True)
             key_loc = _mark(filename, key_node.start_mark)
             if not isinstance(key, str):
-                problems.append(
-                    Diagnostic(
-                        f"keys must be strings, got {key!r}", format_field_path(path), key_loc
-                    )
-                )
+                message = f"keys must be strings, got {key!r}"
+                problems.append(_problem(message, path, filename, key_node.start_mark))
                 continue
             if key in out and key not in from_merge:
                 problems.append(
-                    Diagnostic(f"duplicate key {key!r}", format_field_path(path + (key,)), key_loc)
+                    _problem(f"duplicate key {key!r}", path + (key,), filename, key_node.start_mark)
                 )
                 continue
             if index < merged:
@@ -150,13 +146,7 @@ def _convert(
     try:
         return loader.construct_object(node, deep=True)
     except yaml.YAMLError as exc:
-        problems.append(
-            Diagnostic(
-                f"cannot read value: {exc}",
-                format_field_path(path),
-                _mark(filename, node.start_mark),
-            )
-        )
+        problems.append(_problem(f"cannot read value: {exc}", path, filename, node.start_mark))
         return None
 
 

@@ -65,8 +65,9 @@ def test_evaluate_with_weights_of_another_network_lists_the_mismatch(tmp_path, r
     save_file(state, tmp_path / "w.safetensors")
     result = run_cli("evaluate", spec_path, "--weights", tmp_path / "w.safetensors")
     assert result.code == 2
-    assert result.err == ("error: weights do not fit the model:\n  fc.weight: expected "
-                          "(10, 64), got (7, 64)\n")
+    assert result.err == ("error: weights w.safetensors do not fit tiny_digits (1 wrong shapes, "
+                          "0 missing, 0 unexpected):\n  fc.weight: expected shape [10, 64], "
+                          "got [7, 64]\n")
 
 
 def test_evaluate_with_a_missing_weights_file_is_a_user_error(tmp_path, run_cli):
@@ -81,8 +82,8 @@ def test_evaluate_with_a_damaged_weights_file_is_a_user_error(tmp_path, run_cli)
     (tmp_path / "bad.pt").write_bytes(b"\x00garbage")
     result = run_cli("evaluate", spec_path, "--weights", tmp_path / "bad.pt")
     assert result.code == 2
-    assert result.err.startswith(f"error: {tmp_path / 'bad.pt'}: not a readable PyTorch "
-                                 "weights file (")
+    assert result.err.startswith(f"error: {tmp_path / 'bad.pt'}: cannot read as a PyTorch "
+                                 "checkpoint: ")
 
 
 def test_evaluate_on_an_image_folder_reads_only_val(tmp_path, run_cli):
@@ -106,3 +107,28 @@ def test_evaluate_on_an_image_folder_reads_only_val(tmp_path, run_cli):
     measured = json.loads(result.out)
     assert measured["images"] == 6
     assert measured["top5_error"] == 0.0  # two classes
+
+
+def test_form_a_spec_evaluates_form_c_weights_like_the_form_c_spec(tmp_path, run_cli):
+    """The one weights loader converts block forms for `evaluate` as for `compile --weights`."""
+    model, spec_path = model_and_spec(tmp_path)
+    with torch.no_grad():  # non-trivial BN statistics, so a wrong mapping would show
+        for name, buffer in model.named_buffers():
+            if name.endswith("running_var"):
+                buffer.uniform_(0.5, 2.0)
+            elif name.endswith("running_mean"):
+                buffer.normal_(0, 0.3)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()},
+              tmp_path / "c.safetensors")
+    form_a = tmp_path / "tiny_a.yaml"
+    form_a.write_text(f"extends: {spec_path.name}\nblock: {{form: A}}\n")
+
+    results = {}
+    for form, spec in (("C", spec_path), ("A", form_a)):
+        result = run_cli("evaluate", spec, "--weights", tmp_path / "c.safetensors", "--json")
+        assert result.code == 0, result.err
+        results[form] = json.loads(result.out)
+    assert results["A"]["images"] == results["C"]["images"] == 355
+    assert results["A"]["top1_error"] == results["C"]["top1_error"]
+    assert results["A"]["top5_error"] == results["C"]["top5_error"]
+    assert results["A"]["loss"] == pytest.approx(results["C"]["loss"], rel=1e-5)

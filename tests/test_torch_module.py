@@ -95,8 +95,8 @@ def test_wrong_weights_list_mismatching_keys_and_shapes():
     with pytest.raises(UserError) as info:
         load_weights(model, weights)
     text = str(info.value)
-    assert "fc.weight: expected (1000, 2048), got (10, 2048)" in text
-    assert "fc.bias: missing from the weights" in text
+    assert "fc.weight: expected shape [1000, 2048], got [10, 2048]" in text
+    assert "fc.bias: missing (expected shape [1000])" in text
 
 
 def test_module_works_with_torch_script_free_features():

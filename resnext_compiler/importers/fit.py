@@ -15,9 +15,13 @@ import numpy as np
 
 from resnext_compiler.errors import UserError
 from resnext_compiler.ir import Graph
-
-SHOWN_PROBLEMS = 10
-FILLABLE_SUFFIX = "num_batches_tracked"
+from resnext_compiler.weights import (
+    OPTIONAL_SUFFIXES,
+    compare_weights,
+    fill_step_counters,
+    graph_shapes,
+    weight_shapes,
+)
 
 
 @dataclass
@@ -49,47 +53,28 @@ class ImportResult:
         return text
 
 
-def _shape(shape: tuple[int, ...]) -> str:
-    return str(list(shape))
-
-
 def fit_to_graph(tensors: dict[str, np.ndarray], graph: Graph, source_format: str,
                  allow_partial: bool = False, source_name: str = "weights") -> ImportResult:
     """Check `tensors` against `graph.params()`; raise UserError listing mismatches."""
     params = graph.params()
-    result = ImportResult({}, source_format, graph.name, len(params),
-                          metadata=dict(graph.metadata))
-    expected = {p.name for p in params}
+    filled = [p.name for p in params
+              if p.name.endswith(OPTIONAL_SUFFIXES) and p.name not in tensors]
+    tensors = dict(fill_step_counters(tensors, graph))
+    report = compare_weights(graph_shapes(graph), weight_shapes(tensors), graph.name)
+    if report.problems and not allow_partial:
+        raise UserError(
+            f"{source_name} does not fit {graph.name}: {report.counts()} tensors:\n"
+            f"{report.listing()}\nnothing was written; pass --allow-partial to import only the "
+            f"tensors that fit")
+    result = ImportResult({}, source_format, graph.name, len(params), report.missing,
+                          report.unexpected, report.wrong_shapes, filled, dict(graph.metadata))
     for param in params:
         value = tensors.get(param.name)
-        if value is None:
-            if param.name.endswith(FILLABLE_SUFFIX):
-                result.tensors[param.name] = np.zeros(param.shape, np.int64)
-                result.filled.append(param.name)
-            else:
-                result.missing.append(f"{param.name}: missing from {source_name} "
-                                      f"(expected shape {_shape(param.shape)})")
-            continue
-        if tuple(value.shape) != param.shape:
-            result.wrong_shapes.append(f"{param.name}: expected shape {_shape(param.shape)}, "
-                                       f"got {_shape(tuple(value.shape))}")
+        if value is None or tuple(np.shape(value)) != param.shape:
             continue
         dtype = np.int64 if param.dtype == "int64" else np.float32
         # np.require keeps 0-d counters 0-d (np.ascontiguousarray would make them 1-d).
         result.tensors[param.name] = np.require(np.asarray(value, dtype=dtype), requirements="C")
-    result.unexpected = [f"{key}: not a parameter of {graph.name} (shape "
-                         f"{_shape(tuple(np.shape(tensors[key])))})"
-                         for key in tensors if key not in expected]
-    problems = result.problems
-    if problems and not allow_partial:
-        shown = "\n  ".join(problems[:SHOWN_PROBLEMS])
-        more = (f"\n  ... and {len(problems) - SHOWN_PROBLEMS} more"
-                if len(problems) > SHOWN_PROBLEMS else "")
-        raise UserError(
-            f"{source_name} does not fit {graph.name}: {len(result.wrong_shapes)} wrong shapes, "
-            f"{len(result.missing)} missing, {len(result.unexpected)} unexpected tensors:\n  "
-            f"{shown}{more}\nnothing was written; pass --allow-partial to import only the "
-            f"tensors that fit")
     if len(result.tensors) == len(result.filled):
         raise UserError(f"no tensor of {source_name} fits {graph.name}; is it the right spec?")
     return result

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from resnext_compiler.weights import read_weights, strip_wrapper_prefixes
+
 # (old prefix or infix, IR spelling), applied in order.
 RENAMES: tuple[tuple[str, str], ...] = (
     ("layer0.conv1.", "conv1."),
@@ -25,7 +27,7 @@ RENAMES: tuple[tuple[str, str], ...] = (
 
 def rename(key: str) -> str:
     """A source key in the IR's spelling (DDP/compile prefixes dropped, SENet-port aliases)."""
-    key = key.removeprefix("module.").removeprefix("_orig_mod.")
+    key = strip_wrapper_prefixes(key)
     for old, new in RENAMES:
         if old.endswith(".") and not old.startswith("."):
             if key.startswith(old):
@@ -37,8 +39,6 @@ def rename(key: str) -> str:
 
 def read_state_dict(path: Path) -> tuple[dict[str, np.ndarray], str]:
     """(tensors keyed by IR names, a description of the format)."""
-    from resnext_compiler.weights import read_weights
-
     raw = read_weights(path)
     tensors = {rename(key): np.asarray(raw[key]) for key in raw}
     kind = "safetensors state dict" if path.suffix == ".safetensors" else "PyTorch state dict"

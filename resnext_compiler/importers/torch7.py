@@ -26,6 +26,7 @@ from resnext_compiler.errors import SpecError, UserError
 from resnext_compiler.ir import Graph, Node
 from resnext_compiler.ops import Add, BatchNorm, Conv, Linear
 from resnext_compiler.spec import Spec
+from resnext_compiler.weights import list_problems
 
 LAYER_KINDS = {
     "SpatialConvolution": "conv",
@@ -35,7 +36,6 @@ LAYER_KINDS = {
     "Linear": "linear",
 }
 OP_KINDS = {Conv: "conv", BatchNorm: "batchnorm", Linear: "linear"}
-SHOWN_PROBLEMS = 10
 
 
 @dataclass(frozen=True)
@@ -245,8 +245,6 @@ def read_torch7_model(path: str | Path, spec: Spec) -> tuple[dict[str, np.ndarra
             return layers_to_tensors(layers, graph), f"form {form}, {len(layers)} layers"
         if not first_problems:
             first_problems = problems
-    shown = "\n  ".join(first_problems[:SHOWN_PROBLEMS])
-    more = len(first_problems) - SHOWN_PROBLEMS
     where = f"in block forms {', '.join(tried)}" if len(tried) > 1 else "(layers in order)"
-    raise UserError(f"{Path(path).name} does not fit {spec.name} {where}:\n  {shown}"
-                    + (f"\n  ... and {more} more" if more > 0 else ""))
+    raise UserError(f"{Path(path).name} does not fit {spec.name} {where}:\n"
+                    f"{list_problems(first_problems)}")

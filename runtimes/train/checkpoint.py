@@ -9,7 +9,6 @@ Weight keys are the IR's state-dict names (torchvision's), never prefixed with `
 
 from __future__ import annotations
 
-import io
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import torch
 
 from resnext_compiler.artifacts import atomic_writer, write_bytes_atomic
 from resnext_compiler.errors import UserError
+from resnext_compiler.weights import strip_wrapper_prefixes
 
 FORMAT = "resnext-compile-train/1"
 CHECKPOINT = Path("checkpoints") / "last.pt"
@@ -26,12 +26,8 @@ WEIGHTS = Path("model.safetensors")
 
 def portable_state(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Contiguous CPU copies with wrapper prefixes (`module.`, `_orig_mod.`) removed."""
-    out = {}
-    for key, value in state_dict.items():
-        for prefix in ("module.", "_orig_mod."):
-            key = key.removeprefix(prefix)
-        out[key] = value.detach().to("cpu", copy=True).contiguous()
-    return out
+    return {strip_wrapper_prefixes(key): value.detach().to("cpu", copy=True).contiguous()
+            for key, value in state_dict.items()}
 
 
 def save_training_state(path: Path, state: dict[str, Any]) -> None:
@@ -57,25 +53,3 @@ def save_weights(path: Path, state_dict: Mapping[str, torch.Tensor],
     from safetensors.torch import save
 
     write_bytes_atomic(path, save(portable_state(state_dict), metadata=metadata))
-
-
-def read_weights(path: Path) -> dict[str, torch.Tensor]:
-    """Tensors from `.safetensors`, a training checkpoint, or a `.pt` state dict."""
-    if not path.is_file():
-        raise UserError(f"weights file not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load
-
-        try:
-            return load(path.read_bytes())
-        except Exception as exc:
-            raise UserError(f"{path}: not a readable safetensors file ({exc})") from None
-    try:
-        data = torch.load(io.BytesIO(path.read_bytes()), map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise UserError(f"{path}: not a readable PyTorch weights file ({exc})") from None
-    if isinstance(data, dict) and isinstance(data.get("model"), dict):
-        data = data["model"]
-    if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
-        raise UserError(f"{path}: expected a state dict (or a checkpoint with a 'model' entry)")
-    return portable_state(data)

@@ -74,15 +74,16 @@ def evaluate_weights(spec_path: Path, weights: Path, dataset: str | None, data_d
     """
     from resnext_compiler.backends.torch_module import build_module, load_weights
     from resnext_compiler.pipeline import compile_spec
-    from resnext_compiler.runtimes.train.checkpoint import read_weights
     from resnext_compiler.runtimes.train.datasets import open_dataset
     from resnext_compiler.spec import load_spec
+    from resnext_compiler.weights import model_weights
 
     spec = load_spec(spec_path)
     chosen = dataset or spec.train.dataset
     data = open_dataset(spec, chosen, data_dir, augment="none", with_train=False)
-    model = build_module(compile_spec(spec), seed=None)
-    load_weights(model, read_weights(weights))
+    graph = compile_spec(spec)
+    model = build_module(graph, seed=None)
+    load_weights(model, model_weights(graph, weights))  # reads, converts forms, checks
     model.to(device)
     answers: list[tuple[int, float]] = []
     result = evaluate_model(model, data.val, batch_size, device, workers=workers,

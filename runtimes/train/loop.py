@@ -22,6 +22,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from resnext_compiler.backends.torch_module import build_module, load_weights
 from resnext_compiler.errors import ResnextError, UserError
 from resnext_compiler.ir import Graph
 from resnext_compiler.runtimes.train.checkpoint import (
@@ -123,7 +124,6 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, context: DistContext, progress: Progress,
                  data: DataSplits | None = None):
-        from resnext_compiler.backends.torch_module import build_module
         from resnext_compiler.pipeline import compile_spec
         from resnext_compiler.spec import load_spec
 
@@ -195,7 +195,7 @@ class Trainer:
         if state.get("spec_hash") != network_hash(self.spec):
             raise UserError(f"the network in {self.run_dir / 'spec.yaml'} changed since the "
                             "checkpoint was written; resume needs the spec the run started with")
-        self.model.load_state_dict(state["model"])
+        load_weights(self.model, state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
