@@ -1,4 +1,4 @@
-"""`resnext-compile`: the command-line interface (DESIGN.md, "CLI").
+"""`resnext-compile`: the command-line interface (README.md, "Quick tour").
 
 `resnext-compile SPEC [options]` compiles (no subcommand word needed); other commands are
 registered from `resnext_compiler.commands`. Exit codes: 0 ok, 1 runtime failure, 2 user

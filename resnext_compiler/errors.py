@@ -1,7 +1,7 @@
 """Errors as values with a location, until the CLI prints them.
 
 The library layer never exits; the CLI maps `UserError` to exit code 2 and any other
-`ResnextError` to exit code 1 (see DESIGN.md, "Exit codes").
+`ResnextError` to exit code 1 (docs/design.md, "Errors").
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Structural checks of an IR graph with networkx (DESIGN.md, "IR").
+"""Structural checks of an IR graph with networkx (docs/design.md, "IR").
 
 Acyclic, connected, one input and one output, every node reachable from the input and
 reaching the output, inputs that exist, operator arity. Returns problems as diagnostics

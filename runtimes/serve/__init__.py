@@ -1,4 +1,4 @@
-"""Serving runtime: the ONNX form over HTTP (DESIGN.md, "Serving contract").
+"""Serving runtime: the ONNX form over HTTP (docs/serving.md).
 
 The Open Inference Protocol (KServe v2, with Triton's binary tensor data extension) over
 onnxruntime, plus `POST /v1/classify` for images, dynamic batching and Prometheus metrics.
