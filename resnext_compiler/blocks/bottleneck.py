@@ -15,31 +15,13 @@ stay equivalent). All three forms therefore have identical parameter counts.
 from __future__ import annotations
 
 from resnext_compiler.blocks import BlockContext
-from resnext_compiler.blocks.shortcut import lower_shortcut
-from resnext_compiler.blocks.squeeze_excitation import lower_se
+from resnext_compiler.blocks.residual import inner_norm_names, lower_residual
 from resnext_compiler.ir import BlockRecord, GraphBuilder
 from resnext_compiler.ops import Add, BatchNorm, Concat, Conv, ReLU
 
 
 def lower_bottleneck(b: GraphBuilder, x: str, ctx: BlockContext) -> str:
-    st = ctx.stage
-    p = ctx.prefix
-    out = st.out_channels
-    block_input = x
-    if st.preact:
-        x = b.add(f"{p}.bn1", BatchNorm(ctx.in_channels), x)
-        x = b.add(f"{p}.relu1", ReLU(), x)
-    shortcut_input = x if st.preact else block_input
-    y = emit_branch(b, x, ctx.record)
-    if not st.preact:
-        y = b.add(f"{p}.bn3", BatchNorm(out, zero_init=st.zero_init_last_bn), y)
-    if st.se_ratio > 0:
-        y = lower_se(b, y, p, out, st.se_ratio, st.origin("se_ratio"))
-    shortcut = lower_shortcut(b, shortcut_input, ctx, out)
-    y = b.add(f"{p}.add", Add(), y, shortcut)
-    if not st.preact:
-        y = b.add(f"{p}.relu3", ReLU(), y)
-    return y
+    return lower_residual(b, x, ctx, emit_branch, convs=3)
 
 
 def emit_branch(b: GraphBuilder, x: str, block: BlockRecord) -> str:
@@ -66,12 +48,9 @@ def emit_branch(b: GraphBuilder, x: str, block: BlockRecord) -> str:
     return b.add(f"{p}.conv3", Conv(dc, out, 1), y, origin=block.cardinality_origin)
 
 
-def branch_norm_names(preact: bool) -> tuple[tuple[str, str], tuple[str, str]]:
-    """(BN, ReLU) names after conv1 and after conv2 (torchvision's; pre-activation shifts them
-    by one because bn1/relu1 sit before conv1)."""
-    if preact:
-        return ("bn2", "relu2"), ("bn3", "relu3")
-    return ("bn1", "relu1"), ("bn2", "relu2")
+def branch_norm_names(preact: bool) -> list[tuple[str, str]]:
+    """(BN, ReLU) names after conv1 and after conv2."""
+    return inner_norm_names(preact, convs=3)
 
 
 def _path(b: GraphBuilder, x: str, q: str, block: BlockRecord, width: int, groups: int) -> str:
