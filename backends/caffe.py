@@ -38,7 +38,7 @@ import numpy as np
 
 from resnext_compiler import ops
 from resnext_compiler.artifacts import atomic_writer, write_text_atomic
-from resnext_compiler.backend import CompileOptions
+from resnext_compiler.backends.base import CompileOptions
 from resnext_compiler.caffe_proto import NET_LAYER, NET_NAME, blob_frame_prefix, message_classes
 from resnext_compiler.errors import Diagnostic, SpecError, UserError
 from resnext_compiler.ir import INPUT, Graph, Node

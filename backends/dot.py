@@ -16,10 +16,9 @@ from pathlib import Path
 
 from resnext_compiler import ops
 from resnext_compiler.artifacts import write_bytes_atomic, write_text_atomic
-from resnext_compiler.backend import CompileOptions, resolve_output
+from resnext_compiler.backends.base import CompileOptions, SingleFileBackend
 from resnext_compiler.errors import ResnextError, UserError
 from resnext_compiler.ir import INPUT, BlockRecord, Graph, Node
-from resnext_compiler.naming import file_stem
 from resnext_compiler.spec import Spec
 
 OUTPUT = "logits"
@@ -197,17 +196,15 @@ def render(dot_path: Path, fmt: str, program: str) -> Path:
     return write_bytes_atomic(target, result.stdout)
 
 
-class DotBackend:
+class DotBackend(SingleFileBackend):
     """`--backend dot -o NAME.dot` (or NAME.svg / NAME.png, which need Graphviz)."""
 
     name = "dot"
     description = "Graphviz picture of the graph (blocks collapsed; --expand for every node)"
-
-    def default_output(self, spec: Spec) -> Path:
-        return Path(f"{file_stem(spec.name)}.dot")
+    suffix = ".dot"
 
     def emit(self, graph: Graph, spec: Spec, options: CompileOptions, output: Path) -> list[Path]:
-        output = resolve_output(output, self.default_output(spec))
+        output = self.output_file(spec, output)
         program = dot_program()
         wanted = [output.suffix] if output.suffix in RENDER_FORMATS else list(RENDER_FORMATS)
         if output.suffix in RENDER_FORMATS and program is None:

@@ -19,7 +19,7 @@ import numpy as np
 from onnx import ModelProto, OperatorSetIdProto, StringStringEntryProto, TensorProto, helper
 
 from resnext_compiler import __version__
-from resnext_compiler.backend import CompileOptions, resolve_output
+from resnext_compiler.backends.base import CompileOptions, SingleFileBackend
 from resnext_compiler.backends.onnx_graph import build_graph, weight_specs
 from resnext_compiler.backends.onnx_writer import Initializer, write_model
 from resnext_compiler.errors import UserError
@@ -31,7 +31,7 @@ from resnext_compiler.input_contract import (
     resolve_contract,
 )
 from resnext_compiler.ir import INPUT, Graph
-from resnext_compiler.naming import file_stem, one_line
+from resnext_compiler.naming import one_line
 from resnext_compiler.passes.fold_bn import fold_batchnorm
 from resnext_compiler.spec import Spec
 from resnext_compiler.weights import check_weights, model_weights
@@ -122,16 +122,14 @@ def _model_proto(graph: Graph, opset: int, float_type: int, options: CompileOpti
     return model
 
 
-class OnnxBackend:
+class OnnxBackend(SingleFileBackend):
     """`--backend onnx`: one self-contained .onnx file."""
 
     name = "onnx"
     description = "ONNX model (input 'input' [N,C,H,W], output 'logits'), no torch needed"
-
-    def default_output(self, spec: Spec) -> Path:
-        return Path(f"{file_stem(spec.name)}.onnx")
+    suffix = ".onnx"
 
     def emit(self, graph: Graph, spec: Spec, options: CompileOptions, output: Path) -> list[Path]:
-        output = resolve_output(output, self.default_output(spec))
+        output = self.output_file(spec, output)
         return [export_onnx(graph, options, output, spec.description,
                             contract=resolve_contract(spec))]

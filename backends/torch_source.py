@@ -15,11 +15,11 @@ import jinja2
 
 from resnext_compiler import __version__, ops
 from resnext_compiler.artifacts import write_text_atomic
-from resnext_compiler.backend import CompileOptions, resolve_output
+from resnext_compiler.backends.base import CompileOptions, SingleFileBackend
 from resnext_compiler.errors import UserError
 from resnext_compiler.input_contract import resolve_contract
 from resnext_compiler.ir import INPUT, BlockRecord, Graph
-from resnext_compiler.naming import class_name, file_stem
+from resnext_compiler.naming import class_name
 from resnext_compiler.spec import Spec
 
 _PATH_PART = re.compile(r"^[A-Za-z0-9_]+$")
@@ -217,12 +217,10 @@ def render_source(graph: Graph, spec: Spec) -> str:
     )
 
 
-class TorchSourceBackend:
+class TorchSourceBackend(SingleFileBackend):
     name = "torch"
     description = "standalone PyTorch source defining build() -> nn.Module"
-
-    def default_output(self, spec: Spec) -> Path:
-        return Path(f"{file_stem(spec.name)}.py")
+    suffix = ".py"
 
     def emit(self, graph: Graph, spec: Spec, options: CompileOptions, output: Path) -> list[Path]:
         if options.weights is not None:
@@ -230,5 +228,5 @@ class TorchSourceBackend:
                 "the torch backend writes source only; load weights into build() "
                 "with model.load_state_dict(...)"
             )
-        output = resolve_output(output, self.default_output(spec))
+        output = self.output_file(spec, output)
         return [write_text_atomic(output, render_source(graph, spec))]

@@ -100,7 +100,8 @@ class InProcess:
     """Median seconds per onnxruntime call by batch size, measured once per anchor size."""
 
     def __init__(self, model: Path, shape: list[int], min_seconds: float, max_batch: int):
-        from resnext_compiler.runtimes.serve.model import LoadedModel, ModelSource
+        from resnext_compiler.runtimes.serve.model import LoadedModel
+        from resnext_compiler.runtimes.serve.repository import ModelSource
 
         # the server's own session class: same providers and session options
         self.model = LoadedModel(ModelSource("reference", "1", model), "cpu", max_batch)

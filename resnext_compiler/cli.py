@@ -70,7 +70,7 @@ def _root(
 compile_commands.register(app)
 
 # Other command families register themselves here (each module has `register(app)`).
-for _module_name in ("serve", "zoo", "train"):
+for _module_name in ("serve", "design", "import_weights", "train"):
     __import__(f"resnext_compiler.commands.{_module_name}", fromlist=["register"]).register(app)
 
 

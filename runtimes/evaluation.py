@@ -69,7 +69,8 @@ def evaluate_artifact(model_path: Path, data_dir: Path, batch_size: int = 64,
                       device: str = "cpu") -> tuple[EvalResult, list[Prediction], str, tuple]:
     """Top-1/top-5 error of an ONNX file or Triton repository on `DIR/val/<class>/` (or
     `DIR/<class>/`). Returns (result, per-image predictions, description, class names)."""
-    from resnext_compiler.runtimes.serve.model import LoadedModel, find_models
+    from resnext_compiler.runtimes.serve.model import LoadedModel
+    from resnext_compiler.runtimes.serve.repository import find_models
 
     sources = find_models(model_path)
     if len(sources) != 1:

@@ -173,7 +173,7 @@ def test_every_mapping_runs_in_opencv(variant, tmp_path, write_spec):
 
 
 def _options(**kwargs):
-    from resnext_compiler.backend import CompileOptions
+    from resnext_compiler.backends.base import CompileOptions
 
     return CompileOptions(**kwargs)
 

@@ -17,7 +17,7 @@ from conftest import SPECS
 from onnx import numpy_helper
 from safetensors.numpy import save_file
 
-from resnext_compiler.backend import CompileOptions
+from resnext_compiler.backends.base import CompileOptions
 from resnext_compiler.backends.onnx import DEFAULT_OPSET, export_onnx
 from resnext_compiler.backends.onnx_graph import build_graph, weight_specs
 from resnext_compiler.backends.torch_module import build_module, load_weights

@@ -44,3 +44,46 @@ def test_templates_and_specs_ship_as_package_data():
     from resnext_compiler import backends
 
     assert (Path(backends.__file__).parent / "templates" / "torch_module.py.j2").is_file()
+
+
+def _imported_modules(path: Path) -> set[str]:
+    import ast
+
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+        elif isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+    return names
+
+
+def test_imports_point_from_commands_to_runtimes_to_backends_to_the_core():
+    """cli/commands -> runtimes -> backends -> compiler core, never upward (docs/design.md)."""
+    layers = {
+        "core": ([p for p in (REPO / "resnext_compiler").rglob("*.py")
+                  if p.name != "cli.py" and "commands" not in p.parts],
+                 ("resnext_compiler.backends", "resnext_compiler.runtimes",
+                  "resnext_compiler.commands", "resnext_compiler.cli")),
+        "backends": (list((REPO / "backends").rglob("*.py")),
+                     ("resnext_compiler.runtimes", "resnext_compiler.commands",
+                      "resnext_compiler.cli")),
+        "runtimes": (list((REPO / "runtimes").rglob("*.py")),
+                     ("resnext_compiler.commands", "resnext_compiler.cli")),
+    }
+    upward = []
+    for layer, (files, forbidden) in layers.items():
+        assert files, layer
+        for path in files:
+            upward += [f"{path.relative_to(REPO)} imports {name}"
+                       for name in _imported_modules(path) if name.startswith(forbidden)]
+    assert upward == []
+
+
+def test_nothing_refers_to_design_documents_outside_the_repository():
+    mentions = [str(p.relative_to(REPO)) for folder in ("resnext_compiler", "backends", "runtimes",
+                                                        "docs", "benchmarks", "tests")
+                for p in (REPO / folder).rglob("*") if p.suffix in (".py", ".md", ".j2")
+                and "DESIGN" + ".md" in p.read_text(errors="replace")]
+    mentions += ["README.md"] * ("DESIGN" + ".md" in (REPO / "README.md").read_text())
+    assert mentions == []

@@ -51,7 +51,7 @@ def test_plot_of_one_run_defaults_to_its_directory(tmp_path, run_cli):
 
 
 def test_plot_tells_apart_two_runs_of_the_same_spec(tmp_path):
-    from resnext_compiler.runtimes import plot
+    from resnext_compiler.runtimes.train import plot
 
     a, b = fake_run(tmp_path, "seed0", "resnet18"), fake_run(tmp_path, "seed1", "resnet18")
     c = fake_run(tmp_path, "other", "resnet34")

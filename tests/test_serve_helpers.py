@@ -13,7 +13,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from resnext_compiler.runtimes.serve.app import create_app
 from resnext_compiler.runtimes.serve.config import ServeConfig
-from resnext_compiler.runtimes.serve.model import LoadedModel, ModelSource
+from resnext_compiler.runtimes.serve.model import LoadedModel
+from resnext_compiler.runtimes.serve.repository import ModelSource
 from resnext_compiler.runtimes.serve.server import BackgroundServer
 
 NUM_CLASSES = 10

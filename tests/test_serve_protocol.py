@@ -16,7 +16,8 @@ from tritonclient.utils import InferenceServerException
 
 from resnext_compiler.errors import UserError
 from resnext_compiler.runtimes.serve.config import ServeConfig
-from resnext_compiler.runtimes.serve.model import choose_providers, find_models
+from resnext_compiler.runtimes.serve.model import choose_providers
+from resnext_compiler.runtimes.serve.repository import find_models
 from resnext_compiler.runtimes.serve.server import bind_socket, load_models
 
 

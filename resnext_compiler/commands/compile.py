@@ -62,7 +62,8 @@ def compile_command(
         "normalise them inside the graph."),
 ) -> None:
     """Compile SPEC with a backend (the default command: `resnext-compile SPEC`)."""
-    from resnext_compiler.backend import CompileOptions, load_backend
+    from resnext_compiler.backends.base import CompileOptions
+    from resnext_compiler.backends.registry import load_backend
 
     if dtype not in ("fp32", "fp16"):
         raise UserError(f"--dtype must be fp32 or fp16, got {dtype!r}")

@@ -186,7 +186,7 @@ def plot_command(
     title: str | None = typer.Option(None, "--title"),
 ) -> None:
     """Top-1 error against epochs, train dashed and val solid (like the paper's Figure 5)."""
-    from resnext_compiler.runtimes.plot import plot_runs
+    from resnext_compiler.runtimes.train.plot import plot_runs
 
     target = output or (runs[0] / "curves.png" if len(runs) == 1 else Path("curves.png"))
     typer.echo(f"wrote {plot_runs(runs, target, title)}")

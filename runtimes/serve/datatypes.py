@@ -1,10 +1,13 @@
-"""Tensor datatypes: onnxruntime's type strings, KServe v2 names and numpy dtypes.
+"""Tensor datatypes: onnxruntime's type strings, KServe v2 names and numpy dtypes, and
+`TensorInfo`, a model input or output as the protocol describes it.
 
 Names follow the Open Inference Protocol's "Tensor Data Types" table (BOOL, UINT8, ..., FP16,
 FP32, FP64, BYTES); binary tensor data is little-endian, row-major.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -53,3 +56,15 @@ def json_kinds(datatype: str) -> str:
 def triton_type(datatype: str) -> str:
     """`FP32` -> `TYPE_FP32` (Triton model-configuration spelling)."""
     return f"TYPE_{datatype}"
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """A model input or output as the Open Inference Protocol describes it (-1: any size)."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+    def metadata(self) -> dict:
+        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}

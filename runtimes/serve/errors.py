@@ -29,9 +29,14 @@ def bad_request(message: str) -> ServeError:
     return ServeError(400, message)
 
 
+def error_body(message: str) -> dict[str, str]:
+    """The Open Inference Protocol's error response body."""
+    return {"error": message}
+
+
 def error_response(status: int, message: str, headers: dict[str, str] | None = None
                    ) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
+    return JSONResponse(error_body(message), status_code=status, headers=headers)
 
 
 def install_error_handlers(app: FastAPI) -> None:

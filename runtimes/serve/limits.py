@@ -11,6 +11,8 @@ import json
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from resnext_compiler.runtimes.serve.errors import error_body
+
 
 class BodyLimitMiddleware:
     """413 for bodies over `max_body_bytes`, 400 for a malformed Content-Length."""
@@ -62,7 +64,7 @@ def _replay(body: bytes, receive: Receive) -> Receive:
 
 
 async def _refuse(send: Send, status: int, message: str) -> None:
-    payload = json.dumps({"error": message}).encode()
+    payload = json.dumps(error_body(message)).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"),
                             (b"content-length", str(len(payload)).encode()),

@@ -16,9 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from resnext_compiler.runtimes.serve.datatypes import V2_TO_NUMPY, json_kinds
+from resnext_compiler.runtimes.serve.datatypes import V2_TO_NUMPY, TensorInfo, json_kinds
 from resnext_compiler.runtimes.serve.errors import ServeError, bad_request
-from resnext_compiler.runtimes.serve.model import TensorInfo
 
 
 @dataclass(frozen=True)

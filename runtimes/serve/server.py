@@ -29,7 +29,8 @@ def load_models(model_path: Path, config: ServeConfig) -> tuple[list, dict[str, 
     """Load every model under `model_path` and the class names of each of them: `--labels`,
     else a Triton model's label_filename, else the names its ONNX metadata records."""
     from resnext_compiler.runtimes.serve.labels import load_labels
-    from resnext_compiler.runtimes.serve.model import LoadedModel, find_models
+    from resnext_compiler.runtimes.serve.model import LoadedModel
+    from resnext_compiler.runtimes.serve.repository import find_models
 
     models, labels = [], {}
     for source in find_models(model_path):

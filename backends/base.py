@@ -1,21 +1,17 @@
-"""The backend interface and registry (entry-point group `resnext_compiler.backends`).
+"""The backend interface: `Backend`, the options it reads, and where it writes.
 
-A backend turns a shaped IR graph into files. Built-in backends are registered in
-pyproject.toml like any third-party one, so a new backend is one file plus one entry point.
+A backend turns a shaped IR graph into files. `registry.py` finds backends by name.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Protocol
+from typing import ClassVar, Protocol
 
-from resnext_compiler.errors import UserError
 from resnext_compiler.ir import Graph
+from resnext_compiler.naming import file_stem
 from resnext_compiler.spec import Spec
-
-ENTRY_POINT_GROUP = "resnext_compiler.backends"
 
 
 @dataclass(frozen=True)
@@ -51,15 +47,14 @@ def resolve_output(output: Path, default: Path) -> Path:
     return output / default if output.is_dir() else output
 
 
-def available_backends() -> dict[str, object]:
-    """Entry points by name (not loaded: loading may import heavy libraries)."""
-    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+class SingleFileBackend:
+    """A backend that writes one file, by default `<spec name><suffix>`."""
 
+    suffix: ClassVar[str] = ""
 
-def load_backend(name: str) -> Backend:
-    eps = available_backends()
-    if name not in eps:
-        known = ", ".join(sorted(eps)) or "none installed"
-        raise UserError(f"unknown backend {name!r} (available: {known})")
-    backend_cls = eps[name].load()  # type: ignore[attr-defined]
-    return backend_cls()
+    def default_output(self, spec: Spec) -> Path:
+        return Path(f"{file_stem(spec.name)}{self.suffix}")
+
+    def output_file(self, spec: Spec, output: Path) -> Path:
+        """Where `-o output` puts the file (inside it when it is a directory)."""
+        return resolve_output(output, self.default_output(spec))
