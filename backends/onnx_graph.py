@@ -22,7 +22,7 @@ from resnext_compiler.ir import INPUT, Graph, Node
 OUTPUT = "logits"
 BATCH_SYMBOL = "N"
 _INT64_MAX = np.iinfo(np.int64).max
-_SKIPPED_BUFFERS = ("num_batches_tracked",)  # training-only: never read at inference
+_SKIPPED_BUFFERS = (ops.BN_STEP_COUNTER,)  # training-only: never read at inference
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ import numpy as np
 
 from resnext_compiler.errors import SpecError, UserError
 from resnext_compiler.ir import Graph, Node
-from resnext_compiler.ops import Add, BatchNorm, Conv, Linear
+from resnext_compiler.ops import BN_STEP_COUNTER, Add, BatchNorm, Conv, Linear
 from resnext_compiler.spec import Spec
 from resnext_compiler.weights import list_problems
 
@@ -187,7 +187,7 @@ def _batchnorm(layer: Torch7Layer, op: BatchNorm) -> dict[str, np.ndarray]:
         "bias": np.zeros(channels) if bias is None else bias.reshape(channels),
         "running_mean": mean.reshape(channels),
         "running_var": var.reshape(channels) + (eps - op.eps),
-        "num_batches_tracked": np.zeros((), np.int64),
+        BN_STEP_COUNTER: np.zeros((), np.int64),
     }
 
 

@@ -25,6 +25,7 @@ import numpy as np
 
 from resnext_compiler.blocks.bottleneck import branch_norm_names, emit_branch
 from resnext_compiler.ir import BlockRecord, Graph, GraphBuilder, Node
+from resnext_compiler.ops import BN_STEP_COUNTER
 from resnext_compiler.passes.shapes import infer_shapes
 
 FORMS = ("A", "B", "C")
@@ -85,7 +86,7 @@ def rewrite_forms(graph: Graph, form: str) -> Graph:
 # --- weights ------------------------------------------------------------------------------
 
 _BN_SLICED = ("weight", "bias", "running_mean", "running_var")
-_BN_SHARED = "num_batches_tracked"
+_BN_SHARED = BN_STEP_COUNTER  # one counter per BN: the paths' counters are not sliced
 
 
 def _source_form(tensors: Mapping[str, np.ndarray] | set[str], p: str) -> str | None:
