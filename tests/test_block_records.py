@@ -112,3 +112,10 @@ def test_lowering_and_the_form_rewrite_share_one_branch_emitter(monkeypatch):
     params = {p.name: p.shape for p in rewritten.params()}
     assert params["layer2.0.paths.3.conv3.weight"] == (128, 4, 1, 1)
     assert analyse(rewritten).params == analyse(graph).params
+
+
+def test_the_form_rewrite_refuses_a_graph_whose_branches_a_pass_changed():
+    graph = compile_spec(parse_spec(TINY))
+    folded, _ = fold_batchnorm(graph, InitialWeights(graph))
+    with pytest.raises(ValueError, match="layer1.0: the graph no longer holds the branch"):
+        rewrite_forms(folded, "A")
