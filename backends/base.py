@@ -7,11 +7,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Protocol
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
-from resnext_compiler.ir import Graph
 from resnext_compiler.naming import file_stem
-from resnext_compiler.spec import Spec
+
+if TYPE_CHECKING:  # the CLI reads this module's defaults without loading the compiler
+    from resnext_compiler.ir import Graph
+    from resnext_compiler.spec import Spec
+
+# int8: images that calibrate the activation ranges when --calibration-images is not given
+# (docs/onnx.md, "int8", has the measurements behind the number).
+DEFAULT_CALIBRATION_IMAGES = 64
 
 
 @dataclass(frozen=True)
@@ -21,7 +27,9 @@ class CompileOptions:
     weights: Path | None = None
     opset: int | None = None  # None: the backend's default
     batch: int | None = None  # None: symbolic batch dimension
-    dtype: str = "fp32"  # fp32 | fp16
+    dtype: str = "fp32"  # fp32 | fp16 | int8
+    calibrate: Path | None = None  # int8: folder of calibration images
+    calibration_images: int = DEFAULT_CALIBRATION_IMAGES  # int8: how many images to use
     fold_bn: bool = True
     expand: bool = False  # dot: draw every node instead of collapsed blocks
     max_batch: int = 32  # triton: max_batch_size

@@ -1,12 +1,14 @@
 """The ONNX backend: IR -> model.onnx, straight from the graph, without torch.
 
 `resnext-compile SPEC --backend onnx -o OUT.onnx [--weights W] [--opset N] [--batch N|dynamic]
-[--dtype fp16] [--no-fold-bn] [--seed N] [--image-input]`. The model's input contract
-(preprocessing and class names) is written into `metadata_props` (docs/onnx.md).
+[--dtype fp16 | --dtype int8 --calibrate DIR] [--no-fold-bn] [--seed N] [--image-input]`.
+The model's input contract (preprocessing and class names) is written into `metadata_props`
+(docs/onnx.md).
 Weights come from a safetensors file or checkpoint
 (`resnext_compiler.weights`) or a seeded initialisation; BatchNorm is folded into the convs
 (`passes.fold_bn`) unless asked not to; the file is streamed to disk (`onnx_writer`), so
-ResNeXt-101 64x4d compiles in about a second with little memory.
+ResNeXt-101 64x4d compiles in about a second with little memory. int8 is this float32 model
+quantized after calibration on real images (`onnx_quantize`).
 """
 
 from __future__ import annotations
@@ -63,10 +65,14 @@ def export_onnx(graph: Graph, options: CompileOptions, output: str | Path,
     opset = options.opset if options.opset is not None else DEFAULT_OPSET
     if not MIN_OPSET <= opset <= max_opset():
         raise UserError(f"--opset must be between {MIN_OPSET} and {max_opset()}, got {opset}")
-    if options.dtype not in FLOAT_TYPES:
-        raise UserError(f"--dtype must be fp32 or fp16, got {options.dtype!r}")
+    if options.dtype not in (*FLOAT_TYPES, "int8"):
+        raise UserError(f"--dtype must be fp32, fp16 or int8, got {options.dtype!r}")
     if options.batch is not None and options.batch < 1:
         raise UserError(f"--batch must be a positive integer, got {options.batch}")
+    if options.dtype == "int8":
+        from resnext_compiler.backends.onnx_quantize import export_int8
+
+        return export_int8(graph, options, output, description, weights, contract)
     float_type = FLOAT_TYPES[options.dtype]
     contract = artifact_contract(graph, options, contract)
     if weights is not None:

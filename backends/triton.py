@@ -23,7 +23,8 @@ from resnext_compiler.ir import INPUT, Graph
 from resnext_compiler.naming import file_stem
 from resnext_compiler.spec import Spec
 
-TRITON_TYPES = {"fp32": "TYPE_FP32", "fp16": "TYPE_FP16"}
+# The tensors clients send and receive; an int8 model takes and returns float32.
+TRITON_TYPES = {"fp32": "TYPE_FP32", "fp16": "TYPE_FP16", "int8": "TYPE_FP32"}
 LABELS_FILE = "labels.txt"
 MAX_QUEUE_DELAY_US = 100
 
@@ -81,8 +82,10 @@ def config_pbtxt(name: str, graph: Graph, options: CompileOptions,
         if preferred:
             lines += [f"  preferred_batch_size: {_list(preferred)}"]
         lines += [f"  max_queue_delay_microseconds: {MAX_QUEUE_DELAY_US}", "}"]
-    # KIND_AUTO: one instance on each GPU if there is one, else on the CPU.
-    lines += ["instance_group [", "  {", "    count: 1", "    kind: KIND_AUTO", "  }", "]"]
+    # KIND_AUTO: one instance on each GPU if there is one, else on the CPU. int8 models run on
+    # the CPU: their speed comes from onnxruntime's CPU integer kernels (QLinearConv).
+    kind = "KIND_CPU" if options.dtype == "int8" else "KIND_AUTO"
+    lines += ["instance_group [", "  {", "    count: 1", f"    kind: {kind}", "  }", "]"]
     parameters = {"spec_name": graph.metadata.get("spec_name", graph.name),
                   "spec_hash": graph.metadata.get("spec_hash", "")}
     if contract is not None:  # the class names live in the labels file

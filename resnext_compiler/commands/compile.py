@@ -8,6 +8,7 @@ from pathlib import Path
 
 import typer
 
+from resnext_compiler.backends.base import DEFAULT_CALIBRATION_IMAGES
 from resnext_compiler.errors import SpecError, UserError
 
 BACKEND_HELP = (
@@ -50,7 +51,20 @@ def compile_command(
     ),
     opset: int | None = typer.Option(None, "--opset", help="ONNX opset (default: backend's)."),
     batch: str = typer.Option("dynamic", "--batch", help="Static batch size, or 'dynamic'."),
-    dtype: str = typer.Option("fp32", "--dtype", help="fp32 | fp16"),
+    dtype: str = typer.Option(
+        "fp32", "--dtype", help="fp32 | fp16 | int8 (onnx and triton; needs --calibrate)."
+    ),
+    calibrate: Path | None = typer.Option(
+        None,
+        "--calibrate",
+        help="int8: folder of images (searched recursively) that calibrates the ranges.",
+    ),
+    calibration_images: int | None = typer.Option(
+        None,
+        "--calibration-images",
+        help=f"int8: how many images of --calibrate to use (default {DEFAULT_CALIBRATION_IMAGES}).",
+        show_default=False,
+    ),
     form: str | None = typer.Option(None, "--form", help="Rewrite every block to form A, B or C."),
     fold_bn: bool = typer.Option(True, "--fold-bn/--no-fold-bn", help="Fold BatchNorm into convs."),
     expand: bool = typer.Option(False, "--expand", help="dot: draw every node, not blocks."),
@@ -65,8 +79,12 @@ def compile_command(
     from resnext_compiler.backends.base import CompileOptions
     from resnext_compiler.backends.registry import load_backend
 
-    if dtype not in ("fp32", "fp16"):
-        raise UserError(f"--dtype must be fp32 or fp16, got {dtype!r}")
+    if dtype not in ("fp32", "fp16", "int8"):
+        raise UserError(f"--dtype must be fp32, fp16 or int8, got {dtype!r}")
+    if dtype == "int8":
+        _check_int8(backend, calibrate)
+    elif calibrate is not None or calibration_images is not None:
+        raise UserError("--calibrate and --calibration-images are for --dtype int8")
     if form is not None and form not in ("A", "B", "C"):
         raise UserError(f"--form must be A, B or C, got {form!r}")
     if weights is not None and not weights.is_file():
@@ -78,6 +96,9 @@ def compile_command(
         opset=opset,
         batch=_parse_batch(batch),
         dtype=dtype,
+        calibrate=calibrate,
+        calibration_images=(DEFAULT_CALIBRATION_IMAGES if calibration_images is None
+                            else calibration_images),
         fold_bn=fold_bn,
         expand=expand,
         max_batch=max_batch,
@@ -88,6 +109,16 @@ def compile_command(
     written = chosen.emit(graph, parsed_spec, options, target)
     for path in written:
         typer.echo(f"wrote {path}")
+
+
+def _check_int8(backend: str, calibrate: Path | None) -> None:
+    """Refuse an int8 compile that could only calibrate on made-up data, before any work."""
+    if backend not in ("onnx", "triton"):
+        raise UserError(f"--dtype int8 is for the onnx and triton backends, not {backend!r}")
+    if calibrate is None:
+        raise UserError("--dtype int8 needs --calibrate DIR: a folder of images like the ones "
+                        "the model will see (a few dozen are enough); int8 ranges are measured "
+                        "on real images, never guessed")
 
 
 def check_command(
