@@ -1,0 +1,285 @@
+"""`--dtype int8 --calibrate DIR`: a trained network quantized on its own training images keeps
+its accuracy when measured on the artifact, serves like any ONNX file, and every way of asking
+for int8 without real calibration images is refused before any work."""
+
+from __future__ import annotations
+
+import csv
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import onnx
+import pytest
+import tritonclient.http as triton
+from conftest import TINY_DIGITS_MODEL
+from PIL import Image
+
+from resnext_compiler.cli import main
+
+DIGITS_SPEC = TINY_DIGITS_MODEL + (
+    "train: {dataset: digits, epochs: 4, batch_size: 32, lr: 0.1, schedule: cosine}\n")
+
+
+def cli(*args: object) -> None:
+    """The CLI in-process for module fixtures (run_cli is per test); fails on a non-zero exit."""
+    try:
+        main([str(a) for a in args])
+    except SystemExit as exc:
+        assert exc.code in (0, None), args
+
+
+def write_split(images, folder: Path) -> None:
+    """A digits split as PNG files, folder/<label>/<index>.png."""
+    for index in range(len(images)):
+        target = folder / str(int(images.labels[index])) / f"{index:04d}.png"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(images.images[index, 0].numpy()).save(target)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny digits network trained for 4 epochs, its train/val images as PNG files, and
+    its float32 and int8 exports (int8 calibrated on the default number of training images)."""
+    from resnext_compiler.runtimes.train.datasets import open_dataset
+    from resnext_compiler.spec import load_spec
+
+    root = tmp_path_factory.mktemp("int8")
+    (root / "spec.yaml").write_text(DIGITS_SPEC)
+    cli("train", root / "spec.yaml", "--run-dir", root / "run", "--threads", "1")
+    data = open_dataset(load_spec(root / "spec.yaml"), "digits", None, augment="none")
+    write_split(data.train, root / "train")
+    write_split(data.val, root / "val")
+    spec, weights = root / "run" / "spec.yaml", root / "run" / "model.safetensors"
+    cli(spec, "--weights", weights, "-o", root / "fp32.onnx")
+    cli(spec, "--weights", weights, "-o", root / "int8.onnx", "--dtype", "int8",
+        "--calibrate", root / "train")
+    return root
+
+
+def evaluate(run_cli, model: Path, data: Path, predictions: Path) -> dict:
+    import json
+
+    result = run_cli("evaluate", model, "--data", data, "--json", "--predictions", predictions)
+    assert result.code == 0, result
+    return json.loads(result.out)
+
+
+def test_int8_top1_error_is_within_one_point_of_float32_on_the_artifact(trained, run_cli):
+    fp32 = evaluate(run_cli, trained / "fp32.onnx", trained / "val", trained / "fp32.csv")
+    int8 = evaluate(run_cli, trained / "int8.onnx", trained / "val", trained / "int8.csv")
+    assert fp32["images"] == int8["images"] == 355
+    assert fp32["top1_error"] < 30  # the network learned the digits
+    print(f"top-1 error: float32 {fp32['top1_error']:.2f}%, int8 {int8['top1_error']:.2f}%")
+    assert abs(int8["top1_error"] - fp32["top1_error"]) <= 1.0, (fp32, int8)
+
+
+def test_int8_file_records_its_calibration_and_holds_int8_weights(trained):
+    model = onnx.load(str(trained / "int8.onnx"))
+    onnx.checker.check_model(model, full_check=True)
+    metadata = {entry.key: entry.value for entry in model.metadata_props}
+    assert metadata["dtype"] == "int8"
+    assert metadata["calibration_method"] == "minmax"
+    assert metadata["calibration_images"] == "64"
+    assert metadata["calibration_folder"] == "train"
+    assert metadata["preprocess.mean"] == "[0.3053]"  # the training run's contract travels
+    weights = {init.name: init for init in model.graph.initializer}
+    conv_weights = [weights[node.input[0]] for node in model.graph.node
+                    if node.op_type == "DequantizeLinear" and node.input[0] in weights
+                    and len(weights[node.input[0]].dims) == 4]
+    assert len(conv_weights) == sum(node.op_type == "Conv" for node in model.graph.node)
+    assert {w.data_type for w in conv_weights} == {onnx.TensorProto.INT8}
+    graph_input, graph_output = model.graph.input[0], model.graph.output[0]
+    assert graph_input.type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # clients send FP32
+    assert graph_output.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+
+
+def test_int8_file_serves_through_classify_and_tritonclient(trained, run_cli):
+    import onnxruntime as ort
+    from test_serve_helpers import running_server
+
+    from resnext_compiler.image_transform import load_images_for_model
+    from resnext_compiler.input_contract import read_contract
+    from resnext_compiler.runtimes.serve.config import ServeConfig
+    from resnext_compiler.runtimes.serve.server import load_models
+
+    model = trained / "int8.onnx"
+    evaluate(run_cli, model, trained / "val", trained / "served.csv")
+    with (trained / "served.csv").open() as handle:
+        answers = {row["image"]: int(row["predicted"]) for row in csv.DictReader(handle)}
+    images = sorted(answers)[::50]  # 8 images: one server batch
+    inputs = load_images_for_model(images, read_contract(model))
+    expected = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"]).run(
+        None, {"input": inputs})[0]
+    models, labels = load_models(model, ServeConfig(device="cpu", max_batch=8))
+    with running_server(models, labels) as server:
+        with triton.InferenceServerClient(f"127.0.0.1:{server.port}") as client:
+            tensor = triton.InferInput("input", list(inputs.shape), "FP32")
+            tensor.set_data_from_numpy(inputs)
+            logits = client.infer(models[0].name, [tensor]).as_numpy("logits")
+        served = {}
+        for image in images:
+            reply = httpx.post(f"{server.url}/v1/classify?top_k=1",
+                               files={"file": (Path(image).name, Path(image).read_bytes())})
+            assert reply.status_code == 200, reply.text
+            served[image] = reply.json()["predictions"][0]["index"]
+    np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5)
+    assert served == {image: answers[image] for image in images}
+
+
+def test_triton_repository_takes_int8_with_float32_tensors_on_the_cpu(trained, run_cli):
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    repo = trained / "repo"
+    result = run_cli(trained / "run" / "spec.yaml", "--weights",
+                     trained / "run" / "model.safetensors", "--backend", "triton", "-o", repo,
+                     "--dtype", "int8", "--calibrate", trained / "train",
+                     "--calibration-images", "16")
+    assert result.code == 0, result
+    config = text_format.Parse((repo / "tiny_digits" / "config.pbtxt").read_text(),
+                               model_config_pb2.ModelConfig())
+    assert config.input[0].data_type == config.output[0].data_type == model_config_pb2.TYPE_FP32
+    assert config.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
+    model = onnx.load(str(repo / "tiny_digits" / "1" / "model.onnx"))
+    metadata = {entry.key: entry.value for entry in model.metadata_props}
+    assert (metadata["dtype"], metadata["calibration_images"]) == ("int8", "16")
+    evaluated = evaluate(run_cli, repo, trained / "val", trained / "repo.csv")
+    assert evaluated["images"] == 355
+
+
+# --- refusals: never quantize on made-up data, and say so before any work ---------------------
+
+@pytest.fixture
+def tiny_spec(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY_DIGITS_MODEL)
+    return path
+
+
+def write_images(folder: Path, count: int, size: tuple[int, int] = (10, 12)) -> Path:
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    for index in range(count):
+        Image.fromarray(rng.integers(0, 256, size, np.uint8)).save(folder / f"{index}.png")
+    return folder
+
+
+def refused(run_cli, *args: object) -> str:
+    start = time.monotonic()
+    result = run_cli(*args)
+    assert result.code == 2, result
+    assert time.monotonic() - start < 20, "a refusal must come before the work"
+    assert "Traceback" not in result.err
+    return result.err
+
+
+def test_int8_without_calibrate_is_refused(run_cli, tiny_spec, tmp_path):
+    err = refused(run_cli, tiny_spec, "--dtype", "int8", "-o", tmp_path / "m.onnx")
+    assert "--dtype int8 needs --calibrate DIR" in err
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_missing_empty_and_image_less_folders_are_refused(run_cli, tiny_spec, tmp_path):
+    err = refused(run_cli, tiny_spec, "--dtype", "int8", "--calibrate", tmp_path / "nowhere",
+                  "-o", tmp_path / "m.onnx")
+    assert "--calibrate" in err and "nowhere: does not exist" in err
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    (tmp_path / "empty" / "sub" / "notes.txt").write_text("not an image")
+    err = refused(run_cli, tiny_spec, "--dtype", "int8", "--calibrate", tmp_path / "empty",
+                  "-o", tmp_path / "m.onnx")
+    assert "no images" in err
+    (tmp_path / "file.png").write_bytes(b"")
+    err = refused(run_cli, tiny_spec, "--dtype", "int8", "--calibrate", tmp_path / "file.png",
+                  "-o", tmp_path / "m.onnx")
+    assert "is not a folder" in err
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_a_big_network_is_refused_before_it_is_compiled(run_cli, tmp_path):
+    from conftest import SPECS
+
+    (tmp_path / "empty").mkdir()
+    err = refused(run_cli, SPECS / "resnext101_32x8d.yaml", "--dtype", "int8", "--calibrate",
+                  tmp_path / "empty", "-o", tmp_path / "out" / "m.onnx")
+    assert "no images" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_unreadable_image_is_named_and_nothing_is_left_behind(run_cli, tiny_spec, tmp_path):
+    write_images(tmp_path / "calib" / "a", 3)
+    (tmp_path / "calib" / "b").mkdir()
+    (tmp_path / "calib" / "b" / "broken.png").write_bytes(b"\x89PNG not really")
+    out = tmp_path / "out"
+    out.mkdir()
+    err = refused(run_cli, tiny_spec, "--dtype", "int8", "--calibrate", tmp_path / "calib",
+                  "-o", out / "m.onnx")
+    assert "cannot read image" in err and "broken.png" in err
+    assert list(out.iterdir()) == []  # no model, no temporary float32 file
+
+
+def test_images_for_a_model_that_takes_no_images_are_refused(run_cli, write_spec, tmp_path):
+    spec = write_spec(TINY_DIGITS_MODEL.replace("channels: 1", "channels: 2"))
+    write_images(tmp_path / "calib", 2)
+    err = refused(run_cli, spec, "--dtype", "int8", "--calibrate", tmp_path / "calib",
+                  "-o", tmp_path / "m.onnx")
+    assert "2 input channels" in err
+
+
+@pytest.mark.parametrize("count", ["0", "1025"])
+def test_calibration_image_count_out_of_range_is_refused(run_cli, tiny_spec, tmp_path, count):
+    write_images(tmp_path / "calib", 2)
+    err = refused(run_cli, tiny_spec, "--dtype", "int8", "--calibrate", tmp_path / "calib",
+                  "--calibration-images", count, "-o", tmp_path / "m.onnx")
+    assert f"--calibration-images must be between 1 and 1024, got {count}" in err
+
+
+def test_calibration_flags_without_int8_and_other_backends_are_refused(run_cli, tiny_spec,
+                                                                       tmp_path):
+    write_images(tmp_path / "calib", 2)
+    err = refused(run_cli, tiny_spec, "--calibrate", tmp_path / "calib", "-o", tmp_path / "m")
+    assert "--calibrate and --calibration-images are for --dtype int8" in err
+    err = refused(run_cli, tiny_spec, "--backend", "torch", "--dtype", "int8", "--calibrate",
+                  tmp_path / "calib", "-o", tmp_path / "m.py")
+    assert "--dtype int8 is for the onnx and triton backends" in err
+
+
+def test_a_huge_folder_is_searched_only_up_to_the_scan_bound(run_cli, tiny_spec, tmp_path,
+                                                             monkeypatch):
+    from resnext_compiler.backends import onnx_quantize
+
+    monkeypatch.setattr(onnx_quantize, "MAX_FILES_SCANNED", 20)
+    (tmp_path / "calib").mkdir()
+    for index in range(30):
+        (tmp_path / "calib" / f"{index:02d}.txt").write_text("x")
+    err = refused(run_cli, tiny_spec, "--dtype", "int8", "--calibrate", tmp_path / "calib",
+                  "-o", tmp_path / "m.onnx")
+    assert "more than 20 files searched" in err
+
+
+def test_calibration_images_are_found_recursively_in_sorted_order(tmp_path):
+    from resnext_compiler.backends.onnx_quantize import find_calibration_images
+
+    write_images(tmp_path / "b", 2)
+    write_images(tmp_path / "a" / "deep", 2)
+    (tmp_path / "a" / "readme.md").write_text("not an image")
+    found = find_calibration_images(tmp_path, 3)
+    assert [p.relative_to(tmp_path).as_posix() for p in found.images] == [
+        "a/deep/0.png", "a/deep/1.png", "b/0.png"]
+
+
+def test_a_static_batch_model_calibrates_with_a_partial_last_batch(run_cli, tiny_spec,
+                                                                   tmp_path):
+    import onnxruntime as ort
+
+    write_images(tmp_path / "calib", 5)
+    result = run_cli(tiny_spec, "--dtype", "int8", "--calibrate", tmp_path / "calib",
+                     "--batch", "4", "-o", tmp_path / "m.onnx")
+    assert result.code == 0, result
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].shape == [4, 1, 8, 8]
+    metadata = session.get_modelmeta().custom_metadata_map
+    assert metadata["calibration_images"] == "5"
+    logits = session.run(None, {"input": np.zeros((4, 1, 8, 8), np.float32)})[0]
+    assert logits.shape == (4, 10) and np.isfinite(logits).all()
