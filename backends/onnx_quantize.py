@@ -209,7 +209,10 @@ def quantize_int8(float_model: Path, output: Path, calibration: CalibrationSet,
         prepared = Path(work) / "prepared.onnx"
         quantized = Path(work) / "quantized.onnx"
         try:
-            quant_pre_process(str(float_model), str(prepared), skip_symbolic_shape=False)
+            # The graph declares every value's shape already (value_info), so onnxruntime's
+            # symbolic shape inference has nothing to add; its module imports torch whenever
+            # torch is installed, which the ONNX path never does.
+            quant_pre_process(str(float_model), str(prepared), skip_symbolic_shape=True)
             quantize_static(
                 str(prepared), str(quantized), reader,
                 quant_format=QuantFormat.QDQ,

@@ -283,3 +283,18 @@ def test_a_static_batch_model_calibrates_with_a_partial_last_batch(run_cli, tiny
     assert metadata["calibration_images"] == "5"
     logits = session.run(None, {"input": np.zeros((4, 1, 8, 8), np.float32)})[0]
     assert logits.shape == (4, 10) and np.isfinite(logits).all()
+
+
+def test_an_int8_compile_never_imports_torch(tiny_spec, tmp_path):
+    import subprocess
+    import sys
+
+    write_images(tmp_path / "calib", 2)
+    code = ("import sys\nfrom resnext_compiler.cli import main\n"
+            "try:\n    main(sys.argv[1:])\nexcept SystemExit as exc:\n    assert not exc.code\n"
+            "print('torch' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code, str(tiny_spec), "--dtype", "int8",
+                           "--calibrate", str(tmp_path / "calib"), "-o", str(tmp_path / "m.onnx")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "False"
