@@ -5,12 +5,13 @@
 
 For each spec: compiles float32, float16 and int8 files with the CLI (seeded random weights;
 int8 calibrated on the default number of generated images), each compile in its own process
-so its wall time and peak memory (the child's max RSS) are its own. Then one process holds a
-session per file (intra_op_num_threads = --threads, sequential execution) and times batch 1
-and batch 8 with the runs alternated across the files (file A, B, C, A, B, C, ...), so load
-from other jobs hits every file alike; the table gives the median of --runs. A second table
-splits the first spec's batch-8 kernel time (onnxruntime's profiler) into the grouped 3x3
-convolutions and the rest, float32 against int8 (QLinearConv).
+so its wall time and peak memory (the child's max RSS) are its own; all compiles run before
+any model is loaded here, since a child's max RSS includes the pages it was forked with.
+Then one process holds a session per file (intra_op_num_threads = --threads, sequential
+execution) and times batch 1 and batch 8 with the runs alternated across the files (A, B, C,
+A, B, C, ...), so load from other jobs hits every file alike; the table gives the median of
+--runs. A second table splits the first spec's batch-8 kernel time (onnxruntime's profiler)
+into the grouped 3x3 convolutions and the rest, float32 against int8 (QLinearConv).
 
 Prints Markdown; --update-results also writes it into benchmarks/RESULTS.md between the
 `int8-cpu` markers (replacing the previous table).
@@ -106,10 +107,15 @@ def fidelity(sessions: dict[str, ort.InferenceSession], fp32: Path, work: Path) 
             f"top-1 agrees on {100 * agree:.0f}%")
 
 
-def model_rows(spec: Path, work: Path, calibration: Path, runs: int, threads: int) -> list[str]:
+def compile_all(spec: Path, work: Path, calibration: Path) -> dict[str, tuple[float, int]]:
+    return {dtype: compile_model(spec, work / f"{spec.stem}-{dtype}.onnx", dtype, calibration)
+            for dtype in DTYPES}
+
+
+def model_rows(spec: Path, work: Path, compiles: dict[str, tuple[float, int]], runs: int,
+               threads: int) -> list[str]:
     name = spec.stem
     paths = {dtype: work / f"{name}-{dtype}.onnx" for dtype in DTYPES}
-    compiles = {dtype: compile_model(spec, paths[dtype], dtype, calibration) for dtype in DTYPES}
     sessions = {dtype: session(paths[dtype], threads) for dtype in DTYPES}
     shape = [d.dim_value for d in onnx.load(str(paths["fp32"]), load_external_data=False)
              .graph.input[0].type.tensor_type.shape.dim[1:]]
@@ -187,10 +193,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="int8-cpu-") as tmp:
         work = Path(tmp)
         calibration = generated_images(work / "calibration", DEFAULT_CALIBRATION_IMAGES)
+        specs = [Path(name) if name.endswith(".yaml") else REPO / "specs" / f"{name}.yaml"
+                 for name in args.specs.split(",")]
+        # Every compile first, while this process is small: a child's peak RSS counts the
+        # parent's pages it was forked with.
+        compiles = {spec: compile_all(spec, work, calibration) for spec in specs}
         rows = []
-        for name in args.specs.split(","):
-            spec = Path(name) if name.endswith(".yaml") else REPO / "specs" / f"{name}.yaml"
-            rows += model_rows(spec, work, calibration, args.runs, args.threads)
+        for spec in specs:
+            rows += model_rows(spec, work, compiles[spec], args.runs, args.threads)
         first = args.specs.split(",")[0]
         conv_rows = profile_rows(Path(first) if first.endswith(".yaml") else
                                  REPO / "specs" / f"{first}.yaml", work, args.threads)
