@@ -8,7 +8,7 @@ project's machine (numbers in docs/onnx.md, "int8"):
 
 - activations uint8 (asymmetric, per tensor), weights int8 (symmetric, per output channel),
   full 8-bit range: on CPUs with AVX-512 VNNI or AVX-VNNI this selects onnxruntime's u8s8
-  kernels, 2.0x float32 at batch 8 for ResNeXt-50 32x4d; int8 activations (s8s8) ran at
+  kernels, 1.6-2.0x float32 at batch 8 for ResNeXt-50 32x4d; int8 activations (s8s8) ran at
   float32 speed, and `reduce_range` (7-bit weights, meant for CPUs without VNNI) kept only
   a third of the gain;
 - MinMax calibration: as accurate as Entropy or Percentile on the measured models, and the
