@@ -298,3 +298,27 @@ def test_an_int8_compile_never_imports_torch(tiny_spec, tmp_path):
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_in_graph_preprocessing_quantizes_like_the_external_transform(run_cli, tiny_spec,
+                                                                       tmp_path):
+    import onnxruntime as ort
+
+    from resnext_compiler.image_transform import model_input
+    from resnext_compiler.input_contract import read_contract
+
+    write_images(tmp_path / "calib", 8)
+    for name, extra in (("pixels", ("--image-input",)), ("floats", ())):
+        result = run_cli(tiny_spec, "--dtype", "int8", "--calibrate", tmp_path / "calib", *extra,
+                         "-o", tmp_path / f"{name}.onnx")
+        assert result.code == 0, result
+    pixels = np.random.default_rng(2).integers(0, 256, (4, 8, 8, 1), np.uint8)
+    by_pixels = ort.InferenceSession(str(tmp_path / "pixels.onnx"),
+                                     providers=["CPUExecutionProvider"])
+    assert by_pixels.get_inputs()[0].type == "tensor(uint8)"
+    floats = model_input(pixels, read_contract(tmp_path / "floats.onnx"))
+    expected = ort.InferenceSession(str(tmp_path / "floats.onnx"),
+                                    providers=["CPUExecutionProvider"]).run(None,
+                                                                            {"input": floats})[0]
+    logits = by_pixels.run(None, {"input": pixels})[0]
+    assert np.sqrt(np.mean((logits - expected) ** 2)) < 0.05 * expected.std()
