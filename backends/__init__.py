@@ -7,8 +7,9 @@ to the import package `resnext_compiler.backends`. It holds:
 - `registry.py`: backends by name (entry-point group `resnext_compiler.backends`);
 - `torch_module.py` (an in-memory `nn.Module`), `torch_source.py` (+ `templates/`, standalone
   PyTorch source);
-- `onnx.py`, `onnx_graph.py`, `onnx_writer.py` (ONNX, written without torch) and `triton.py`
-  (a Triton model repository around it);
+- `onnx.py`, `onnx_graph.py`, `onnx_writer.py` (ONNX, written without torch),
+  `onnx_quantize.py` (`--dtype int8`: calibrated static quantization) and `triton.py` (a Triton
+  model repository around it);
 - `dot.py` (a Graphviz picture).
 
 Backends import the compiler core and nothing from `resnext_compiler.runtimes`.

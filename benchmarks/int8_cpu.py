@@ -187,7 +187,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--update-results", action="store_true")
     args = parser.parse_args()
-    from resnext_compiler.backend import DEFAULT_CALIBRATION_IMAGES
+    from resnext_compiler.backends.base import DEFAULT_CALIBRATION_IMAGES
 
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="int8-cpu-") as tmp:
