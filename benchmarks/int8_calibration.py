@@ -76,7 +76,7 @@ def main() -> None:
         quantize_int8,
     )
     from resnext_compiler.image_transform import load_images_for_model
-    from resnext_compiler.input_contract import read_contract
+    from resnext_compiler.input_contract import read_contract, resolve_contract
     from resnext_compiler.pipeline import compile_spec
     from resnext_compiler.spec import load_spec
 
@@ -84,8 +84,9 @@ def main() -> None:
     train(run)
     files = write_digits(run / "spec.yaml", work / "digits")
     fp32 = work / "fp32.onnx"
-    export_onnx(compile_spec(load_spec(run / "spec.yaml")),
-                CompileOptions(weights=run / "model.safetensors"), fp32)
+    spec = load_spec(run / "spec.yaml")
+    export_onnx(compile_spec(spec), CompileOptions(weights=run / "model.safetensors"), fp32,
+                contract=resolve_contract(spec))
     contract = read_contract(fp32)
     val_paths = [path for path, _ in files["val"]]
     labels = np.array([label for _, label in files["val"]])
