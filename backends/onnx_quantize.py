@@ -1,7 +1,7 @@
 """Calibrated static int8 quantization of the ONNX backend's model (`--dtype int8`).
 
 The float32 model (BatchNorm folded) goes through onnxruntime's quantization tool:
-`quant_pre_process` (symbolic shape inference and graph clean-up), then `quantize_static` in
+`quant_pre_process` (onnx shape inference and graph clean-up), then `quantize_static` in
 the QDQ format (QuantizeLinear/DequantizeLinear pairs that onnxruntime fuses into
 QLinearConv, QLinearAdd, QGemm). The settings below were chosen by measurement on this
 project's machine (numbers in docs/onnx.md, "int8"):
@@ -41,6 +41,7 @@ from onnxruntime.quantization import (
 from resnext_compiler.artifacts import atomic_writer
 from resnext_compiler.backends.base import DEFAULT_CALIBRATION_IMAGES
 from resnext_compiler.errors import ResnextError, UserError
+from resnext_compiler.image_transform import IMAGE_SUFFIXES
 
 # The most images a compile reads (the default count is DEFAULT_CALIBRATION_IMAGES); the cap
 # bounds decode and calibration time and the uint8 pixels held in memory.
@@ -51,9 +52,8 @@ MAX_FILES_SCANNED = 100_000
 # Images per calibration run. onnxruntime's calibration model (every activation also feeds a
 # ReduceMin/ReduceMax, graph optimisations off) keeps most activations of a run alive at once:
 # for ResNeXt-50 the session peaks at 2.4 GB with 8 images per run and 0.6 GB with one, and
-# the time per image is the same (docs/onnx.md, "int8").
+# one at a time is no slower (docs/onnx.md, "int8").
 CALIBRATION_BATCH = 1
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 
 CALIBRATION_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
 CALIBRATION_METHOD = "minmax"

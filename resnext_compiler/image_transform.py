@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     from PIL import Image as PILImage
 
 PIL_MODES = {"grey": "L", "rgb": "RGB"}
+# Files read as images wherever a folder of images is taken (data sets, int8 calibration).
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 
 
 def resize_target(image_width: int, image_height: int,

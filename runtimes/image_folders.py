@@ -8,8 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from resnext_compiler.errors import UserError
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
+from resnext_compiler.image_transform import IMAGE_SUFFIXES
 
 
 def scan(split_dir: Path, classes: list[str] | None = None) -> tuple[list[tuple[str, int]],
