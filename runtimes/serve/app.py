@@ -2,18 +2,17 @@
 
 Routes (KServe v2 / Triton HTTP): `GET /v2/health/live`, `GET /v2/health/ready`, `GET /v2`,
 `GET /v2/models/{name}[/versions/{v}]`, `.../ready`, `.../config`, `POST .../infer`,
-`POST /v2/repository/index`; plus `POST /v1/classify` (an image -> top-k classes) and
+`POST /v2/repository/index`, `GET /v2/models[/{name}[/versions/{v}]]/stats` (statistics
+extension); plus `POST /v1/classify` (an image -> top-k classes) and
 `GET /metrics` (Prometheus text format).
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
 import zlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 
 import anyio.to_thread
 import numpy as np
@@ -24,7 +23,6 @@ from starlette.datastructures import UploadFile
 
 from resnext_compiler import __version__
 from resnext_compiler.input_contract import InputContract
-from resnext_compiler.runtimes.serve.batching import DynamicBatcher
 from resnext_compiler.runtimes.serve.config import ServeConfig
 from resnext_compiler.runtimes.serve.datatypes import triton_type
 from resnext_compiler.runtimes.serve.errors import ServeError, bad_request, install_error_handlers
@@ -35,123 +33,95 @@ from resnext_compiler.runtimes.serve.images import (
     top_k,
 )
 from resnext_compiler.runtimes.serve.limits import BodyLimitMiddleware
-from resnext_compiler.runtimes.serve.metrics import MetricsMiddleware, ServeMetrics
+from resnext_compiler.runtimes.serve.metrics import MetricsMiddleware
 from resnext_compiler.runtimes.serve.model import LoadedModel
 from resnext_compiler.runtimes.serve.protocol import (
-    check_model_version,
+    InferRequest,
     encode_infer_response,
     parse_infer_request,
     split_body,
 )
+from resnext_compiler.runtimes.serve.service import SERVER_NAME, InferenceService
 
-SERVER_NAME = "resnext-compile"
-EXTENSIONS = ["binary_tensor_data", "classification", "model_configuration"]
 PARSE_IN_THREAD_BYTES = 64 * 1024  # big JSON bodies are parsed off the event loop
 IMAGE_TYPES = ("image/jpeg", "image/png", "application/octet-stream")
 
 
-@dataclass
-class ServedModel:
-    model: LoadedModel
-    batcher: DynamicBatcher
-    labels: list[str] | None = None
-
-
-def create_app(models: list[LoadedModel], config: ServeConfig,
+def create_app(models: list[LoadedModel] | InferenceService, config: ServeConfig,
                labels: dict[str, list[str]] | None = None) -> FastAPI:
-    """The ASGI app serving `models`; starts one batcher thread per model."""
-    metrics = ServeMetrics(max(model.max_batch for model in models))
-    served: dict[str, ServedModel] = {}
-    for model in models:
-        batcher = DynamicBatcher(model.run, model.max_batch, config.max_delay_s, config.max_queue,
-                                 on_batch=metrics.batch_observer(model.name), name=model.name,
-                                 open_connections=lambda: _open_connections(app))
-        metrics.track_queue(model.name, lambda b=batcher: b.depth)
-        names = (labels or {}).get(model.name, model.contract.labels)
-        served[model.name] = ServedModel(model, batcher, list(names) if names else None)
+    """The ASGI app serving `models` (or an `InferenceService` shared with gRPC)."""
+    service = models if isinstance(models, InferenceService) else InferenceService(
+        models, config, labels)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
         # uvicorn has already let in-flight requests finish; drain and stop the batchers
-        await asyncio.gather(*(asyncio.to_thread(s.batcher.close, config.graceful_timeout_s)
-                               for s in served.values()))
+        await service.close()
 
     app = FastAPI(title=SERVER_NAME, version=__version__, lifespan=lifespan, docs_url=None,
                   redoc_url=None, openapi_url=None)
-    app.state.served = served
-    app.state.metrics = metrics
+    app.state.service = service
+    app.state.served = service.served
+    app.state.metrics = service.metrics
     install_error_handlers(app)
-    _add_protocol_routes(app, served, config)
-    _add_classify_route(app, served, config)
+    _add_protocol_routes(app, service, config)
+    _add_classify_route(app, service, config)
 
     @app.get("/metrics")
     async def prometheus_metrics() -> Response:
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(service.metrics.registry),
+                        media_type=CONTENT_TYPE_LATEST)
 
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=config.max_body_bytes)
-    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(MetricsMiddleware, metrics=service.metrics)
     return app
-
-
-def _open_connections(app: FastAPI) -> int:
-    """Open client connections, when the server told us how to count them (else: unknown)."""
-    counter = getattr(app.state, "open_connections", None)
-    return counter() if counter is not None else 1 << 30
 
 
 def count_connections_of(app: FastAPI, server: object) -> None:
     """Let the batchers see uvicorn's open connections (uvicorn.Server.server_state)."""
     state = getattr(server, "server_state", None)
     if state is not None and hasattr(state, "connections"):
-        app.state.open_connections = lambda: len(state.connections)
+        app.state.service.connection_counters.append(lambda: len(state.connections))
 
 
-def _lookup(served: dict[str, ServedModel], name: str, version: str | None = None) -> ServedModel:
-    if name not in served:
-        raise ServeError(404, f"unknown model {name!r} (serving {', '.join(sorted(served))})")
-    check_model_version(version, served[name].model.version)
-    return served[name]
-
-
-def _add_protocol_routes(app: FastAPI, served: dict[str, ServedModel],
-                         config: ServeConfig) -> None:
-    def ready() -> bool:
-        return all(s.batcher.accepting for s in served.values())
-
+def _add_protocol_routes(app: FastAPI, service: InferenceService, config: ServeConfig) -> None:
     @app.get("/v2/health/live")
     async def live() -> dict:
         return {"live": True}
 
     @app.get("/v2/health/ready")
     async def server_ready() -> dict:
-        if not ready():  # KServe v2: "a 4xx status code indicates false"
+        if not service.ready:  # KServe v2: "a 4xx status code indicates false"
             raise ServeError(400, "not ready: shutting down")
         return {"ready": True}
 
     @app.get("/v2")
     async def server_metadata() -> dict:
-        return {"name": SERVER_NAME, "version": __version__, "extensions": EXTENSIONS}
+        return service.server_metadata()
 
     @app.post("/v2/repository/index")
     async def repository_index() -> list[dict]:
         return [{"name": name, "version": s.model.version,
                  "state": "READY" if s.batcher.accepting else "UNAVAILABLE"}
-                for name, s in served.items()]
+                for name, s in service.served.items()]
+
+    @app.get("/v2/models/stats")
+    @app.get("/v2/models/{name}/stats")
+    @app.get("/v2/models/{name}/versions/{version}/stats")
+    async def model_statistics(name: str | None = None, version: str | None = None) -> dict:
+        return service.statistics(name, version)
 
     @app.get("/v2/models/{name}")
     @app.get("/v2/models/{name}/versions/{version}")
     async def model_metadata(name: str, version: str | None = None) -> dict:
-        model = _lookup(served, name, version).model
-        return {"name": model.name, "versions": [model.version], "platform": "onnxruntime_onnx",
-                "inputs": [model.input.metadata()],
-                "outputs": [output.metadata() for output in model.outputs],
-                "parameters": model.metadata}
+        entry = service.lookup(name, version)
+        return {**entry.metadata(), "parameters": entry.model.metadata}
 
     @app.get("/v2/models/{name}/ready")
     @app.get("/v2/models/{name}/versions/{version}/ready")
     async def model_ready(name: str, version: str | None = None) -> dict:
-        entry = _lookup(served, name, version)
+        entry = service.lookup(name, version)
         if not entry.batcher.accepting:
             raise ServeError(400, f"model {name!r} is not ready: shutting down")
         return {"name": name, "ready": True}
@@ -159,7 +129,7 @@ def _add_protocol_routes(app: FastAPI, served: dict[str, ServedModel],
     @app.get("/v2/models/{name}/config")
     @app.get("/v2/models/{name}/versions/{version}/config")
     async def model_config(name: str, version: str | None = None) -> dict:
-        model = _lookup(served, name, version).model
+        model = service.lookup(name, version).model
         batched = model.static_batch is None
         def dims(shape: tuple[int, ...]) -> list[int]:
             return list(shape[1:] if batched else shape)
@@ -176,19 +146,21 @@ def _add_protocol_routes(app: FastAPI, served: dict[str, ServedModel],
     @app.post("/v2/models/{name}/infer")
     @app.post("/v2/models/{name}/versions/{version}/infer")
     async def infer(name: str, request: Request, version: str | None = None) -> Response:
-        entry = _lookup(served, name, version)
+        entry = service.lookup(name, version)
         model = entry.model
         body = _decode_content(await request.body(), request.headers.get("content-encoding"),
                                config.max_body_bytes)
-        header, binary = split_body(body, request.headers.get("inference-header-content-length"))
-        arguments = (header, binary, model.input, model.outputs, model.max_batch,
-                     model.static_batch)
-        if len(header) > PARSE_IN_THREAD_BYTES:
-            parsed = await run_in_threadpool(parse_infer_request, *arguments)
-        else:
-            parsed = parse_infer_request(*arguments)
-        outputs = await entry.batcher.submit(parsed.inputs)
-        results = {info.name: array for info, array in zip(model.outputs, outputs, strict=True)}
+
+        async def parse() -> InferRequest:
+            header, binary = split_body(body,
+                                        request.headers.get("inference-header-content-length"))
+            arguments = (header, binary, model.input, model.outputs, model.max_batch,
+                         model.static_batch)
+            if len(header) > PARSE_IN_THREAD_BYTES:
+                return await run_in_threadpool(parse_infer_request, *arguments)
+            return parse_infer_request(*arguments)
+
+        parsed, results = await service.infer(entry, parse)
         infos = {info.name: info for info in model.outputs}
         payload, headers = encode_infer_response(model.name, model.version, parsed, results,
                                                  infos, entry.labels)
@@ -214,8 +186,7 @@ def _decode_content(body: bytes, encoding: str | None, limit: int) -> bytes:
     return data
 
 
-def _add_classify_route(app: FastAPI, served: dict[str, ServedModel],
-                        config: ServeConfig) -> None:
+def _add_classify_route(app: FastAPI, service: InferenceService, config: ServeConfig) -> None:
     # decoded images are large (up to max_image_pixels x 3 bytes): one decode per core at a time
     decoders = anyio.CapacityLimiter(os.cpu_count() or 1)
 
@@ -223,10 +194,11 @@ def _add_classify_route(app: FastAPI, served: dict[str, ServedModel],
     async def classify(request: Request, model: str | None = Query(None),
                        top_k_count: int = Query(config.default_top_k, alias="top_k", ge=1,
                                                 le=10000)) -> dict:
+        served = service.served
         if model is None and len(served) > 1:
             raise bad_request(f"several models are served; choose one with ?model= "
                               f"({', '.join(sorted(served))})")
-        entry = _lookup(served, model or next(iter(served)))
+        entry = service.lookup(model or next(iter(served)))
         loaded = entry.model
         check_image_model(loaded.contract)
         if loaded.static_batch not in (None, 1):

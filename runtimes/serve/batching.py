@@ -47,7 +47,8 @@ class DynamicBatcher:
 
     def __init__(self, run: Callable[[np.ndarray], list[np.ndarray]], max_batch: int,
                  max_delay_s: float, max_queue: int,
-                 on_batch: Callable[[int, float], None] | None = None, name: str = "model",
+                 on_batch: Callable[[int, float, list[float]], None] | None = None,
+                 name: str = "model",
                  open_connections: Callable[[], int] | None = None):
         if max_batch < 1 or max_queue < 1 or max_delay_s < 0:
             raise ValueError("max_batch and max_queue must be >= 1 and max_delay >= 0")
@@ -81,7 +82,7 @@ class DynamicBatcher:
                                  {"Retry-After": str(RETRY_AFTER_S)})
             if self._waiting >= self.max_queue:
                 raise ServeError(503, f"queue full ({self.max_queue} requests waiting); retry "
-                                 "later", {"Retry-After": str(RETRY_AFTER_S)})
+                                 "later", {"Retry-After": str(RETRY_AFTER_S)}, overloaded=True)
             self._waiting += 1
             self._queue.put(request)
         return await request.future
@@ -151,7 +152,8 @@ class DynamicBatcher:
                 _deliver(request, _set_exception, exc)
             return
         if self._on_batch is not None:
-            self._on_batch(int(inputs.shape[0]), time.perf_counter() - started)
+            self._on_batch(int(inputs.shape[0]), time.perf_counter() - started,
+                           [started - request.queued_at for request in live])
         start = 0
         for request in live:
             stop = start + request.rows

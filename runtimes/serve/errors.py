@@ -18,11 +18,13 @@ log = logging.getLogger("resnext_compiler.serve")
 class ServeError(Exception):
     """A request the server refuses, with the status and message the client sees."""
 
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None,
+                 overloaded: bool = False):
         super().__init__(message)
         self.status = status
         self.message = message
         self.headers = headers or {}
+        self.overloaded = overloaded  # a 503 for load (retry later), not for shutting down
 
 
 def bad_request(message: str) -> ServeError:

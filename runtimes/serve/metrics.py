@@ -1,5 +1,8 @@
 """Prometheus metrics (prometheus-client): requests by status, latency, batch size, queue depth.
 
+HTTP requests and gRPC calls are counted separately (their endpoint and status spaces differ);
+batches, queue depth and inference requests in progress are shared by both protocols.
+
 Each app has its own registry, so several servers can live in one process (tests). Endpoint
 labels are a fixed small set, never the raw path, so a client cannot grow the label space.
 """
@@ -56,6 +59,12 @@ class ServeMetrics:
         self.inference_in_progress = 0
         self.queue_depth = Gauge("resnext_serve_queue_depth", "Requests waiting for a batch",
                                  ["model"], registry=self.registry)
+        self.grpc_requests = Counter("resnext_serve_grpc_requests", "gRPC calls by method and "
+                                     "status code", ["method", "code"], registry=self.registry)
+        self.grpc_latency = Histogram("resnext_serve_grpc_request_latency_seconds",
+                                      "gRPC call latency, request received to response sent",
+                                      ["method"], buckets=LATENCY_BUCKETS,
+                                      registry=self.registry)
 
     def batch_observer(self, model: str) -> Callable[[int, float], None]:
         size, latency = self.batch_size.labels(model), self.batch_latency.labels(model)

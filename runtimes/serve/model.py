@@ -23,6 +23,7 @@ from resnext_compiler.input_contract import (
     onnx_input_layout,
 )
 from resnext_compiler.runtimes.serve.datatypes import ORT_TO_V2, V2_TO_NUMPY, TensorInfo
+from resnext_compiler.runtimes.serve.onnxruntime_install import import_onnxruntime
 from resnext_compiler.runtimes.serve.repository import ModelSource
 
 log = logging.getLogger("resnext_compiler.serve")
@@ -34,15 +35,14 @@ DEVICES = ("auto", "cpu", "cuda")
 
 def choose_providers(device: str) -> list[str]:
     """onnxruntime execution providers for `--device` (CUDA first when present or asked for)."""
-    import onnxruntime as ort
-
     if device not in DEVICES:
         raise UserError(f"--device must be one of {', '.join(DEVICES)}, got {device!r}")
-    available = ort.get_available_providers()
+    available = import_onnxruntime().get_available_providers()
     if device == "cuda" and CUDA not in available:
         raise UserError("--device cuda: this onnxruntime has no CUDA execution provider "
                         f"(available: {', '.join(available)}); install onnxruntime-gpu "
-                        "(pip install 'resnext-compile[gpu]') or use --device cpu")
+                        "alone (pip uninstall -y onnxruntime && pip install "
+                        "'resnext-compile[gpu]') or use --device cpu")
     if device == "cpu" or CUDA not in available:
         return [CPU]
     return [CUDA, CPU]
@@ -53,8 +53,7 @@ class LoadedModel:
 
     def __init__(self, source: ModelSource, device: str = "auto", max_batch: int = 32,
                  intra_op_threads: int = 0):
-        import onnxruntime as ort
-
+        ort = import_onnxruntime()
         self.name, self.version, self.path = source.name, source.version, source.onnx_path
         options = ort.SessionOptions()
         # idle onnxruntime threads spin by default, taking cores from the event loop that

@@ -79,8 +79,7 @@ def _parameters(holder: dict, where: str) -> dict:
     parameters = holder.get("parameters", {})
     if not isinstance(parameters, dict):
         raise bad_request(f"{where} must be a JSON object")
-    if any(key.startswith("shared_memory") for key in parameters):
-        raise bad_request("the shared-memory extension is not supported by this server")
+    check_no_shared_memory(parameters)
     return parameters
 
 
@@ -91,16 +90,28 @@ def _flag(parameters: dict, key: str, where: str) -> bool:
     return value
 
 
-def _input_tensor(tensor: dict, binary: bytes, spec: TensorInfo, max_batch: int,
-                  static_batch: int | None) -> tuple[np.ndarray, int]:
-    name = tensor.get("name")
+def check_input(name: object, datatype: object, shape: object, spec: TensorInfo, max_batch: int,
+                static_batch: int | None) -> tuple[int, ...]:
+    """The shape of an input tensor that names the model's input with its datatype (any protocol).
+    """
     if name != spec.name:
         raise bad_request(f"unknown input {name!r}; the model's input is {spec.name!r}")
-    datatype = tensor.get("datatype")
     if datatype != spec.datatype:
         raise bad_request(f"input {name!r}: datatype {datatype!r} does not match the model's "
                           f"{spec.datatype}")
-    shape = _shape(tensor.get("shape"), spec, max_batch, static_batch)
+    return _shape(shape, spec, max_batch, static_batch)
+
+
+def check_no_shared_memory(parameters: object) -> None:
+    if any(str(key).startswith("shared_memory") for key in parameters):  # type: ignore[attr-defined]
+        raise bad_request("the shared-memory extension is not supported by this server")
+
+
+def _input_tensor(tensor: dict, binary: bytes, spec: TensorInfo, max_batch: int,
+                  static_batch: int | None) -> tuple[np.ndarray, int]:
+    name = tensor.get("name")
+    shape = check_input(name, tensor.get("datatype"), tensor.get("shape"), spec, max_batch,
+                        static_batch)
     dtype = V2_TO_NUMPY[spec.datatype]
     count = math.prod(shape)
     parameters = _parameters(tensor, f"input {name!r} parameters")
@@ -164,22 +175,48 @@ def _requested_outputs(requested: object, outputs: list[TensorInfo], default_bin
         return [RequestedOutput(out.name, default_binary) for out in outputs]
     if not isinstance(requested, list) or not all(isinstance(r, dict) for r in requested):
         raise bad_request("outputs must be a list of objects")
-    known = {out.name for out in outputs}
     chosen = []
     for entry in requested:
         name = entry.get("name")
-        if name not in known:
-            raise bad_request(f"unknown output {name!r}; the model's outputs are "
-                              f"{sorted(known)}")
         parameters = _parameters(entry, f"output {name!r} parameters")
-        class_count = parameters.get("classification", 0)
-        if isinstance(class_count, bool) or not isinstance(class_count, int) or class_count < 0:
-            raise bad_request(f"output {name!r}: classification must be a non-negative integer")
         binary = parameters.get("binary_data", default_binary)
         if not isinstance(binary, bool):
             raise bad_request(f"output {name!r}: binary_data must be true or false")
-        chosen.append(RequestedOutput(name, binary, class_count))
+        chosen.append(requested_output(name, parameters.get("classification", 0), binary,
+                                       outputs))
     return chosen
+
+
+def requested_output(name: object, class_count: object, binary: bool,
+                     outputs: list[TensorInfo]) -> RequestedOutput:
+    """One output a client asked for, checked against the model's outputs (any protocol)."""
+    known = [out.name for out in outputs]
+    if name not in known:
+        raise bad_request(f"unknown output {name!r}; the model's outputs are {sorted(known)}")
+    if isinstance(class_count, bool) or not isinstance(class_count, int) or class_count < 0:
+        raise bad_request(f"output {name!r}: classification must be a non-negative integer")
+    return RequestedOutput(str(name), binary, class_count)
+
+
+def response_tensors(request: InferRequest, results: dict[str, np.ndarray],
+                     infos: dict[str, TensorInfo], labels: list[str] | None
+                     ) -> list[tuple[RequestedOutput, str, np.ndarray]]:
+    """(requested output, datatype, array) per output to answer; classification applied."""
+    chosen = []
+    for wanted in request.outputs:
+        array, datatype = results[wanted.name], infos[wanted.name].datatype
+        if wanted.class_count:
+            array, datatype = classification(array, wanted.class_count, labels), "BYTES"
+        chosen.append((wanted, datatype, array))
+    return chosen
+
+
+def tensor_bytes(array: np.ndarray, datatype: str) -> bytes:
+    """A tensor's raw bytes as both protocols send them (little-endian, row-major; BYTES
+    elements as a 4-byte little-endian length and the bytes)."""
+    if datatype == "BYTES":
+        return _bytes_tensor(array)
+    return np.ascontiguousarray(array, dtype=V2_TO_NUMPY[datatype]).tobytes()
 
 
 def encode_infer_response(model_name: str, version: str, request: InferRequest,
@@ -187,14 +224,10 @@ def encode_infer_response(model_name: str, version: str, request: InferRequest,
                           labels: list[str] | None) -> tuple[bytes, dict[str, str]]:
     """Response body and headers; binary outputs follow the JSON header."""
     described, blobs = [], []
-    for wanted in request.outputs:
-        array, datatype = results[wanted.name], infos[wanted.name].datatype
-        if wanted.class_count:
-            array, datatype = classification(array, wanted.class_count, labels), "BYTES"
+    for wanted, datatype, array in response_tensors(request, results, infos, labels):
         entry: dict = {"name": wanted.name, "datatype": datatype, "shape": list(array.shape)}
         if wanted.binary:
-            blob = _bytes_tensor(array) if datatype == "BYTES" else np.ascontiguousarray(
-                array, dtype=V2_TO_NUMPY[datatype]).tobytes()
+            blob = tensor_bytes(array, datatype)
             entry["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         else:
