@@ -17,6 +17,9 @@ def serve_command(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (loopback by "
                              "default; the server has no authentication)."),
     port: int = typer.Option(8000, "--port", min=0, max=65535, help="TCP port (0: any free)."),
+    grpc_port: int | None = typer.Option(
+        None, "--grpc-port", min=0, max=65535,
+        help="Also serve the Open Inference Protocol over gRPC on this port (Triton's 8001)."),
     max_batch: int = typer.Option(32, "--max-batch", min=1, help="Most rows per model call."),
     max_delay_ms: float = typer.Option(5.0, "--max-delay-ms", min=0.0,
                                        help="How long a batch waits to fill."),
@@ -33,7 +36,8 @@ def serve_command(
                                 help="onnxruntime intra-op threads (0: one per core)."),
     log_level: str = typer.Option("info", "--log-level", help="debug | info | warning | error"),
 ) -> None:
-    """Serve an ONNX model over HTTP: KServe v2 / Triton protocol, /v1/classify, /metrics."""
+    """Serve an ONNX model over HTTP (and gRPC): KServe v2 / Triton protocol, /v1/classify,
+    /metrics."""
     from resnext_compiler.runtimes.serve.config import MiB, ServeConfig
     from resnext_compiler.runtimes.serve.model import DEVICES
 
@@ -44,10 +48,18 @@ def serve_command(
     if labels is not None and not labels.is_file():
         raise UserError(f"labels file not found: {labels}")
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s: %(message)s")
-    config = ServeConfig(host=host, port=port, max_batch=max_batch, max_delay_ms=max_delay_ms,
+    config = ServeConfig(host=host, port=port, grpc_port=grpc_port, max_batch=max_batch,
+                         max_delay_ms=max_delay_ms,
                          max_queue=max_queue, device=device, labels=labels,
                          max_body_bytes=int(max_body_mb * MiB), max_image_pixels=max_image_pixels,
                          intra_op_threads=threads, log_level=log_level)
+    if grpc_port is not None:
+        try:
+            import grpc  # noqa: F401
+            from tritonclient.grpc import service_pb2  # noqa: F401
+        except ImportError as exc:
+            raise UserError(f"--grpc-port needs grpcio and tritonclient[grpc] ({exc}): pip "
+                            "install 'resnext-compile[grpc]'") from None
     from resnext_compiler.runtimes.serve.server import serve
 
     serve(model, config)

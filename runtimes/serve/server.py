@@ -1,5 +1,8 @@
 """Running the app under uvicorn: in the foreground (the CLI) or in a thread (tests, benchmark).
 
+With `--grpc-port` the gRPC server runs in uvicorn's event loop and shares the app's
+`InferenceService`; at shutdown it stops (in-flight calls finish) before the batchers close.
+
 The listening socket is bound here, before uvicorn starts, so a busy port or a bad host is a
 `UserError` (exit 2) instead of uvicorn's own exit. On SIGINT/SIGTERM uvicorn stops accepting
 connections, lets in-flight requests finish (up to `graceful_timeout_s`), then the app's
@@ -8,11 +11,13 @@ lifespan drains and stops the batchers.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import socket
 import threading
 import time
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -88,6 +93,25 @@ def _uvicorn_server(app, config: ServeConfig, log_config: dict | None):  # noqa:
     return server
 
 
+async def _serve(server, sock: socket.socket, app, config: ServeConfig,  # noqa: ANN001
+                 on_grpc_port: Callable[[int], None] | None = None) -> None:
+    """uvicorn on `sock` and, with `config.grpc_port`, gRPC in the same event loop."""
+    if config.grpc_port is not None:
+        from resnext_compiler.runtimes.serve.grpc_service import start_grpc_server
+
+        _, port = await start_grpc_server(app.state.service, config.host, config.grpc_port)
+        if on_grpc_port is not None:
+            on_grpc_port(port)
+    await server.serve(sockets=[sock])
+
+
+def _run_loop(server, main: Coroutine) -> None:  # noqa: ANN001
+    """Run `main` in the event loop uvicorn would have chosen (uvloop when installed)."""
+    loop_factory = getattr(server.config, "get_loop_factory", lambda: None)()
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(main)
+
+
 def serve(model_path: Path, config: ServeConfig) -> None:
     """Load, bind, serve until interrupted (the `resnext-compile serve` command)."""
     import uvicorn.config
@@ -103,29 +127,54 @@ def serve(model_path: Path, config: ServeConfig) -> None:
         log.info("serving %s v%s on %s (max batch %d, max delay %g ms) at http://%s:%d/v2/models/"
                  "%s", model.name, model.version, model.provider, model.max_batch,
                  config.max_delay_ms, config.host, sock.getsockname()[1], model.name)
-    server = _uvicorn_server(create_app(models, config, labels), config,
-                             uvicorn.config.LOGGING_CONFIG)
-    server.run(sockets=[sock])
+
+    def grpc_started(port: int) -> None:
+        log.info("gRPC (inference.GRPCInferenceService) on %s:%d", config.host, port)
+
+    app = create_app(models, config, labels)
+    server = _uvicorn_server(app, config, uvicorn.config.LOGGING_CONFIG)
+    _run_loop(server, _serve(server, sock, app, config, grpc_started))
 
 
 class BackgroundServer:
-    """A real uvicorn server on 127.0.0.1 and a free port, in a thread (`with` block)."""
+    """A real uvicorn server on 127.0.0.1 and a free port, in a thread (`with` block).
+
+    With `config.grpc_port` set (0: a free port), the same app's service is also served over
+    gRPC; `grpc_target` is then its `host:port`.
+    """
 
     def __init__(self, app, config: ServeConfig | None = None):  # noqa: ANN001 - ASGI app
         self.config = config or ServeConfig(log_level="warning")
+        self.app = app
         self._server = _uvicorn_server(app, self.config, None)
         self._socket = bind_socket("127.0.0.1", 0)
         self.port = self._socket.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._socket]},
-                                        name="uvicorn", daemon=True)
+        self.grpc_port: int | None = None
+        self._failure: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="uvicorn", daemon=True)
+
+    @property
+    def grpc_target(self) -> str:
+        assert self.grpc_port is not None, "started without config.grpc_port"
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def _run(self) -> None:
+        def started(port: int) -> None:
+            self.grpc_port = port
+
+        try:
+            _run_loop(self._server, _serve(self._server, self._socket, self.app, self.config,
+                                           started))
+        except BaseException as exc:  # reported by __enter__
+            self._failure = exc
 
     def __enter__(self) -> BackgroundServer:
         self._thread.start()
         deadline = time.monotonic() + 30
         while not self._server.started:
             if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("uvicorn did not start")
+                raise RuntimeError(f"uvicorn did not start: {self._failure!r}")
             time.sleep(0.01)
         return self
 
