@@ -7,7 +7,7 @@ import sys
 import tomllib
 from pathlib import Path
 
-from conftest import REPO
+from conftest import REPO, tiny_digits_spec
 
 MAPPING = {
     "resnext_compiler": "resnext_compiler",
@@ -87,3 +87,35 @@ def test_nothing_refers_to_design_documents_outside_the_repository():
                 and "DESIGN" + ".md" in p.read_text(errors="replace")]
     mentions += ["README.md"] * ("DESIGN" + ".md" in (REPO / "README.md").read_text())
     assert mentions == []
+
+
+def test_onnxruntime_builds_are_extras_never_a_base_dependency():
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    names = [requirement.split(">")[0].split("[")[0].strip()
+             for requirement in project["dependencies"]]
+    assert "onnxruntime" not in names and "onnxruntime-gpu" not in names
+    extras = project["optional-dependencies"]
+    assert extras["cpu"] == ["onnxruntime>=1.18"]
+    assert extras["gpu"] == ["onnxruntime-gpu>=1.18"]
+    assert "resnext-compile[cpu,grpc]" in extras["dev"]  # README's dev install stays CPU
+
+
+def test_compiling_to_onnx_needs_no_onnxruntime(tmp_path):
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(tiny_digits_spec("{dataset: digits}"))
+    # a meta-path finder that refuses onnxruntime, as in an install without the cpu/gpu extra
+    code = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] == 'onnxruntime':\n"
+        "            raise ImportError('blocked ' + name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "from resnext_compiler.cli import main\n"
+        f"sys.argv = ['resnext-compile', {str(spec)!r}, "
+        f"'--backend', 'onnx', '-o', {str(tmp_path / 'm.onnx')!r}]\n"
+        "main()\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "m.onnx").stat().st_size > 0
