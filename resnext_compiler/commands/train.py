@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import tempfile
+from contextlib import ExitStack
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from resnext_compiler.errors import UserError
+
+if TYPE_CHECKING:
+    from resnext_compiler.runtimes.train.distributed import Rendezvous
 
 EXIT_INTERRUPTED = 130
 
@@ -40,6 +47,32 @@ def _device(device: str, gpus: int) -> str:
     return device
 
 
+def _rendezvous(nnodes: int, node_rank: int, endpoint: str | None, run: Path | None
+                ) -> Rendezvous | None:
+    """The multi-node rendezvous the flags describe (None on one machine)."""
+    from resnext_compiler.runtimes.train.distributed import Rendezvous, parse_endpoint
+
+    if nnodes < 1:
+        raise UserError(f"--nnodes must be at least 1; got {nnodes}")
+    if nnodes == 1:
+        if node_rank != 0 or endpoint is not None:
+            raise UserError("--node-rank and --rdzv-endpoint are for multi-node runs "
+                            "(--nnodes 2 or more)")
+        return None
+    if endpoint is None:
+        raise UserError(f"--nnodes {nnodes} needs --rdzv-endpoint HOST:PORT (node 0's address "
+                        "and a free port), the same on every node")
+    parse_endpoint(endpoint)
+    if not 0 <= node_rank < nnodes:
+        raise UserError(f"--node-rank must be between 0 and {nnodes - 1}; got {node_rank}")
+    if run is None:
+        raise UserError("a multi-node run needs --run-dir (the same path on every node, on a "
+                        "shared filesystem), or --resume RUN")
+    # the same id on every node and for every resume of this run
+    run_id = "resnext-" + hashlib.sha256(str(run).encode()).hexdigest()[:16]
+    return Rendezvous(nnodes, node_rank, endpoint, run_id)
+
+
 def train_command(
     spec: Path | None = typer.Argument(
         None, help="Spec file (YAML). Default: a small ResNeXt on the embedded digits.",
@@ -65,6 +98,12 @@ def train_command(
         1, "--accum-steps", help="Gradient accumulation steps per optimizer step."),
     nproc: int = typer.Option(1, "--nproc", help="CPU processes (DDP over gloo, via torchrun)."),
     gpus: int = typer.Option(0, "--gpus", help="GPUs (one process each, DDP over NCCL)."),
+    nnodes: int = typer.Option(
+        1, "--nnodes", help="Machines; run the same command on each (--nproc/--gpus per node)."),
+    node_rank: int = typer.Option(
+        0, "--node-rank", help="This machine's index, 0..nnodes-1 (0 hosts the rendezvous)."),
+    rdzv_endpoint: str | None = typer.Option(
+        None, "--rdzv-endpoint", help="HOST:PORT of node 0 for torchrun's c10d rendezvous."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
     amp: bool = typer.Option(False, "--amp", help="Mixed precision (bf16 on CPU, fp16 on GPU)."),
     amp_dtype: str | None = typer.Option(None, "--amp-dtype", help="bf16 | fp16"),
@@ -89,28 +128,35 @@ def train_command(
 
     if nproc > 1 and gpus > 0:
         raise UserError("use --nproc for CPU processes or --gpus for GPUs, not both")
-    if resume is not None:
-        given = [flag for flag, value in (
-            ("SPEC", spec), ("--data", data), ("--dataset", dataset),
-            ("--batch-size", batch_size), ("--schedule", schedule), ("--milestones", milestones),
-            ("--warmup-epochs", warmup_epochs), ("--weight-decay", weight_decay),
-            ("--label-smoothing", label_smoothing), ("--augment", augment),
-            ("--run-dir", run_dir)) if value is not None]
-        if given:
-            raise UserError(f"--resume continues with the run's own settings; drop "
-                            f"{', '.join(given)} (only --epochs and --lr may change)")
-        config, data_splits = resume_config(resume, epochs, lr), None
-    else:
-        overrides = TrainOverrides(
-            dataset=dataset, data_dir=str(data) if data is not None else None, epochs=epochs,
-            batch_size=batch_size, lr=lr, schedule=schedule, milestones=_milestones(milestones),
-            warmup_epochs=warmup_epochs, weight_decay=weight_decay,
-            label_smoothing=label_smoothing, augment=augment, accum_steps=accum_steps,
-            nproc=max(nproc, gpus, 1), device=_device(device, gpus), amp=amp,
-            amp_dtype=amp_dtype, channels_last=channels_last, compile=compile_model,
-            seed=seed, workers=workers, threads=threads)
-        config, data_splits = prepare_run(spec, overrides, run_dir)
-    summary = execute(config, resume=resume is not None, data=data_splits)
+    rendezvous = _rendezvous(nnodes, node_rank, rdzv_endpoint, resume or run_dir)
+    with ExitStack() as stack:
+        # a multi-node run's settings go to a node-local directory; global rank 0 publishes them
+        staging = (Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="resnext-train-")))
+                   if rendezvous is not None else None)
+        if resume is not None:
+            given = [flag for flag, value in (
+                ("SPEC", spec), ("--data", data), ("--dataset", dataset),
+                ("--batch-size", batch_size), ("--schedule", schedule),
+                ("--milestones", milestones), ("--warmup-epochs", warmup_epochs),
+                ("--weight-decay", weight_decay), ("--label-smoothing", label_smoothing),
+                ("--augment", augment), ("--run-dir", run_dir)) if value is not None]
+            if given:
+                raise UserError(f"--resume continues with the run's own settings; drop "
+                                f"{', '.join(given)} (only --epochs and --lr may change)")
+            config, data_splits = resume_config(resume, epochs, lr, staging, nnodes), None
+        else:
+            overrides = TrainOverrides(
+                dataset=dataset, data_dir=str(data) if data is not None else None,
+                epochs=epochs, batch_size=batch_size, lr=lr, schedule=schedule,
+                milestones=_milestones(milestones), warmup_epochs=warmup_epochs,
+                weight_decay=weight_decay, label_smoothing=label_smoothing, augment=augment,
+                accum_steps=accum_steps, nproc=max(nproc, gpus, 1), nnodes=nnodes,
+                device=_device(device, gpus), amp=amp, amp_dtype=amp_dtype,
+                channels_last=channels_last, compile=compile_model, seed=seed, workers=workers,
+                threads=threads)
+            config, data_splits = prepare_run(spec, overrides, run_dir, staging)
+        summary = execute(config, resume=resume is not None, data=data_splits,
+                          rendezvous=rendezvous, staging=staging)
     for line in summary.lines():
         typer.echo(line)
     if summary.interrupted:

@@ -38,7 +38,8 @@ class TrainOverrides:
     label_smoothing: float | None = None
     augment: str | None = None
     accum_steps: int = 1
-    nproc: int = 1
+    nproc: int = 1  # processes per node
+    nnodes: int = 1
     device: str = "cpu"  # cpu | cuda
     amp: bool = False
     amp_dtype: str | None = None  # default: bf16 on CPU, fp16 on CUDA
@@ -71,7 +72,8 @@ class TrainConfig:
     label_smoothing: float
     augment: str
     accum_steps: int = 1
-    nproc: int = 1
+    nproc: int = 1  # processes per node
+    nnodes: int = 1  # machines, each running `nproc` processes (torchrun c10d rendezvous)
     device: str = "cpu"
     amp_dtype: str | None = None  # None: fp32
     channels_last: bool = False
@@ -82,9 +84,14 @@ class TrainConfig:
     eval_batch_size: int = 256
 
     @property
+    def world_size(self) -> int:
+        """Training processes over all nodes."""
+        return self.nnodes * self.nproc
+
+    @property
     def micro_batch(self) -> int:
         """Images per forward pass in one process."""
-        return self.batch_size // (self.nproc * self.accum_steps)
+        return self.batch_size // (self.world_size * self.accum_steps)
 
     def describe_lr(self) -> str:
         if self.lr_from_flag:
@@ -144,14 +151,16 @@ def resolve_config(spec: Spec, overrides: TrainOverrides, run_dir: Path) -> Trai
     epochs = o.epochs if o.epochs is not None else train.epochs
     batch_size = o.batch_size if o.batch_size is not None else train.batch_size
     for flag, value in (("--epochs", epochs), ("--batch-size", batch_size),
-                        ("--accum-steps", o.accum_steps), ("--nproc/--gpus", o.nproc)):
+                        ("--accum-steps", o.accum_steps), ("--nproc/--gpus", o.nproc),
+                        ("--nnodes", o.nnodes)):
         if value < 1:
             raise UserError(f"{flag} must be at least 1; got {value}")
-    if batch_size % (o.nproc * o.accum_steps):
+    world_size = o.nproc * o.nnodes
+    if batch_size % (world_size * o.accum_steps):
         raise UserError(
-            f"the global batch {batch_size} does not split evenly over {o.nproc} process(es) x "
-            f"{o.accum_steps} accumulation step(s); choose --batch-size as a multiple of "
-            f"{o.nproc * o.accum_steps}")
+            f"the global batch {batch_size} does not split evenly over {world_size} process(es) "
+            f"x {o.accum_steps} accumulation step(s); choose --batch-size as a multiple of "
+            f"{world_size * o.accum_steps}")
     if o.lr is not None and o.lr <= 0:
         raise UserError(f"--lr must be positive; got {o.lr}")
     warmup = o.warmup_epochs if o.warmup_epochs is not None else train.warmup_epochs
@@ -182,7 +191,8 @@ def resolve_config(spec: Spec, overrides: TrainOverrides, run_dir: Path) -> Trai
         momentum=train.momentum, nesterov=train.nesterov,
         label_smoothing=(o.label_smoothing if o.label_smoothing is not None
                          else train.label_smoothing),
-        augment=augment, accum_steps=o.accum_steps, nproc=o.nproc, device=o.device,
+        augment=augment, accum_steps=o.accum_steps, nproc=o.nproc, nnodes=o.nnodes,
+        device=o.device,
         amp_dtype=amp_dtype, channels_last=o.channels_last, compile=o.compile, seed=o.seed,
         workers=o.workers, threads=o.threads,
     )

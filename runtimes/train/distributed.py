@@ -2,8 +2,10 @@
 
 `--gpus N` runs N processes with NCCL (one GPU each); `--nproc N` runs N CPU processes with
 gloo, so the multi-process path is exercised in CI without a GPU. The launcher is PyTorch's
-own elastic runner (`python -m torch.distributed.run --standalone`), which sets RANK,
-WORLD_SIZE and LOCAL_RANK for each worker.
+own elastic runner (`python -m torch.distributed.run`), which sets RANK, WORLD_SIZE and
+LOCAL_RANK for each worker: `--standalone` on one machine, or, across `--nnodes` machines, the
+c10d rendezvous at `--rdzv-endpoint` (hosted by the torchrun of node rank 0). c10d numbers
+the global ranks itself; global rank 0 is the one that writes the run directory.
 """
 
 from __future__ import annotations
@@ -64,9 +66,39 @@ def shutdown(context: DistContext) -> None:
         dist.destroy_process_group()
 
 
-def launch(config_path: Path, nproc: int, args: list[str]) -> subprocess.Popen:
-    """Start torchrun with `nproc` training workers (the caller waits for it)."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+@dataclass(frozen=True)
+class Rendezvous:
+    """Where the torchruns of a multi-node run meet (the same on every node but node_rank)."""
+
+    nnodes: int
+    node_rank: int
+    endpoint: str  # HOST:PORT of node rank 0's rendezvous store
+    run_id: str  # tells this run's rendezvous apart from another one on the same endpoint
+
+
+def parse_endpoint(endpoint: str) -> tuple[str, int]:
+    """HOST:PORT (an IPv6 host in brackets), checked; a `UserError` otherwise."""
+    from resnext_compiler.errors import UserError
+
+    host, _, port = endpoint.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise UserError(f"--rdzv-endpoint must be HOST:PORT (e.g. node0.cluster:29400); got "
+                        f"{endpoint!r}")
+    return host, int(port)
+
+
+def launch(config_path: Path, nproc: int, args: list[str],
+           rendezvous: Rendezvous | None = None) -> subprocess.Popen:
+    """Start torchrun with `nproc` training workers on this node (the caller waits for it)."""
+    if rendezvous is None:
+        where = ["--standalone"]
+    else:
+        is_host = int(rendezvous.node_rank == 0)
+        where = [f"--nnodes={rendezvous.nnodes}", "--rdzv-backend=c10d",
+                 f"--rdzv-endpoint={rendezvous.endpoint}", f"--rdzv-id={rendezvous.run_id}",
+                 f"--rdzv-conf=is_host={is_host}", "--max-restarts=0"]
+    command = [sys.executable, "-m", "torch.distributed.run", *where,
                f"--nproc-per-node={nproc}", "--module",
                "resnext_compiler.runtimes.train.worker", str(config_path), *args]
     env = dict(os.environ)

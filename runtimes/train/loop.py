@@ -123,13 +123,13 @@ class Trainer:
     """One rank's model, optimizer and data; `run()` trains to `config.epochs`."""
 
     def __init__(self, config: TrainConfig, context: DistContext, progress: Progress,
-                 data: DataSplits | None = None):
+                 data: DataSplits | None = None, spec_path: Path | None = None):
         from resnext_compiler.pipeline import compile_spec
         from resnext_compiler.spec import load_spec
 
         self.config, self.context, self.progress = config, context, progress
         self.run_dir = Path(config.run_dir)
-        self.spec = load_spec(self.run_dir / "spec.yaml")
+        self.spec = load_spec(spec_path or self.run_dir / "spec.yaml")
         self.device = torch.device(
             "cpu" if config.device == "cpu" else f"cuda:{context.local_rank}")
         if data is None:
@@ -208,13 +208,14 @@ class Trainer:
             write_metrics(self.run_dir, self.history)
 
     def save(self) -> None:
-        """Rank 0 writes last.pt, then model.safetensors and the metrics log."""
-        if not self.context.is_main:
-            return
-        save_training_state(self.checkpoint_path(), self.state())
-        save_weights(self.run_dir / WEIGHTS, self.model.state_dict(),
-                     metadata={"spec": self.spec.name, "epoch": str(self.position[0])})
-        write_metrics(self.run_dir, self.history)
+        """Rank 0 writes last.pt, then model.safetensors and the metrics log; the other ranks
+        wait for it, so no node's launcher reads the run directory half-written."""
+        if self.context.is_main:
+            save_training_state(self.checkpoint_path(), self.state())
+            save_weights(self.run_dir / WEIGHTS, self.model.state_dict(),
+                         metadata={"spec": self.spec.name, "epoch": str(self.position[0])})
+            write_metrics(self.run_dir, self.history)
+        self.context.barrier()
 
     # --- training ----------------------------------------------------------------------
 
@@ -358,7 +359,7 @@ def describe_start(trainer: Trainer) -> list[str]:
         f"{config.describe_lr()}",
         f"schedule: {config.describe_schedule()}, {config.epochs} epochs x "
         f"{trainer.sampler.steps_per_epoch} steps",
-        f"batch: global {config.batch_size} = {config.nproc} process(es) x "
+        f"batch: global {config.batch_size} = {config.world_size} process(es) x "
         f"{config.accum_steps} accumulation step(s) x {config.micro_batch} images",
         f"device: {trainer.device}{threads}, {precision}"
         + (", channels_last" if config.channels_last else "")
@@ -367,12 +368,12 @@ def describe_start(trainer: Trainer) -> list[str]:
 
 
 def train_process(config: TrainConfig, context: DistContext, resume: bool,
-                  data: DataSplits | None = None) -> LoopResult:
+                  data: DataSplits | None = None, spec_path: Path | None = None) -> LoopResult:
     """Build, optionally restore, and run one rank's trainer."""
     progress = Progress(enabled=context.is_main)
     threads = torch.get_num_threads()
     try:
-        trainer = Trainer(config, context, progress, data)
+        trainer = Trainer(config, context, progress, data, spec_path)
         if resume:
             trainer.restore(load_training_state(trainer.checkpoint_path()))
             epoch, step = trainer.position

@@ -10,6 +10,8 @@ spec.yaml names), `train.json` (every resolved setting), `metrics.jsonl`/`metric
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
+import json
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from importlib import resources
@@ -27,6 +29,7 @@ from resnext_compiler.runtimes.train.config import (
     resolve_config,
 )
 from resnext_compiler.runtimes.train.datasets import DataSplits
+from resnext_compiler.runtimes.train.distributed import DistContext, Rendezvous
 from resnext_compiler.runtimes.train.metrics import read_metrics
 from resnext_compiler.spec import Spec, load_spec
 
@@ -85,12 +88,13 @@ def default_run_dir(spec: Spec, root: Path = Path("runs")) -> Path:
     return candidate
 
 
-def prepare_run(spec_path: Path | None, overrides: TrainOverrides,
-                run_dir: Path | None) -> tuple[TrainConfig, DataSplits]:
+def prepare_run(spec_path: Path | None, overrides: TrainOverrides, run_dir: Path | None,
+                staging: Path | None = None) -> tuple[TrainConfig, DataSplits]:
     """Resolve settings, check the spec and data, and write spec.yaml + train.json.
 
-    Returns the data set opened for the check too; `execute` reuses it in this process, so
-    an ImageNet-sized folder is scanned once.
+    They go to the run directory, or with `staging` (a multi-node run) to that node-local
+    directory, from which global rank 0 publishes them. Returns the data set opened for the
+    check too; `execute` reuses it in this process, so an ImageNet-sized folder is scanned once.
     """
     from resnext_compiler.pipeline import compile_spec
     from resnext_compiler.runtimes.train.datasets import open_dataset
@@ -102,25 +106,33 @@ def prepare_run(spec_path: Path | None, overrides: TrainOverrides,
             raise UserError(f"spec file not found: {path}")
         spec = load_spec(path)
     compile_spec(spec)  # located spec errors before anything is written
-    run_dir = run_dir if run_dir is not None else default_run_dir(spec)
+    if run_dir is None:
+        if staging is not None:
+            raise UserError("a multi-node run needs --run-dir (the same path on every node, "
+                            "on a shared filesystem)")
+        run_dir = default_run_dir(spec)
     if (run_dir / CHECKPOINT).exists():
         raise UserError(f"{run_dir} already holds a run; continue it with "
                         f"`resnext-compile train --resume {run_dir}` or choose another --run-dir")
     config = resolve_config(spec, overrides, run_dir)
     data = open_dataset(spec, config.dataset, config.data_dir, config.augment, config.seed)
     check_batch_fits(len(data.train), config.batch_size)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    target = staging if staging is not None else run_dir
+    target.mkdir(parents=True, exist_ok=True)
     # The labels file first: spec.yaml names it.
-    write_text_atomic(run_dir / LABELS_FILE, labels_text(data.contract.labels or ()))
-    write_text_atomic(run_dir / "spec.yaml",
+    write_text_atomic(target / LABELS_FILE, labels_text(data.contract.labels or ()))
+    write_text_atomic(target / "spec.yaml",
                       effective_spec(spec, config, data.contract, LABELS_FILE).to_yaml())
-    write_text_atomic(run_dir / CONFIG_FILE, config.to_json())
+    write_text_atomic(target / CONFIG_FILE, config.to_json())
     return config, data
 
 
-def resume_config(run_dir: Path, epochs: int | None = None,
-                  lr: float | None = None) -> TrainConfig:
-    """The settings of an existing run, optionally with more epochs or another rate."""
+def resume_config(run_dir: Path, epochs: int | None = None, lr: float | None = None,
+                  staging: Path | None = None, nnodes: int | None = None) -> TrainConfig:
+    """The settings of an existing run, optionally with more epochs or another rate.
+
+    With `staging` (a multi-node run) the settings are written there, not into the run.
+    """
     path = run_dir / CONFIG_FILE
     if not run_dir.is_dir():
         raise UserError(f"--resume {run_dir}: no such run directory")
@@ -132,6 +144,10 @@ def resume_config(run_dir: Path, epochs: int | None = None,
                         " the run stopped before finishing its first epoch)")
     config = TrainConfig.from_json(path.read_text())
     config = replace(config, run_dir=str(run_dir))
+    if nnodes is not None and config.nnodes != nnodes:
+        raise UserError(f"{run_dir} was trained on {config.nnodes} node(s); resume it with "
+                        f"--nnodes {config.nnodes}" + (" (and --node-rank, --rdzv-endpoint on "
+                                                       "each node)" if config.nnodes > 1 else ""))
     if epochs is not None:
         if epochs < 1:
             raise UserError(f"--epochs must be at least 1; got {epochs}")
@@ -144,18 +160,51 @@ def resume_config(run_dir: Path, epochs: int | None = None,
     if done >= config.epochs:
         raise UserError(f"{run_dir} has already finished {done} of {config.epochs} epochs; pass "
                         "--epochs N with a larger N to train longer")
-    if epochs is not None or lr is not None:
+    if epochs is not None or lr is not None or staging is not None:
+        target = staging if staging is not None else run_dir
+        if staging is not None and (run_dir / LABELS_FILE).is_file():
+            write_text_atomic(staging / LABELS_FILE, (run_dir / LABELS_FILE).read_text())
         spec = load_spec(run_dir / "spec.yaml")
-        write_text_atomic(run_dir / "spec.yaml", effective_spec(spec, config).to_yaml())
-        write_text_atomic(path, config.to_json())
+        write_text_atomic(target / "spec.yaml", effective_spec(spec, config).to_yaml())
+        write_text_atomic(target / CONFIG_FILE, config.to_json())
     return config
 
 
-def _launch_workers(config: TrainConfig, resume: bool) -> None:
+def _comparable(config: TrainConfig, spec_text: str) -> str:
+    """What every node must agree on (data paths and loader threads may differ per node)."""
+    settings = {key: value for key, value in json.loads(config.to_json()).items()
+                if key not in ("data_dir", "workers", "threads")}
+    return hashlib.sha256((json.dumps(settings, sort_keys=True) + spec_text).encode()).hexdigest()
+
+
+def publish_staged_run(staging: Path, config: TrainConfig, context: DistContext) -> None:
+    """In every worker of a multi-node run: check that all nodes resolved the same run, then
+    global rank 0 (alone) writes labels.txt, spec.yaml and train.json into the run directory."""
+    import torch.distributed as dist
+
+    spec_text = (staging / "spec.yaml").read_text()
+    digests: list[str | None] = [None] * context.world_size
+    dist.all_gather_object(digests, _comparable(config, spec_text))
+    differing = [rank for rank, digest in enumerate(digests) if digest != digests[0]]
+    if differing:
+        raise UserError(f"ranks {differing} resolved different settings or spec than rank 0; "
+                        "run the same command (same spec file and flags) on every node")
+    if context.is_main:
+        run_dir = Path(config.run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if (staging / LABELS_FILE).is_file():  # first: spec.yaml names it
+            write_text_atomic(run_dir / LABELS_FILE, (staging / LABELS_FILE).read_text())
+        write_text_atomic(run_dir / "spec.yaml", spec_text)
+        write_text_atomic(run_dir / CONFIG_FILE, (staging / CONFIG_FILE).read_text())
+    context.barrier()
+
+
+def _launch_workers(config: TrainConfig, resume: bool, config_path: Path,
+                    rendezvous: Rendezvous | None) -> None:
     from resnext_compiler.runtimes.train.distributed import launch
 
     args = ["--resume"] if resume else []
-    process = launch(Path(config.run_dir) / CONFIG_FILE, config.nproc, args)
+    process = launch(config_path, config.nproc, args, rendezvous)
     while True:
         try:
             code = process.wait()
@@ -167,18 +216,23 @@ def _launch_workers(config: TrainConfig, resume: bool) -> None:
                            "see the messages above")
 
 
-def execute(config: TrainConfig, resume: bool = False,
-            data: DataSplits | None = None) -> RunSummary:
+def execute(config: TrainConfig, resume: bool = False, data: DataSplits | None = None,
+            rendezvous: Rendezvous | None = None, staging: Path | None = None) -> RunSummary:
     """Train to `config.epochs` and summarise; raises on failure, returns when interrupted.
 
-    `data`, when given, is the opened data set (single-process runs use it directly).
+    `data`, when given, is the opened data set (single-process runs use it directly). A
+    multi-node run passes its `rendezvous` and the `staging` directory its settings were
+    written to.
     """
-    from resnext_compiler.runtimes.train.distributed import DistContext
     from resnext_compiler.runtimes.train.loop import train_process
 
     run_dir = Path(config.run_dir)
-    if config.nproc > 1:
-        _launch_workers(config, resume)
+    if config.nnodes > 1 and (rendezvous is None or staging is None):
+        raise UserError(f"this run trains on {config.nnodes} nodes; pass --nnodes "
+                        f"{config.nnodes} --node-rank R --rdzv-endpoint HOST:PORT on each")
+    if config.world_size > 1:
+        config_path = (staging if staging is not None else run_dir) / CONFIG_FILE
+        _launch_workers(config, resume, config_path, rendezvous)
     else:
         train_process(config, DistContext(), resume, data)
     history = read_metrics(run_dir)
@@ -187,4 +241,3 @@ def execute(config: TrainConfig, resume: bool = False,
     return RunSummary(run_dir, spec.name, config.epochs, history,
                       interrupted=len(history) < config.epochs,
                       reference_top1_error=reference)
-
