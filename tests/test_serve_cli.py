@@ -53,7 +53,8 @@ def test_serve_command_logs_provider_serves_and_stops_on_sigterm(tmp_path: Path)
 
 def test_serving_modules_do_not_import_torch() -> None:
     code = ("import sys, resnext_compiler.cli, resnext_compiler.runtimes.serve.server, "
-            "resnext_compiler.runtimes.serve.app; print('torch' in sys.modules)")
+            "resnext_compiler.runtimes.serve.app, resnext_compiler.runtimes.serve.grpc_service; "
+            "print('torch' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             check=True)
     assert result.stdout.strip() == "False"
