@@ -68,8 +68,10 @@ def start_server(model: Path, port: int, grpc_port: int) -> subprocess.Popen:
 
 
 async def drive(protocol: str, port: int, grpc_port: int, model: str, shape: list[int],
-                clients: int, duration: float, min_requests: int) -> tuple[list[float], float]:
-    """Latencies of the requests `clients` closed-loop clients completed, and the wall time."""
+                clients: int, duration: float, min_requests: int
+                ) -> tuple[list[float], list[str], float]:
+    """Latencies of the requests `clients` closed-loop clients completed, the errors (by type),
+    and the wall time."""
     if protocol == "grpc":
         import tritonclient.grpc.aio as triton
 
@@ -82,6 +84,7 @@ async def drive(protocol: str, port: int, grpc_port: int, model: str, shape: lis
         binary = protocol == "http-binary"
         outputs = [triton.InferRequestedOutput("logits", binary_data=binary)]
     latencies: list[float] = []
+    errors: list[str] = []
     started = time.perf_counter()
 
     async def worker(seed: int) -> None:
@@ -93,7 +96,13 @@ async def drive(protocol: str, port: int, grpc_port: int, model: str, shape: lis
             tensor.set_data_from_numpy(inputs, binary_data=protocol == "http-binary")
         while time.perf_counter() - started < duration or len(latencies) < min_requests:
             sent = time.perf_counter()
-            result = await client.infer(model, [tensor], outputs=outputs)
+            try:
+                result = await client.infer(model, [tensor], outputs=outputs)
+            except Exception as exc:  # counted and reported; the client reconnects
+                errors.append(type(exc).__name__)
+                if len(errors) > 100:
+                    raise
+                continue
             result.as_numpy("logits")
             latencies.append(time.perf_counter() - sent)
 
@@ -101,10 +110,11 @@ async def drive(protocol: str, port: int, grpc_port: int, model: str, shape: lis
         await asyncio.gather(*(worker(seed) for seed in range(clients)))
     finally:
         await client.close()
-    return latencies, time.perf_counter() - started
+    return latencies, errors, time.perf_counter() - started
 
 
-def run_model(label: str, model: Path, levels: list[int], duration: float) -> list[dict]:
+def run_model(label: str, model: Path, levels: list[int], duration: float,
+              protocols: list[str]) -> list[dict]:
     import onnxruntime as ort
 
     meta = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
@@ -116,13 +126,15 @@ def run_model(label: str, model: Path, levels: list[int], duration: float) -> li
     rows = []
     try:
         for clients in levels:
-            for protocol in PROTOCOLS:
+            for protocol in protocols:
                 asyncio.run(drive(protocol, port, grpc_port, name, shape, clients, 0.0,
                                   clients))  # warm up
-                latencies, wall = asyncio.run(drive(protocol, port, grpc_port, name, shape,
-                                                    clients, duration, 2 * clients))
+                latencies, errors, wall = asyncio.run(drive(
+                    protocol, port, grpc_port, name, shape, clients, duration, 2 * clients))
                 rows.append({"model": label, "protocol": protocol, "clients": clients,
                              "requests": len(latencies), "rps": len(latencies) / wall,
+                             "errors": ", ".join(f"{errors.count(e)} {e}"
+                                                 for e in sorted(set(errors))) or "0",
                              "p50": np.percentile(latencies, 50) * 1000,
                              "p99": np.percentile(latencies, 99) * 1000})
                 print(rows[-1], file=sys.stderr, flush=True)
@@ -137,6 +149,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
     parser.add_argument("--levels", default="1,32")
     parser.add_argument("--models", default="cifar,resnext50")
+    parser.add_argument("--protocols", default=",".join(PROTOCOLS))
     args = parser.parse_args()
     levels = [int(level) for level in args.levels.split(",")]
     rows: list[dict] = []
@@ -152,17 +165,17 @@ def main() -> None:
             else:
                 raise SystemExit(f"unknown model {label!r} (cifar, resnext50)")
             model = compile_onnx(spec, Path(scratch) / f"{spec.stem}.onnx")
-            rows += run_model(label, model, levels, args.duration)
+            rows += run_model(label, model, levels, args.duration, args.protocols.split(","))
     import onnxruntime as ort
 
     print(f"\nonnxruntime {ort.__version__} CPU, {os.cpu_count()} cores "
           f"({platform.processor() or platform.machine()}), loopback, server defaults (max batch "
           f"32, max delay 5 ms), {args.duration:g} s per row, fresh weights\n")
-    print("| model | protocol | clients | requests | req/s | p50 ms | p99 ms |")
-    print("|---|---|---:|---:|---:|---:|---:|")
+    print("| model | protocol | clients | requests | req/s | p50 ms | p99 ms | errors |")
+    print("|---|---|---:|---:|---:|---:|---:|---|")
     for row in rows:
         print(f"| {row['model']} | {row['protocol']} | {row['clients']} | {row['requests']} | "
-              f"{row['rps']:.1f} | {row['p50']:.1f} | {row['p99']:.1f} |")
+              f"{row['rps']:.1f} | {row['p50']:.1f} | {row['p99']:.1f} | {row['errors']} |")
 
 
 if __name__ == "__main__":

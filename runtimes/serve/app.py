@@ -47,11 +47,10 @@ PARSE_IN_THREAD_BYTES = 64 * 1024  # big JSON bodies are parsed off the event lo
 IMAGE_TYPES = ("image/jpeg", "image/png", "application/octet-stream")
 
 
-def create_app(models: list[LoadedModel] | InferenceService, config: ServeConfig,
+def create_app(models: list[LoadedModel], config: ServeConfig,
                labels: dict[str, list[str]] | None = None) -> FastAPI:
-    """The ASGI app serving `models` (or an `InferenceService` shared with gRPC)."""
-    service = models if isinstance(models, InferenceService) else InferenceService(
-        models, config, labels)
+    """The ASGI app serving `models`; its `state.service` is what gRPC serves too."""
+    service = InferenceService(models, config, labels)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
