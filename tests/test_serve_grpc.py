@@ -182,6 +182,19 @@ def test_malformed_contents_are_invalid_argument(stub, case: str) -> None:
     assert caught.value.details()
 
 
+def test_bytes_that_are_no_request_are_invalid_argument(server) -> None:
+    with grpc.insecure_channel(server.grpc_target) as channel:
+        call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+        with pytest.raises(grpc.RpcError) as caught:
+            call(b"\xff\xff\xff\xff")
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "malformed ModelInferRequest" in caught.value.details()
+        unimplemented = channel.unary_unary("/inference.GRPCInferenceService/RepositoryIndex")
+        with pytest.raises(grpc.RpcError) as caught:
+            unimplemented(b"")
+        assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
 def test_a_message_over_the_body_limit_is_resource_exhausted(client) -> None:
     rows = MAX_BODY // (3 * 32 * 32 * 4) + 1  # just over the limit, within --max-batch
     status = status_of(lambda: client.infer("tiny", [grpc_input(images(6, rows=rows))]))

@@ -1,8 +1,9 @@
 """The Open Inference Protocol over gRPC (`inference.GRPCInferenceService`, as Triton serves it).
 
-Message types and the service stub come from `tritonclient.grpc` (`service_pb2`,
-`service_pb2_grpc`): NVIDIA generates them from Triton's `grpc_service.proto`, the protocol's
-reference definition, so this server and `tritonclient.grpc` agree field for field. The
+Message types and the service's name come from `tritonclient.grpc.service_pb2`: NVIDIA
+generates it from Triton's `grpc_service.proto`, the protocol's reference definition, so this
+server and `tritonclient.grpc` agree field for field. Handlers take the request's bytes and
+decode them themselves, so a message that does not parse is INVALID_ARGUMENT. The
 servicer decodes each call into the same values the HTTP routes use and calls the same
 `InferenceService`: one model, one batching queue, one set of statistics and metrics.
 
@@ -25,8 +26,9 @@ from typing import Any
 import grpc
 import numpy as np
 from google.protobuf import json_format
+from google.protobuf.message import DecodeError, Message
+from tritonclient.grpc import service_pb2
 from tritonclient.grpc import service_pb2 as pb
-from tritonclient.grpc import service_pb2_grpc
 
 from resnext_compiler.errors import UserError
 from resnext_compiler.runtimes.serve.config import ServeConfig
@@ -55,6 +57,9 @@ CONTENTS_FIELD = {
     "FP32": "fp32_contents",
     "FP64": "fp64_contents",
 }
+SERVICE_NAME = service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+SERVED_METHODS = ("ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata",
+                  "ModelInfer", "ModelStatistics")
 PEER_WINDOW_S = 1.0  # a client that called within this window counts as connected
 
 
@@ -96,50 +101,60 @@ class PeerTracker:
             return len(self._seen)
 
 
-def _rpc(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-    """Count the call in the metrics and turn refusals into status codes."""
-    name = method.__name__
+def _rpc(request_type: type[Message]) -> Callable:
+    """Decode the request (bytes that do not parse are INVALID_ARGUMENT, not grpcio's
+    INTERNAL), count the call in the metrics and turn refusals into status codes."""
 
-    @functools.wraps(method)
-    async def handler(self: InferenceServicer, request: Any, context: grpc.aio.ServicerContext
-                      ) -> Any:
-        started = time.perf_counter()
-        code = grpc.StatusCode.OK
-        try:
-            return await method(self, request, context)
-        except ServeError as exc:
-            code = status_code(exc)
-            await context.abort(code, exc.message)
-        except Exception as exc:  # a server fault, not the client's: logged, INTERNAL
-            log.exception("internal error in gRPC %s", name, exc_info=exc)
-            code = grpc.StatusCode.INTERNAL
-            await context.abort(code, f"internal error: {type(exc).__name__}")
-        finally:
-            metrics = self.service.metrics
-            metrics.grpc_requests.labels(name, code.name).inc()
-            metrics.grpc_latency.labels(name).observe(time.perf_counter() - started)
+    def wrap(method: Callable[..., Awaitable[Message]]) -> Callable[..., Awaitable[Message]]:
+        name = method.__name__
 
-    return handler
+        @functools.wraps(method)
+        async def handler(self: InferenceServicer, raw: bytes, context: grpc.aio.ServicerContext
+                          ) -> Message:
+            started = time.perf_counter()
+            code = grpc.StatusCode.OK
+            try:
+                try:
+                    request = request_type.FromString(raw)
+                except DecodeError as exc:
+                    raise bad_request(f"malformed {request_type.__name__}: {exc}") from None
+                return await method(self, request, context)
+            except ServeError as exc:
+                code = status_code(exc)
+                await context.abort(code, exc.message)
+            except Exception as exc:  # a server fault, not the client's: logged, INTERNAL
+                log.exception("internal error in gRPC %s", name, exc_info=exc)
+                code = grpc.StatusCode.INTERNAL
+                await context.abort(code, f"internal error: {type(exc).__name__}")
+            finally:
+                metrics = self.service.metrics
+                metrics.grpc_requests.labels(name, code.name).inc()
+                metrics.grpc_latency.labels(name).observe(time.perf_counter() - started)
+
+        handler.request_type = request_type  # type: ignore[attr-defined]
+        return handler
+
+    return wrap
 
 
-class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
+class InferenceServicer:
     """The protocol's health, metadata, inference and statistics calls over one service."""
 
     def __init__(self, service: InferenceService, peers: PeerTracker | None = None):
         self.service = service
         self.peers = peers or PeerTracker()
 
-    @_rpc
+    @_rpc(pb.ServerLiveRequest)
     async def ServerLive(self, request: pb.ServerLiveRequest, context: Any  # noqa: N802
                          ) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
 
-    @_rpc
+    @_rpc(pb.ServerReadyRequest)
     async def ServerReady(self, request: pb.ServerReadyRequest, context: Any  # noqa: N802
                           ) -> pb.ServerReadyResponse:
         return pb.ServerReadyResponse(ready=self.service.ready)
 
-    @_rpc
+    @_rpc(pb.ModelReadyRequest)
     async def ModelReady(self, request: pb.ModelReadyRequest, context: Any  # noqa: N802
                          ) -> pb.ModelReadyResponse:
         try:
@@ -148,24 +163,24 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             return pb.ModelReadyResponse(ready=False)
         return pb.ModelReadyResponse(ready=entry.batcher.accepting)
 
-    @_rpc
+    @_rpc(pb.ServerMetadataRequest)
     async def ServerMetadata(self, request: pb.ServerMetadataRequest, context: Any  # noqa: N802
                              ) -> pb.ServerMetadataResponse:
         return pb.ServerMetadataResponse(**self.service.server_metadata())
 
-    @_rpc
+    @_rpc(pb.ModelMetadataRequest)
     async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: Any  # noqa: N802
                             ) -> pb.ModelMetadataResponse:
         entry = self.service.lookup(request.name, request.version or None)
         return json_format.ParseDict(entry.metadata(), pb.ModelMetadataResponse())
 
-    @_rpc
+    @_rpc(pb.ModelStatisticsRequest)
     async def ModelStatistics(self, request: pb.ModelStatisticsRequest,  # noqa: N802
                               context: Any) -> pb.ModelStatisticsResponse:
         statistics = self.service.statistics(request.name or None, request.version or None)
         return json_format.ParseDict(statistics, pb.ModelStatisticsResponse())
 
-    @_rpc
+    @_rpc(pb.ModelInferRequest)
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Any  # noqa: N802
                          ) -> pb.ModelInferResponse:
         self.peers.saw(context.peer())
@@ -248,6 +263,21 @@ def _typed_contents(tensor: pb.ModelInferRequest.InferInputTensor, shape: tuple[
         return np.asarray(values).astype(dtype).reshape(shape)
 
 
+def _serialize(message: Message) -> bytes:
+    return message.SerializeToString()
+
+
+def method_handlers(servicer: InferenceServicer) -> grpc.GenericRpcHandler:
+    """The service's methods, taking request bytes (decoded by `_rpc`); methods we do not
+    implement (model control, shared memory, ...) get gRPC's UNIMPLEMENTED."""
+    handlers = {}
+    for name in SERVED_METHODS:
+        handlers[name] = grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, name), request_deserializer=None,
+            response_serializer=_serialize)
+    return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)
+
+
 def grpc_options(config: ServeConfig) -> list[tuple[str, int]]:
     return [
         # the HTTP body limit, enforced by gRPC before a message is decoded
@@ -268,8 +298,7 @@ async def start_grpc_server(service: InferenceService, host: str, port: int
     config = service.config
     server = grpc.aio.server(options=grpc_options(config))
     peers = PeerTracker()
-    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-        InferenceServicer(service, peers), server)
+    server.add_generic_rpc_handlers((method_handlers(InferenceServicer(service, peers)),))
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
         bound = server.add_insecure_port(address)
