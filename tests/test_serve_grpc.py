@@ -310,3 +310,33 @@ def test_a_busy_grpc_port_is_a_user_error(tmp_path: Path) -> None:
     assert result.returncode == 2, result.stderr
     assert "cannot listen for gRPC" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_full_queue_is_resource_exhausted_and_shutdown_unavailable(tiny_path: Path) -> None:
+    from test_serve_batching import SlowModel
+
+    slow = SlowModel(load_tiny(tiny_path, max_batch=1), delay_s=0.3)
+    with running_server([slow], max_queue=1, max_delay_ms=0, grpc_port=0) as running:
+        with grpc.insecure_channel(running.grpc_target) as channel:
+            stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+            request = pb.ModelInferRequest(model_name="tiny")
+            request.inputs.add(name="input", datatype="FP32", shape=[1, 3, 32, 32])
+            request.raw_input_contents.append(images(10, rows=1).tobytes())
+            calls = [stub.ModelInfer.future(request) for _ in range(6)]
+            codes = []
+            for call in calls:
+                try:
+                    call.result(timeout=60)
+                    codes.append(grpc.StatusCode.OK)
+                except grpc.RpcError as exc:
+                    codes.append(exc.code())
+            assert codes.count(grpc.StatusCode.OK) >= 2
+            assert grpc.StatusCode.RESOURCE_EXHAUSTED in codes
+            assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}
+            # the batchers stop first (as at the end of a shutdown): not ready, UNAVAILABLE
+            running.app.state.service.served["tiny"].batcher.close()
+            assert not stub.ServerReady(pb.ServerReadyRequest()).ready
+            assert not stub.ModelReady(pb.ModelReadyRequest(name="tiny")).ready
+            with pytest.raises(grpc.RpcError) as caught:
+                stub.ModelInfer(request)
+            assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
