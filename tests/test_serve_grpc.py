@@ -96,6 +96,18 @@ def test_server_and_model_metadata(client: tgrpc.InferenceServerClient) -> None:
     assert model["outputs"] == [{"name": "logits", "datatype": "FP32", "shape": ["-1", "10"]}]
 
 
+def test_model_configuration_and_repository_index(server, client) -> None:
+    config = client.get_model_config("tiny", as_json=True)["config"]
+    assert config["name"] == "tiny" and config["max_batch_size"] == 32
+    assert config["input"] == [{"name": "input", "data_type": "TYPE_FP32",
+                                "dims": ["3", "32", "32"]}]
+    assert config["dynamic_batching"]["max_queue_delay_microseconds"] == "2000"
+    with thttp.InferenceServerClient(f"127.0.0.1:{server.port}") as http:
+        assert http.get_model_config("tiny")["max_batch_size"] == 32
+    index = client.get_model_repository_index(as_json=True)["models"]
+    assert index == [{"name": "tiny", "version": "1", "state": "READY"}]
+
+
 def test_raw_infer_equals_http_and_onnxruntime(server, client, tiny_path: Path) -> None:
     inputs = images(1, rows=3)
     result = client.infer("tiny", [grpc_input(inputs)], request_id="r1")
@@ -189,7 +201,7 @@ def test_bytes_that_are_no_request_are_invalid_argument(server) -> None:
             call(b"\xff\xff\xff\xff")
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "malformed ModelInferRequest" in caught.value.details()
-        unimplemented = channel.unary_unary("/inference.GRPCInferenceService/RepositoryIndex")
+        unimplemented = channel.unary_unary("/inference.GRPCInferenceService/ModelStreamInfer")
         with pytest.raises(grpc.RpcError) as caught:
             unimplemented(b"")
         assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED

@@ -24,7 +24,6 @@ from starlette.datastructures import UploadFile
 from resnext_compiler import __version__
 from resnext_compiler.input_contract import InputContract
 from resnext_compiler.runtimes.serve.config import ServeConfig
-from resnext_compiler.runtimes.serve.datatypes import triton_type
 from resnext_compiler.runtimes.serve.errors import ServeError, bad_request, install_error_handlers
 from resnext_compiler.runtimes.serve.images import (
     check_image_model,
@@ -101,9 +100,7 @@ def _add_protocol_routes(app: FastAPI, service: InferenceService, config: ServeC
 
     @app.post("/v2/repository/index")
     async def repository_index() -> list[dict]:
-        return [{"name": name, "version": s.model.version,
-                 "state": "READY" if s.batcher.accepting else "UNAVAILABLE"}
-                for name, s in service.served.items()]
+        return service.repository_index()
 
     @app.get("/v2/models/stats")
     @app.get("/v2/models/{name}/stats")
@@ -128,19 +125,7 @@ def _add_protocol_routes(app: FastAPI, service: InferenceService, config: ServeC
     @app.get("/v2/models/{name}/config")
     @app.get("/v2/models/{name}/versions/{version}/config")
     async def model_config(name: str, version: str | None = None) -> dict:
-        model = service.lookup(name, version).model
-        batched = model.static_batch is None
-        def dims(shape: tuple[int, ...]) -> list[int]:
-            return list(shape[1:] if batched else shape)
-        return {
-            "name": model.name, "platform": "onnxruntime_onnx", "backend": "onnxruntime",
-            "max_batch_size": model.max_batch if batched else 0,
-            "input": [{"name": model.input.name, "data_type": triton_type(model.input.datatype),
-                       "dims": dims(model.input.shape)}],
-            "output": [{"name": out.name, "data_type": triton_type(out.datatype),
-                        "dims": dims(out.shape)} for out in model.outputs],
-            "dynamic_batching": {"max_queue_delay_microseconds": int(config.max_delay_ms * 1000)},
-        }
+        return service.lookup(name, version).configuration()
 
     @app.post("/v2/models/{name}/infer")
     @app.post("/v2/models/{name}/versions/{version}/infer")

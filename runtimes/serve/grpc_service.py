@@ -59,7 +59,7 @@ CONTENTS_FIELD = {
 }
 SERVICE_NAME = service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 SERVED_METHODS = ("ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata",
-                  "ModelInfer", "ModelStatistics")
+                  "ModelInfer", "ModelStatistics", "ModelConfig", "RepositoryIndex")
 PEER_WINDOW_S = 1.0  # a client that called within this window counts as connected
 
 
@@ -173,6 +173,20 @@ class InferenceServicer:
                             ) -> pb.ModelMetadataResponse:
         entry = self.service.lookup(request.name, request.version or None)
         return json_format.ParseDict(entry.metadata(), pb.ModelMetadataResponse())
+
+    @_rpc(pb.ModelConfigRequest)
+    async def ModelConfig(self, request: pb.ModelConfigRequest, context: Any  # noqa: N802
+                          ) -> pb.ModelConfigResponse:
+        entry = self.service.lookup(request.name, request.version or None)
+        return json_format.ParseDict({"config": entry.configuration()},
+                                     pb.ModelConfigResponse())
+
+    @_rpc(pb.RepositoryIndexRequest)
+    async def RepositoryIndex(self, request: pb.RepositoryIndexRequest,  # noqa: N802
+                              context: Any) -> pb.RepositoryIndexResponse:
+        models = [entry for entry in self.service.repository_index()
+                  if not request.ready or entry["state"] == "READY"]
+        return json_format.ParseDict({"models": models}, pb.RepositoryIndexResponse())
 
     @_rpc(pb.ModelStatisticsRequest)
     async def ModelStatistics(self, request: pb.ModelStatisticsRequest,  # noqa: N802

@@ -18,6 +18,7 @@ import numpy as np
 from resnext_compiler import __version__
 from resnext_compiler.runtimes.serve.batching import DynamicBatcher
 from resnext_compiler.runtimes.serve.config import ServeConfig
+from resnext_compiler.runtimes.serve.datatypes import triton_type
 from resnext_compiler.runtimes.serve.errors import ServeError
 from resnext_compiler.runtimes.serve.metrics import ServeMetrics
 from resnext_compiler.runtimes.serve.model import LoadedModel
@@ -34,7 +35,26 @@ class ServedModel:
     model: LoadedModel
     batcher: DynamicBatcher
     statistics: ModelStatistics
+    max_delay_ms: float
     labels: list[str] | None = None
+
+    def configuration(self) -> dict:
+        """A Triton-style model configuration (HTTP JSON; the fields of gRPC's ModelConfig)."""
+        model = self.model
+        batched = model.static_batch is None
+
+        def dims(shape: tuple[int, ...]) -> list[int]:
+            return list(shape[1:] if batched else shape)
+
+        return {
+            "name": model.name, "platform": "onnxruntime_onnx", "backend": "onnxruntime",
+            "max_batch_size": model.max_batch if batched else 0,
+            "input": [{"name": model.input.name, "data_type": triton_type(model.input.datatype),
+                       "dims": dims(model.input.shape)}],
+            "output": [{"name": out.name, "data_type": triton_type(out.datatype),
+                        "dims": dims(out.shape)} for out in model.outputs],
+            "dynamic_batching": {"max_queue_delay_microseconds": int(self.max_delay_ms * 1000)},
+        }
 
     def metadata(self) -> dict:
         """The protocol's model metadata (HTTP JSON; the gRPC message has the same fields)."""
@@ -66,6 +86,7 @@ class InferenceService:
             # a --labels file wins over the class names the model's contract carries
             names = (labels or {}).get(model.name, model.contract.labels)
             self.served[model.name] = ServedModel(model, batcher, statistics,
+                                                  config.max_delay_ms,
                                                   list(names) if names else None)
 
     def _batch_observer(self, name: str, statistics: ModelStatistics
@@ -89,6 +110,11 @@ class InferenceService:
 
     def server_metadata(self) -> dict:
         return {"name": SERVER_NAME, "version": __version__, "extensions": EXTENSIONS}
+
+    def repository_index(self) -> list[dict]:
+        return [{"name": name, "version": entry.model.version,
+                 "state": "READY" if entry.batcher.accepting else "UNAVAILABLE"}
+                for name, entry in self.served.items()]
 
     def lookup(self, name: str, version: str | None = None) -> ServedModel:
         """The served model `name` (404 for an unknown name or version)."""
