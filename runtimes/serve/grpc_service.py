@@ -131,7 +131,6 @@ def _rpc(request_type: type[Message]) -> Callable:
                 metrics.grpc_requests.labels(name, code.name).inc()
                 metrics.grpc_latency.labels(name).observe(time.perf_counter() - started)
 
-        handler.request_type = request_type  # type: ignore[attr-defined]
         return handler
 
     return wrap
