@@ -74,10 +74,13 @@ def test_no_onnxruntime_is_a_user_error_naming_the_extras(monkeypatch: pytest.Mo
     assert "resnext-compile[gpu]" in str(caught.value)
 
 
-def test_serve_without_onnxruntime_exits_2_with_the_install_command(tmp_path: Path) -> None:
+@pytest.mark.parametrize("command", ["serve", "evaluate"])
+def test_without_onnxruntime_serve_and_evaluate_exit_2_with_the_install_command(
+        tmp_path: Path, command: str) -> None:
     model = write_tiny_onnx(tmp_path / "tiny.onnx")
+    extra = ["--port", "0"] if command == "serve" else ["--data", str(tmp_path)]
     code = (BLOCK_ONNXRUNTIME + "from resnext_compiler.cli import main\n"
-            f"sys.argv = ['resnext-compile', 'serve', {str(model)!r}, '--port', '0']\n"
+            f"sys.argv = ['resnext-compile', {command!r}, {str(model)!r}, *{extra!r}]\n"
             "main()\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=60)

@@ -2,8 +2,9 @@
 
 Both distributions install the same `onnxruntime` module; with both present, whichever pip
 wrote last wins, usually the CPU one, and the CUDA execution provider silently disappears.
-`import_onnxruntime()` is the one place the serving runtime imports onnxruntime: it names the
-extra to install when there is none and warns, with the fix, when there are two.
+`import_onnxruntime()` is the one place the runtimes import onnxruntime (serving, and evaluating
+an ONNX artifact): it names the extra to install when there is none and warns, with the fix,
+when there are two.
 """
 
 from __future__ import annotations
@@ -58,6 +59,6 @@ def import_onnxruntime() -> ModuleType:
     try:
         import onnxruntime
     except ImportError as exc:
-        raise UserError(f"onnxruntime is not installed ({exc}); serving needs it: "
-                        f"{INSTALL_HINT}") from None
+        raise UserError(f"onnxruntime is not installed ({exc}); serve and evaluate MODEL.onnx "
+                        f"need it: {INSTALL_HINT}") from None
     return onnxruntime
