@@ -132,8 +132,8 @@ def test_two_nodes_train_like_two_processes_on_one_node(runs: dict) -> None:
 def test_only_global_rank_zero_writes_and_logs(runs: dict) -> None:
     files = sorted(str(p.relative_to(runs["two"])) for p in runs["two"].rglob("*")
                    if p.is_file())
-    assert files == ["checkpoints/last.pt", "metrics.csv", "metrics.jsonl", "model.safetensors",
-                     "spec.yaml", "train.json"]
+    assert files == ["checkpoints/last.pt", "labels.txt", "metrics.csv", "metrics.jsonl",
+                     "model.safetensors", "spec.yaml", "train.json"]
     logs = "".join(runs["outputs"])
     assert logs.count("epoch 3/3: train loss") == 1  # one rank (of two nodes) reports
     assert "batch: global 64 = 2 process(es) x 1 accumulation step(s) x 32 images" in logs
