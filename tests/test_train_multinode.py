@@ -64,7 +64,7 @@ def finish(nodes: list[subprocess.Popen]) -> list[str]:
     outputs = []
     for node in nodes:
         output, _ = node.communicate(timeout=300)
-        assert node.returncode == 0, output[-3000:]
+        assert node.returncode == 0, output[-6000:]
         outputs.append(output)
     return outputs
 
@@ -79,10 +79,11 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
     root = tmp_path_factory.mktemp("multinode")
     spec = root / "tiny.yaml"
     spec.write_text(TINY)
-    # the three runs are independent; they mostly wait (start-up, rendezvous), so run together
-    one_node = subprocess.Popen(train_command(spec, "--nproc", 2, "--run-dir", root / "one"),
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    two_nodes = start_nodes(spec, "--run-dir", root / "two")
+    # one run at a time: torchrun picks its workers' ports as free-then-released, which
+    # concurrent runs on one machine could race for
+    finish([subprocess.Popen(train_command(spec, "--nproc", 2, "--run-dir", root / "one"),
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)])
+    outputs = finish(start_nodes(spec, "--run-dir", root / "two"))
     killed = root / "killed"
     nodes = start_nodes(spec, "--run-dir", killed)
     deadline = time.monotonic() + 300
@@ -98,8 +99,6 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
                for rank in (0, 1)]
     resumed_outputs = finish(resumed)
-    outputs = finish(two_nodes)
-    finish([one_node])
     return {"one": root / "one", "two": root / "two", "killed": killed,
             "outputs": outputs, "interrupted_at": interrupted_at,
             "resumed_outputs": resumed_outputs}
