@@ -70,7 +70,11 @@ def export_onnx(graph: Graph, options: CompileOptions, output: str | Path,
     if options.batch is not None and options.batch < 1:
         raise UserError(f"--batch must be a positive integer, got {options.batch}")
     if options.dtype == "int8":
-        from resnext_compiler.backends.onnx_quantize import export_int8
+        try:
+            from resnext_compiler.backends.onnx_quantize import export_int8
+        except ImportError as exc:  # onnxruntime is an extra (cpu or gpu), not a dependency
+            raise UserError(f"--dtype int8 calibrates with onnxruntime, which is not installed "
+                            f"({exc}): pip install 'resnext-compile[cpu]' (or [gpu])") from None
 
         return export_int8(graph, options, output, description, weights, contract)
     float_type = FLOAT_TYPES[options.dtype]

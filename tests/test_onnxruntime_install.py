@@ -12,7 +12,7 @@ from importlib import metadata
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from conftest import REPO, tiny_digits_spec
 from test_serve_helpers import write_tiny_onnx
 
 from resnext_compiler.errors import UserError
@@ -88,6 +88,19 @@ def test_without_onnxruntime_serve_and_evaluate_exit_2_with_the_install_command(
     assert "onnxruntime is not installed" in result.stderr
     assert "pip install 'resnext-compile[cpu]'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_int8_compile_without_onnxruntime_names_the_extra(tmp_path: Path) -> None:
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(tiny_digits_spec("{dataset: digits}"))
+    code = (BLOCK_ONNXRUNTIME + "from resnext_compiler.cli import main\n"
+            f"sys.argv = ['resnext-compile', {str(spec)!r}, '--backend', 'onnx', '--dtype', "
+            f"'int8', '--calibrate', {str(tmp_path)!r}, '-o', {str(tmp_path / 'q.onnx')!r}]\n"
+            "main()\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert "pip install 'resnext-compile[cpu]'" in result.stderr
 
 
 @pytest.mark.slow

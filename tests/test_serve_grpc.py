@@ -277,6 +277,7 @@ def test_grpc_calls_appear_in_prometheus_metrics(server, client) -> None:
     import httpx
 
     client.infer("tiny", [grpc_input(images(8))])
+    status_of(lambda: client.get_model_metadata("missing"))
     text = httpx.get(f"{server.url}/metrics").text
     assert 'resnext_serve_grpc_requests_total{code="OK",method="ModelInfer"}' in text
     assert 'resnext_serve_grpc_requests_total{code="NOT_FOUND",method="ModelMetadata"}' in text
