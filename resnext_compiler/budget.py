@@ -16,8 +16,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
 
-from resnext_compiler.errors import Diagnostic, SpecError, UserError
-from resnext_compiler.spec import MAX_CHANNELS, ResolvedStage, Spec
+from resnext_compiler.errors import SpecError, UserError
+from resnext_compiler.limits import MAX_CHANNELS
+from resnext_compiler.spec import ResolvedStage, Spec
 
 GiB = 1024**3
 

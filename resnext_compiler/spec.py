@@ -17,22 +17,21 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr,
 
 from resnext_compiler.errors import Diagnostic, Location, SpecError, format_field_path
 from resnext_compiler.input_contract import parse_labels
+from resnext_compiler.limits import (
+    MAX_BATCH,
+    MAX_CARDINALITY,
+    MAX_CHANNELS,
+    MAX_CLASSES,
+    MAX_EPOCHS,
+    MAX_EXTENDS,
+    MAX_IMAGE_SIDE,
+    MAX_LR,
+    MAX_STAGE_DEPTH,
+    MAX_STAGES,
+)
 from resnext_compiler.yaml_source import FieldPath, SourceMap, read_yaml, read_yaml_file
 
 SPEC_VERSION = 1
-MAX_EXTENDS = 16  # files in one `extends` chain
-
-# Ranges of every integer: far beyond any real network, small enough that the analytic budget
-# (resnext_compiler/budget.py) computes with exact, modest integers.
-MAX_CHANNELS = 1 << 16  # input channels, stage widths, group widths
-MAX_IMAGE_SIDE = 1 << 16  # input height / width
-MAX_CARDINALITY = 1 << 12
-MAX_STAGE_DEPTH = 10_000  # blocks in one stage
-MAX_STAGES = 64
-MAX_CLASSES = 1 << 20
-MAX_EPOCHS = 100_000
-MAX_BATCH = 1 << 20  # samples in one global batch
-MAX_LR = 1000.0
 
 
 class _Model(BaseModel):
@@ -59,17 +58,20 @@ class BlockSpec(_Model):
         "bottleneck", description="bottleneck (1x1-3x3-1x1) or basic (3x3-3x3)."
     )
     cardinality: int = Field(
-        1, ge=1, le=MAX_CARDINALITY, description="Number of parallel paths C (the seed's -cardinality)."
+        1, ge=1, le=MAX_CARDINALITY,
+        description="Number of parallel paths C (the seed's -cardinality)."
     )
     base_width: int = Field(
-        64, ge=1, le=MAX_CHANNELS, description="Bottleneck width d per path at width 64 (the seed's -baseWidth)."
+        64, ge=1, le=MAX_CHANNELS,
+        description="Bottleneck width d per path at width 64 (the seed's -baseWidth)."
     )
     form: BlockForm = Field(
         "C",
         description="A: explicit paths summed; B: paths concatenated; C: grouped conv (Fig. 3).",
     )
     expansion: int | None = Field(
-        None, ge=1, le=64, description="Block output = width * expansion (default 4 bottleneck, 1 basic)."
+        None, ge=1, le=64,
+        description="Block output = width * expansion (default 4 bottleneck, 1 basic)."
     )
     group_width: int | None = Field(
         None,

@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 
 from resnext_compiler.backends.base import DEFAULT_CALIBRATION_IMAGES
-from resnext_compiler.errors import SpecError, UserError
+from resnext_compiler.errors import SpecError, UserError, sanitise
 
 BACKEND_HELP = (
     "onnx | torch (standalone source) | triton (model repository) | dot (picture) | "
@@ -28,12 +28,13 @@ def budget_option() -> list[str]:
 
 
 def _parse_batch(value: str) -> int | None:
-    from resnext_compiler.spec import MAX_BATCH
+    from resnext_compiler.limits import MAX_BATCH
 
     if value == "dynamic":
         return None
     if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= MAX_BATCH:
-        raise typer.BadParameter(f"must be an integer in 1..{MAX_BATCH} or 'dynamic'")
+        raise UserError(f"--batch must be an integer in 1..{MAX_BATCH} or 'dynamic', got "
+                        f"{value[:40]!r}")
     return int(value)
 
 
@@ -126,7 +127,7 @@ def compile_command(
     target = output if output is not None else chosen.default_output(parsed_spec)
     written = chosen.emit(graph, parsed_spec, options, target)
     for path in written:
-        typer.echo(f"wrote {path}")
+        typer.echo(sanitise(f"wrote {path}"))
 
 
 def _check_int8(backend: str, calibrate: Path | None) -> None:
@@ -154,10 +155,10 @@ def check_command(
             _, graph = _load(path, budget=budget)
         except SpecError as exc:
             failed += 1
-            print(str(exc), file=sys.stderr)
+            print(sanitise(str(exc), keep_newlines=True), file=sys.stderr)
             continue
         cost = analyse(graph)
-        typer.echo(f"ok {path}: {cost.params:,} params, {cost.macs / 1e9:.2f} GMACs")
+        typer.echo(sanitise(f"ok {path}: {cost.params:,} params, {cost.macs / 1e9:.2f} GMACs"))
     if failed:
         print(f"{failed} of {len(specs)} spec(s) have problems", file=sys.stderr)
         raise typer.Exit(2)
@@ -182,7 +183,7 @@ def inspect_command(
     if as_json:
         typer.echo(json.dumps(report_dict(parsed_spec, graph, cost), indent=2))
     else:
-        typer.echo(report_table(parsed_spec, graph, cost))
+        typer.echo(sanitise(report_table(parsed_spec, graph, cost), keep_newlines=True))
 
 
 def _inspect_artifact(path: Path, as_json: bool) -> None:
