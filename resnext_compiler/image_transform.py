@@ -61,7 +61,10 @@ def finish_decode(image: PILImage.Image, contract: InputContract) -> PILImage.Im
         raise UserError(f"a model with {contract.channels} input channels takes no images "
                         "(only 1-channel grey or 3-channel RGB models do)")
     image.load()
-    image = ImageOps.exif_transpose(image)
+    try:
+        image = ImageOps.exif_transpose(image)
+    except Exception as exc:  # Pillow's EXIF parser raises struct.error, TypeError, KeyError...
+        raise UserError(f"malformed EXIF data ({type(exc).__name__})") from None
     return image.convert(PIL_MODES[contract.colour])
 
 
@@ -75,7 +78,7 @@ def open_image(path: str | Path, contract: InputContract, *,
             if reduce:
                 draft(image, contract)
             return finish_decode(image, contract)
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError, UserError) as exc:
         raise UserError(f"cannot read image {path}: {exc}") from None
 
 

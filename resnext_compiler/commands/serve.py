@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 
+from resnext_compiler.commands.options import number_range
 from resnext_compiler.errors import UserError
 
 
@@ -17,19 +18,32 @@ def serve_command(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (loopback by "
                              "default; the server has no authentication)."),
     port: int = typer.Option(8000, "--port", min=0, max=65535, help="TCP port (0: any free)."),
-    max_batch: int = typer.Option(32, "--max-batch", min=1, help="Most rows per model call."),
-    max_delay_ms: float = typer.Option(5.0, "--max-delay-ms", min=0.0,
+    max_batch: int = typer.Option(32, "--max-batch", callback=number_range(1, 1 << 16),
+                                  help="Most rows per model call."),
+    max_delay_ms: float = typer.Option(5.0, "--max-delay-ms", callback=number_range(0, 60_000),
                                        help="How long a batch waits to fill."),
-    max_queue: int = typer.Option(256, "--max-queue", min=1,
+    max_queue: int = typer.Option(256, "--max-queue", callback=number_range(1, 1 << 20),
                                   help="Waiting requests before 503 + Retry-After."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda (cuda without the "
                                "CUDA execution provider is an error)."),
     labels: Path | None = typer.Option(None, "--labels", help="Class names, one per line."),
-    max_body_mb: float = typer.Option(64.0, "--max-body-mb", min=0.001,
+    max_body_mb: float = typer.Option(64.0, "--max-body-mb", callback=number_range(0.001, 1 << 20),
                                       help="Largest request body (MiB), refused before reading."),
-    max_image_pixels: int = typer.Option(50_000_000, "--max-image-pixels", min=1,
-                                         help="Largest image (pixels) that /v1/classify decodes."),
-    threads: int = typer.Option(0, "--threads", min=0,
+    max_inflight_mb: float = typer.Option(256.0, "--max-inflight-mb",
+                                          callback=number_range(0.001, 1 << 20),
+                                          help="Request bodies buffered at once, all together "
+                                          "(MiB); more -> 503 + Retry-After."),
+    header_timeout_s: float = typer.Option(10.0, "--header-timeout-s",
+                                           callback=number_range(0.1, 3600),
+                                           help="Seconds a client has to send request headers."),
+    body_timeout_s: float = typer.Option(60.0, "--body-timeout-s",
+                                         callback=number_range(0.1, 3600),
+                                         help="Seconds a client has to send a request body."),
+    max_image_pixels: int = typer.Option(50_000_000, "--max-image-pixels",
+                                         callback=number_range(1, 1 << 40),
+                                         help="Most pixels /v1/classify decodes, for the "
+                                         "source image and its resize target alike."),
+    threads: int = typer.Option(0, "--threads", callback=number_range(0, 1024),
                                 help="onnxruntime intra-op threads (0: one per core)."),
     log_level: str = typer.Option("info", "--log-level", help="debug | info | warning | error"),
 ) -> None:
@@ -47,6 +61,8 @@ def serve_command(
     config = ServeConfig(host=host, port=port, max_batch=max_batch, max_delay_ms=max_delay_ms,
                          max_queue=max_queue, device=device, labels=labels,
                          max_body_bytes=int(max_body_mb * MiB), max_image_pixels=max_image_pixels,
+                         max_inflight_bytes=int(max_inflight_mb * MiB),
+                         header_timeout_s=header_timeout_s, body_timeout_s=body_timeout_s,
                          intra_op_threads=threads, log_level=log_level)
     from resnext_compiler.runtimes.serve.server import serve
 

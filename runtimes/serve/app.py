@@ -89,7 +89,9 @@ def create_app(models: list[LoadedModel], config: ServeConfig,
     async def prometheus_metrics() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    app.add_middleware(BodyLimitMiddleware, max_body_bytes=config.max_body_bytes)
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=config.max_body_bytes,
+                       max_inflight_bytes=config.max_inflight_bytes,
+                       body_timeout_s=config.body_timeout_s)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app
 

@@ -20,7 +20,10 @@ class ServeConfig:
     device: str = "auto"  # auto | cpu | cuda
     labels: Path | None = None
     max_body_bytes: int = 64 * MiB  # refused with 413 before it is read
-    max_image_pixels: int = 50_000_000  # decompression-bomb guard, checked before decoding
+    max_inflight_bytes: int = 256 * MiB  # all buffered bodies together; more -> 503
+    header_timeout_s: float = 10.0  # request line + headers must arrive within this
+    body_timeout_s: float = 60.0  # the whole body must arrive within this after the headers
+    max_image_pixels: int = 50_000_000  # source and resize target, checked before decoding
     default_top_k: int = 5
     intra_op_threads: int = 0  # 0: onnxruntime's default (one per core)
     graceful_timeout_s: float = 30.0  # in-flight requests get this long at shutdown

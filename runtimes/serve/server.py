@@ -8,6 +8,7 @@ lifespan drains and stops the batchers.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import socket
@@ -79,11 +80,18 @@ def _uvicorn_server(app, config: ServeConfig, log_config: dict | None):  # noqa:
     import uvicorn
 
     from resnext_compiler.runtimes.serve.app import count_connections_of
+    from resnext_compiler.runtimes.serve.limits import AcceptErrorLog, bounded_h11_protocol
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets=None) -> None:  # noqa: ANN001 - uvicorn's signature
+            asyncio.get_running_loop().set_exception_handler(AcceptErrorLog())
+            await super().startup(sockets)
 
     settings = uvicorn.Config(app, log_level=config.log_level, access_log=False,
                               timeout_graceful_shutdown=int(config.graceful_timeout_s),
-                              lifespan="on", log_config=log_config, server_header=False)
-    server = uvicorn.Server(settings)
+                              lifespan="on", log_config=log_config, server_header=False,
+                              http=bounded_h11_protocol(config.header_timeout_s))
+    server = Server(settings)
     count_connections_of(app, server)
     return server
 
