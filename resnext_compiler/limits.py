@@ -15,3 +15,20 @@ MAX_CLASSES = 1 << 20
 MAX_EPOCHS = 100_000
 MAX_BATCH = 1 << 20  # samples in one global batch
 MAX_LR = 1000.0
+MAX_IMAGE_PIXELS = 50_000_000  # decoded pixels of one image (source or resize target)
+
+
+def image_pixels_problem(source: tuple[int, int], target: tuple[int, int] | None,
+                         max_pixels: int = MAX_IMAGE_PIXELS) -> str | None:
+    """Why an image of (width, height) `source`, resized to `target`, must not be decoded
+    (checked from its header: a 563-byte PNG can claim 500000x1 pixels, which the evaluation
+    resize turns into 18 million x 37); None when it may be."""
+    for what, size in (("image", source), ("its resize target", target)):
+        if size is None:
+            continue
+        width, height = size
+        if width < 1 or height < 1:
+            return f"{what} has no pixels ({width}x{height})"
+        if width * height > max_pixels:
+            return f"{what} is {width}x{height}, more than {max_pixels} pixels"
+    return None

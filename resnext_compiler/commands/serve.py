@@ -43,12 +43,16 @@ def serve_command(
                                          callback=number_range(1, 1 << 40),
                                          help="Most pixels /v1/classify decodes, for the "
                                          "source image and its resize target alike."),
+    max_memory_gb: float = typer.Option(64.0, "--max-memory-gb",
+                                        callback=number_range(0.001, 1 << 20),
+                                        help="Refuse, before warm-up, a model whose activations "
+                                        "at --max-batch need more (GiB)."),
     threads: int = typer.Option(0, "--threads", callback=number_range(0, 1024),
                                 help="onnxruntime intra-op threads (0: one per core)."),
     log_level: str = typer.Option("info", "--log-level", help="debug | info | warning | error"),
 ) -> None:
     """Serve an ONNX model over HTTP: KServe v2 / Triton protocol, /v1/classify, /metrics."""
-    from resnext_compiler.runtimes.serve.config import MiB, ServeConfig
+    from resnext_compiler.runtimes.serve.config import GiB, MiB, ServeConfig
     from resnext_compiler.runtimes.serve.model import DEVICES
 
     if device not in DEVICES:
@@ -62,6 +66,7 @@ def serve_command(
                          max_queue=max_queue, device=device, labels=labels,
                          max_body_bytes=int(max_body_mb * MiB), max_image_pixels=max_image_pixels,
                          max_inflight_bytes=int(max_inflight_mb * MiB),
+                         max_memory_bytes=int(max_memory_gb * GiB),
                          header_timeout_s=header_timeout_s, body_timeout_s=body_timeout_s,
                          intra_op_threads=threads, log_level=log_level)
     from resnext_compiler.runtimes.serve.server import serve

@@ -127,7 +127,7 @@ def train_command(
         config, data_splits = prepare_run(spec, overrides, run_dir)
     summary = execute(config, resume=resume is not None, data=data_splits)
     for line in summary.lines():
-        typer.echo(sanitise(line))
+        typer.echo(sanitise(line, keep_newlines=True))
     if summary.interrupted:
         raise typer.Exit(EXIT_INTERRUPTED)
 

@@ -14,7 +14,6 @@ import math
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from resnext_compiler.errors import UserError
 from resnext_compiler.image_transform import (
     draft,
     finish_decode,
@@ -56,8 +55,6 @@ def decode_image(data: bytes, max_pixels: int, contract: InputContract) -> Image
     try:
         draft(image, contract)
         return finish_decode(image, contract)
-    except UserError as exc:  # malformed EXIF data
-        raise bad_request(str(exc)) from None
     except Image.DecompressionBombError:
         raise ServeError(413, f"image has more than {max_pixels} pixels") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:

@@ -35,7 +35,8 @@ def load_models(model_path: Path, config: ServeConfig) -> tuple[list, dict[str, 
 
     models, labels = [], {}
     for source in find_models(model_path):
-        model = LoadedModel(source, config.device, config.max_batch, config.intra_op_threads)
+        model = LoadedModel(source, config.device, config.max_batch, config.intra_op_threads,
+                            config.max_memory_bytes)
         models.append(model)
         path = config.labels or source.labels_path
         if path is not None:
