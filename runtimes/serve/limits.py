@@ -3,8 +3,10 @@
 - Request bodies: a declared `Content-Length` over `max_body_bytes` is refused at once,
   unread (413); a chunked body is counted while it streams and refused as soon as it passes
   the limit. Bodies that fit are buffered and replayed to the app.
-- Bytes in flight: all buffered request bodies together stay under `max_inflight_bytes`; a
-  request that would pass it is refused with 503 + Retry-After before its body is read.
+- Bytes in flight: all buffered request bodies over `SMALL_BODY_BYTES` together stay under
+  `max_inflight_bytes`; a request that would pass it is refused with 503 + Retry-After before
+  its body is read. Small requests (health checks, a single image) are not counted, so clients
+  that stall large bodies cannot lock out everyone else (they are bounded by the timeouts).
 - Time: a request's headers must arrive within `header_timeout_s` of the connection opening
   (or of the previous response), its body within `body_timeout_s` of the headers; otherwise
   408 and the connection is closed. A client sending one byte a second is dropped.
@@ -32,6 +34,7 @@ from resnext_compiler.runtimes.serve.errors import ServeError, error_body
 log = logging.getLogger("resnext_compiler.serve")
 RETRY_AFTER_S = 1
 LOG_EVERY_S = 10.0
+SMALL_BODY_BYTES = 64 * 1024
 
 
 def ascii_integer(text: str) -> int | None:
@@ -99,9 +102,9 @@ class BodyLimitMiddleware:
             body = bytearray()
             deadline = time.monotonic() + self.body_timeout_s
             while True:
-                if not reserved or len(body) > reserved:
+                if max(expected, len(body)) > max(reserved, SMALL_BODY_BYTES):
                     # reserve the declared length at once, a chunked body as it grows
-                    want = max(expected, len(body), 64 * 1024)
+                    want = max(expected, len(body))
                     if not self.in_flight.reserve(want - reserved):
                         await refuse(send, 503, "too many request bytes in flight; retry later",
                                      {"retry-after": str(RETRY_AFTER_S)})
