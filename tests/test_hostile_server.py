@@ -305,3 +305,21 @@ def test_serve_refuses_a_model_too_big_for_its_batch_before_warm_up(tmp_path: Pa
     assert "serving at batch 512 needs about" in result.err
     assert "lower --max-batch or raise --max-memory-gb" in result.err
     assert time.perf_counter() - started < 10
+
+
+def test_large_json_is_parsed_in_a_worker_process(server: ServeProcess) -> None:
+    """Bodies over 1 MiB are parsed in another process (json.loads holds the GIL); its
+    answers and its refusals come back as from the event loop."""
+    padding = [0.5] * 300_000  # ~1.5 MB of JSON the server ignores
+    good = {**infer_json(), "pad": padding}
+    response = httpx.post(server.url + URL_INFER, json=good, timeout=60)
+    assert response.status_code == 200, response.text
+    assert len(response.json()["outputs"][0]["data"]) == 10
+    bad = {**infer_json(), "pad": padding}
+    bad["inputs"][0]["shape"] = [1, 3, 32, 31]
+    assert_json_error(httpx.post(server.url + URL_INFER, json=bad, timeout=60), 400,
+                      "does not match the model's")
+    nan = json.dumps(good).replace("0.5", "NaN", 1)
+    assert_json_error(httpx.post(server.url + URL_INFER, content=nan, timeout=60,
+                                 headers={"content-type": "application/json"}), 400,
+                      "NaN is not a JSON number")

@@ -9,6 +9,7 @@ Routes (KServe v2 / Triton HTTP): `GET /v2/health/live`, `GET /v2/health/ready`,
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import zlib
 from collections.abc import AsyncIterator
@@ -46,7 +47,10 @@ from resnext_compiler.runtimes.serve.protocol import (
 
 SERVER_NAME = "resnext-compile"
 EXTENSIONS = ["binary_tensor_data", "classification", "model_configuration"]
-PARSE_IN_THREAD_BYTES = 64 * 1024  # big JSON bodies are parsed off the event loop
+PARSE_IN_THREAD_BYTES = 64 * 1024  # bigger JSON headers are parsed off the event loop
+# json.loads and building an array from a JSON list hold the GIL for the whole parse, so in a
+# thread a 10 MB body still stalls the event loop for a second; bigger ones go to processes
+PARSE_IN_PROCESS_BYTES = 1024 * 1024
 IMAGE_TYPES = ("image/jpeg", "image/png", "application/octet-stream")
 
 
@@ -76,6 +80,7 @@ def create_app(models: list[LoadedModel], config: ServeConfig,
         # uvicorn has already let in-flight requests finish; drain and stop the batchers
         await asyncio.gather(*(asyncio.to_thread(s.batcher.close, config.graceful_timeout_s)
                                for s in served.values()))
+        app.state.parsers.close()
 
     app = FastAPI(title=SERVER_NAME, version=__version__, lifespan=lifespan, docs_url=None,
                   redoc_url=None, openapi_url=None)
@@ -116,8 +121,32 @@ def _lookup(served: dict[str, ServedModel], name: str, version: str | None = Non
     return served[name]
 
 
+class ParserProcesses:
+    """A process pool for parsing large JSON requests, started on first use."""
+
+    def __init__(self) -> None:
+        self._pool: concurrent.futures.ProcessPoolExecutor | None = None
+
+    def get(self) -> concurrent.futures.ProcessPoolExecutor:
+        if self._pool is None:
+            import multiprocessing
+
+            # spawn, not fork: the server holds onnxruntime and batcher threads
+            self._pool = concurrent.futures.ProcessPoolExecutor(
+                max_workers=max(1, (os.cpu_count() or 2) // 2),
+                mp_context=multiprocessing.get_context("spawn"))
+        return self._pool
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+
 def _add_protocol_routes(app: FastAPI, served: dict[str, ServedModel],
                          config: ServeConfig) -> None:
+    parsers = ParserProcesses()
+    app.state.parsers = parsers
     def ready() -> bool:
         return all(s.batcher.accepting for s in served.values())
 
@@ -185,7 +214,10 @@ def _add_protocol_routes(app: FastAPI, served: dict[str, ServedModel],
         header, binary = split_body(body, request.headers.get("inference-header-content-length"))
         arguments = (header, binary, model.input, model.outputs, model.max_batch,
                      model.static_batch)
-        if len(header) > PARSE_IN_THREAD_BYTES:
+        if len(header) > PARSE_IN_PROCESS_BYTES:
+            loop = asyncio.get_running_loop()
+            parsed = await loop.run_in_executor(parsers.get(), parse_infer_request, *arguments)
+        elif len(header) > PARSE_IN_THREAD_BYTES:
             parsed = await run_in_threadpool(parse_infer_request, *arguments)
         else:
             parsed = parse_infer_request(*arguments)

@@ -24,6 +24,9 @@ class ServeError(Exception):
         self.message = message
         self.headers = headers or {}
 
+    def __reduce__(self) -> tuple:  # raised in a parser process, re-raised here
+        return (ServeError, (self.status, self.message, self.headers))
+
 
 def bad_request(message: str) -> ServeError:
     return ServeError(400, message)
