@@ -14,7 +14,7 @@ MAX_STAGES = 64
 MAX_CLASSES = 1 << 20
 MAX_EPOCHS = 100_000
 MAX_BATCH = 1 << 20  # samples in one global batch
-MAX_LR = 1000.0
+MAX_LR = 1e30  # any finite rate: a huge one diverges, and training says so
 MAX_IMAGE_PIXELS = 50_000_000  # decoded pixels of one image (source or resize target)
 
 
