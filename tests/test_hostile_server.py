@@ -25,6 +25,7 @@ from hostile_inputs import jpeg_with_exif, png_header
 from test_serve_helpers import raw_http, write_tiny_onnx
 
 RSS_LIMIT_KIB = 1024 * 1024
+SIZE = 96  # above 64 px a model without a recorded contract resizes with the 0.875 crop
 URL_INFER = "/v2/models/tiny/infer"
 BODY_MB = 16
 SERVE_FLAGS = ["--max-body-mb", str(BODY_MB), "--max-inflight-mb", "64", "--header-timeout-s",
@@ -84,15 +85,15 @@ def serve_process(model: Path, *flags: str, nofile: int | None = None
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
-    model = write_tiny_onnx(tmp_path_factory.mktemp("hostile") / "tiny.onnx")
+    model = write_tiny_onnx(tmp_path_factory.mktemp("hostile") / "tiny.onnx", size=SIZE)
     with serve_process(model, *SERVE_FLAGS) as running:
         yield running
         assert running.peak_rss_kib() < RSS_LIMIT_KIB, running.peak_rss_kib()
 
 
 def infer_json(value: float = 0.25) -> dict:
-    return {"inputs": [{"name": "input", "shape": [1, 3, 32, 32], "datatype": "FP32",
-                        "data": [value] * 3072}]}
+    return {"inputs": [{"name": "input", "shape": [1, 3, SIZE, SIZE], "datatype": "FP32",
+                        "data": [value] * (3 * SIZE * SIZE)}]}
 
 
 def assert_json_error(response: httpx.Response, status: int, fragment: str) -> None:
@@ -110,7 +111,7 @@ def assert_normal_request_is_fast(server: ServeProcess) -> None:
 
 IMAGE_CASES = [
     ("500000x1 PNG (resize target)", png_header(500_000, 1), 413,
-     "resize target is 18285714x37"),
+     "resize target is 54857143x110"),
     ("50000000x1 PNG", png_header(50_000_000, 1), 413, "more than 1000000 pixels"),
     ("2000x2000 PNG (source)", png_header(2000, 2000), 413, "image is 2000x2000"),
     ("malformed EXIF", jpeg_with_exif(), 400, "malformed EXIF"),
@@ -316,7 +317,7 @@ def test_large_json_is_parsed_in_a_worker_process(server: ServeProcess) -> None:
     assert response.status_code == 200, response.text
     assert len(response.json()["outputs"][0]["data"]) == 10
     bad = {**infer_json(), "pad": padding}
-    bad["inputs"][0]["shape"] = [1, 3, 32, 31]
+    bad["inputs"][0]["shape"] = [1, 3, SIZE, SIZE - 1]
     assert_json_error(httpx.post(server.url + URL_INFER, json=bad, timeout=60), 400,
                       "does not match the model's")
     nan = json.dumps(good).replace("0.5", "NaN", 1)

@@ -5,8 +5,9 @@
   the limit. Bodies that fit are buffered and replayed to the app.
 - Bytes in flight: all buffered request bodies over `SMALL_BODY_BYTES` together stay under
   `max_inflight_bytes`; a request that would pass it is refused with 503 + Retry-After before
-  its body is read. Small requests (health checks, a single image) are not counted, so clients
-  that stall large bodies cannot lock out everyone else (they are bounded by the timeouts).
+  its body is read. Small requests (health checks, one image, one 224x224 tensor) are not
+  counted, so clients that stall large bodies cannot lock out everyone else (small bodies are
+  bounded by the body timeout).
 - Time: a request's headers must arrive within `header_timeout_s` of the connection opening
   (or of the previous response), its body within `body_timeout_s` of the headers; otherwise
   408 and the connection is closed. A client sending one byte a second is dropped.
@@ -34,7 +35,7 @@ from resnext_compiler.runtimes.serve.errors import ServeError, error_body
 log = logging.getLogger("resnext_compiler.serve")
 RETRY_AFTER_S = 1
 LOG_EVERY_S = 10.0
-SMALL_BODY_BYTES = 64 * 1024
+SMALL_BODY_BYTES = 1024 * 1024  # one image upload or one 224x224 fp32 tensor fits
 
 
 def ascii_integer(text: str) -> int | None:
