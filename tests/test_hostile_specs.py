@@ -274,3 +274,22 @@ def test_terminal_escapes_in_a_name_are_not_printed_raw(tmp_path: Path, run_cli)
     bad.write_text("name: x\n")
     refused = run_cli("check", bad)
     assert refused.code == 2 and "\x1b" not in refused.err and "bad\\x1b[31m.yaml" in refused.err
+
+
+def test_class_names_from_a_model_file_are_escaped_by_inspect(tmp_path: Path, run_cli) -> None:
+    import onnx
+    from test_serve_helpers import write_tiny_onnx
+
+    from resnext_compiler.input_contract import InputContract
+
+    path = write_tiny_onnx(tmp_path / "tiny.onnx")
+    labels = tuple(f"class{i}" for i in range(9)) + ("evil\x1b]2;pwned\x07",)
+    contract = InputContract(3, 32, 32, "direct", 1.0, labels=labels)
+    model = onnx.load(str(path))
+    onnx.helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props},
+                                        **contract.to_metadata()})
+    onnx.save(model, str(path))
+    result = run_cli("inspect", path)
+    assert result.code == 0, result
+    assert "class0" in result.out
+    assert "\x1b" not in result.out and "\x07" not in result.out

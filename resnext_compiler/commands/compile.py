@@ -198,12 +198,12 @@ def _inspect_artifact(path: Path, as_json: bool) -> None:
         typer.echo(json.dumps(data, indent=2))
         return
     if contract is None:
-        typer.echo(f"{onnx_file}: records no input contract (serve and evaluate use the "
-                   "defaults of docs/serving.md)")
+        typer.echo(sanitise(f"{onnx_file}: records no input contract (serve and evaluate use "
+                            "the defaults of docs/serving.md)"))
         return
-    typer.echo(f"{onnx_file}: input contract")
-    for line in contract.describe():
-        typer.echo(f"  {line}")
+    typer.echo(sanitise(f"{onnx_file}: input contract"))
+    for line in contract.describe():  # class names come from the file: escape them
+        typer.echo(f"  {sanitise(line)}")
 
 
 def schema_command() -> None:

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from resnext_compiler.errors import UserError
+from resnext_compiler.errors import UserError, sanitise
 from resnext_compiler.runtimes.serve.config import ServeConfig
 
 if TYPE_CHECKING:  # onnxruntime is imported only when models are loaded
@@ -51,10 +51,11 @@ def announce_contract(model: LoadedModel) -> None:
     """Say once, at start-up, how /v1/classify prepares images for `model`."""
     if model.contract_recorded:
         log.info("model %s input contract (from the model file):\n  %s", model.name,
-                 "\n  ".join(model.contract.describe()))
+                 "\n  ".join(sanitise(line) for line in model.contract.describe()))
     else:
         log.warning("model %s records no input contract; /v1/classify uses the defaults "
-                    "(docs/serving.md):\n  %s", model.name, "\n  ".join(model.contract.describe()))
+                    "(docs/serving.md):\n  %s", model.name,
+                    "\n  ".join(sanitise(line) for line in model.contract.describe()))
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
