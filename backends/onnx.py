@@ -34,6 +34,7 @@ from resnext_compiler.input_contract import (
 )
 from resnext_compiler.ir import INPUT, Graph
 from resnext_compiler.naming import one_line
+from resnext_compiler.passes.complexity import analyse
 from resnext_compiler.passes.fold_bn import fold_batchnorm
 from resnext_compiler.spec import Spec
 from resnext_compiler.weights import check_weights, model_weights
@@ -127,6 +128,8 @@ def _model_proto(graph: Graph, opset: int, float_type: int, options: CompileOpti
         "dtype": options.dtype,
         "fold_bn": str(options.fold_bn).lower(),
         **(contract.to_metadata() if contract is not None else {}),
+        # float32 outputs of every node for one sample: `serve` budgets memory with it
+        "activation_bytes": str(analyse(graph).activation_bytes),
     }
     model.metadata_props.extend(StringStringEntryProto(key=k, value=v) for k, v in metadata.items())
     return model

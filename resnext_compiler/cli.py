@@ -14,12 +14,13 @@ import traceback
 from pathlib import Path
 
 import typer
-from typer._click.exceptions import UsageError  # typer vendors click
+from typer._click.exceptions import ClickException, UsageError  # typer vendors click
 from typer.core import TyperGroup
+from typer.exceptions import Abort
 
 from resnext_compiler import __version__
 from resnext_compiler.commands import compile as compile_commands
-from resnext_compiler.errors import ResnextError, SpecError, UserError
+from resnext_compiler.errors import ResnextError, SpecError, UserError, sanitise
 
 EXIT_OK, EXIT_FAILURE, EXIT_USER_ERROR = 0, 1, 2
 
@@ -77,7 +78,16 @@ for _module_name in ("serve", "design", "import_weights", "train"):
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: runs the app and maps errors to exit codes."""
     try:
-        app(args=argv, prog_name="resnext-compile")
+        code = app(args=argv, prog_name="resnext-compile", standalone_mode=False)
+        if isinstance(code, int) and code != EXIT_OK:  # typer.Exit(code)
+            sys.exit(code)
+    except ClickException as exc:  # a bad option or argument: one line, exit 2
+        where = exc.ctx.command_path if getattr(exc, "ctx", None) else "resnext-compile"
+        print(f"error: {sanitise(exc.format_message())} (see {where} --help)", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except Abort:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
     except UserError as exc:
         _report(exc)
         sys.exit(EXIT_USER_ERROR)
@@ -122,7 +132,7 @@ def _report(exc: Exception) -> None:
         traceback.print_exc()
     # Located spec errors already read `FILE:LINE:COL: field: message`.
     prefix = "" if isinstance(exc, SpecError) else "error: "
-    print(f"{prefix}{exc}", file=sys.stderr)
+    print(sanitise(f"{prefix}{exc}", keep_newlines=True), file=sys.stderr)
 
 
 if __name__ == "__main__":

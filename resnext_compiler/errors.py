@@ -6,7 +6,21 @@ The library layer never exits; the CLI maps `UserError` to exit code 2 and any o
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+
+# C0 and C1 control characters (ESC starts terminal escape sequences), DEL, and the Unicode
+# bidirectional overrides that reorder what a terminal shows
+_UNPRINTABLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+_UNPRINTABLE_LINES = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def sanitise(text: str, keep_newlines: bool = False) -> str:
+    """`text` safe to print on a terminal: control characters become `\\xNN` / `\\uNNNN`."""
+    pattern = _UNPRINTABLE if keep_newlines else _UNPRINTABLE_LINES
+    if not keep_newlines:
+        text = text.replace("\n", "\\n")
+    return pattern.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ import numpy as np
 
 from resnext_compiler.errors import UserError
 from resnext_compiler.input_contract import UINT8_NHWC, InputContract
+from resnext_compiler.limits import MAX_IMAGE_PIXELS, image_pixels_problem
 
 if TYPE_CHECKING:
     from PIL import Image as PILImage
@@ -61,21 +62,36 @@ def finish_decode(image: PILImage.Image, contract: InputContract) -> PILImage.Im
         raise UserError(f"a model with {contract.channels} input channels takes no images "
                         "(only 1-channel grey or 3-channel RGB models do)")
     image.load()
-    image = ImageOps.exif_transpose(image)
+    try:
+        image = ImageOps.exif_transpose(image)
+    except Exception as exc:  # Pillow's EXIF parser raises struct.error, TypeError, KeyError...
+        # a ValueError, as for any other unreadable file: callers name the file or answer 400
+        raise ValueError(f"malformed EXIF data ({type(exc).__name__})") from None
     return image.convert(PIL_MODES[contract.colour])
 
 
 def open_image(path: str | Path, contract: InputContract, *,
                reduce: bool = True) -> PILImage.Image:
-    """An image file decoded as the contract says (`reduce=False`: no JPEG draft scaling)."""
+    """An image file decoded as the contract says (`reduce=False`: no JPEG draft scaling, for
+    callers that resize only a box of it, such as random-resized crops).
+
+    Before decoding, the header's size and (with `reduce`) the resize target are held to
+    `MAX_IMAGE_PIXELS`; a refusal names the file (UserError, exit 2)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as image:
+            target = resize_target(image.width, image.height, contract) if reduce else None
+            problem = image_pixels_problem(image.size, target)
+            if problem is not None:
+                raise UserError(f"{path}: {problem}; refusing to decode it")
             if reduce:
                 draft(image, contract)
             return finish_decode(image, contract)
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
+    except Image.DecompressionBombError:  # Pillow's own guard, at twice its default limit
+        raise UserError(f"{path}: image is more than {MAX_IMAGE_PIXELS} pixels; refusing to "
+                        "decode it") from None
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError, EOFError) as exc:
         raise UserError(f"cannot read image {path}: {exc}") from None
 
 

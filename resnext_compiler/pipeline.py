@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from resnext_compiler.budget import DEFAULT_BUDGET, Budget, check_budget
 from resnext_compiler.errors import Diagnostic, SpecError
 from resnext_compiler.ir import Graph
 from resnext_compiler.lower import _field_tuple, lower
@@ -23,8 +24,10 @@ def _locate_node(spec: Spec, graph: Graph, node_name: str, message: str,
     )
 
 
-def compile_spec(spec: Spec) -> Graph:
-    """Lower, check and shape a spec. Raises SpecError with every problem located."""
+def compile_spec(spec: Spec, budget: Budget = DEFAULT_BUDGET, batch: int = 1) -> Graph:
+    """Check the cost budget at `batch`, then lower, check and shape a spec. Raises SpecError
+    with every problem located."""
+    check_budget(spec, budget, batch)
     graph = lower(spec)
     problems = structural_problems(graph)
     if problems:

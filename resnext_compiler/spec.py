@@ -17,21 +17,34 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr,
 
 from resnext_compiler.errors import Diagnostic, Location, SpecError, format_field_path
 from resnext_compiler.input_contract import parse_labels
+from resnext_compiler.limits import (
+    MAX_BATCH,
+    MAX_CARDINALITY,
+    MAX_CHANNELS,
+    MAX_CLASSES,
+    MAX_EPOCHS,
+    MAX_EXTENDS,
+    MAX_IMAGE_SIDE,
+    MAX_LR,
+    MAX_STAGE_DEPTH,
+    MAX_STAGES,
+)
 from resnext_compiler.yaml_source import FieldPath, SourceMap, read_yaml, read_yaml_file
 
 SPEC_VERSION = 1
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    # allow_inf_nan=False: `.inf` and `.nan` are not numbers any field accepts
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
 
 class InputSpec(_Model):
     """Per-sample input tensor."""
 
-    channels: int = Field(3, ge=1, description="Input channels (3 for RGB).")
-    height: int = Field(224, ge=1)
-    width: int = Field(224, ge=1)
+    channels: int = Field(3, ge=1, le=MAX_CHANNELS, description="Input channels (3 for RGB).")
+    height: int = Field(224, ge=1, le=MAX_IMAGE_SIDE)
+    width: int = Field(224, ge=1, le=MAX_IMAGE_SIDE)
 
 
 BlockType = Literal["bottleneck", "basic"]
@@ -45,21 +58,25 @@ class BlockSpec(_Model):
         "bottleneck", description="bottleneck (1x1-3x3-1x1) or basic (3x3-3x3)."
     )
     cardinality: int = Field(
-        1, ge=1, description="Number of parallel paths C (the seed's -cardinality)."
+        1, ge=1, le=MAX_CARDINALITY,
+        description="Number of parallel paths C (the seed's -cardinality)."
     )
     base_width: int = Field(
-        64, ge=1, description="Bottleneck width d per path at width 64 (the seed's -baseWidth)."
+        64, ge=1, le=MAX_CHANNELS,
+        description="Bottleneck width d per path at width 64 (the seed's -baseWidth)."
     )
     form: BlockForm = Field(
         "C",
         description="A: explicit paths summed; B: paths concatenated; C: grouped conv (Fig. 3).",
     )
     expansion: int | None = Field(
-        None, ge=1, description="Block output = width * expansion (default 4 bottleneck, 1 basic)."
+        None, ge=1, le=64,
+        description="Block output = width * expansion (default 4 bottleneck, 1 basic)."
     )
     group_width: int | None = Field(
         None,
         ge=1,
+        le=MAX_CHANNELS,
         description="Explicit grouped-conv width (pycls); default floor(width*base_width/64)*C.",
     )
     preact: bool = Field(False, description="Pre-activation blocks (BN-ReLU-conv).")
@@ -70,22 +87,23 @@ class BlockSpec(_Model):
 class StageSpec(_Model):
     """One stage (torchvision's `layerN`): `depth` blocks; other fields override `block`."""
 
-    depth: int = Field(ge=1, description="Number of blocks.")
-    width: int | None = Field(None, ge=1, description="Default 64 * 2**index.")
-    stride: int | None = Field(None, ge=1, description="Default 1 for the first stage, else 2.")
+    depth: int = Field(ge=1, le=MAX_STAGE_DEPTH, description="Number of blocks.")
+    width: int | None = Field(None, ge=1, le=MAX_CHANNELS, description="Default 64 * 2**index.")
+    stride: int | None = Field(None, ge=1, le=64,
+                               description="Default 1 for the first stage, else 2.")
     type: BlockType | None = None
-    cardinality: int | None = Field(None, ge=1)
-    base_width: int | None = Field(None, ge=1)
+    cardinality: int | None = Field(None, ge=1, le=MAX_CARDINALITY)
+    base_width: int | None = Field(None, ge=1, le=MAX_CHANNELS)
     form: BlockForm | None = None
-    group_width: int | None = Field(None, ge=1)
-    expansion: int | None = Field(None, ge=1)
+    group_width: int | None = Field(None, ge=1, le=MAX_CHANNELS)
+    expansion: int | None = Field(None, ge=1, le=64)
     preact: bool | None = None
     se_ratio: float | None = Field(None, ge=0, lt=1)
     zero_init_last_bn: bool | None = None
 
 
 class HeadSpec(_Model):
-    num_classes: int = Field(1000, ge=1)
+    num_classes: int = Field(1000, ge=1, le=MAX_CLASSES)
     dropout: float = Field(0.0, ge=0, lt=1)
 
 
@@ -95,16 +113,18 @@ class TrainSpec(_Model):
     dataset: Literal["imagenet", "cifar10", "cifar100", "imagefolder", "digits", "synthetic"] = (
         "imagenet"
     )
-    epochs: int = Field(100, ge=1)
-    batch_size: int = Field(256, ge=1, description="Global batch; lr is the rate at this batch.")
-    lr: float = Field(0.1, gt=0, description="Learning rate at batch_size (scaled linearly).")
+    epochs: int = Field(100, ge=1, le=MAX_EPOCHS)
+    batch_size: int = Field(256, ge=1, le=MAX_BATCH,
+                            description="Global batch; lr is the rate at this batch.")
+    lr: float = Field(0.1, gt=0, le=MAX_LR,
+                      description="Learning rate at batch_size (scaled linearly).")
     schedule: Literal["step", "cosine"] = "step"
-    milestones: list[Annotated[int, Field(ge=1)]] | None = Field(
+    milestones: list[Annotated[int, Field(ge=1, le=MAX_EPOCHS)]] | None = Field(
         None,
         description="Epochs where a step schedule multiplies lr by 0.1 (default per data set).",
     )
-    warmup_epochs: int = Field(0, ge=0)
-    weight_decay: float = Field(1.0e-4, ge=0)
+    warmup_epochs: int = Field(0, ge=0, le=MAX_EPOCHS)
+    weight_decay: float = Field(1.0e-4, ge=0, le=1)
     momentum: float = Field(0.9, ge=0, lt=1)
     nesterov: bool = True
     label_smoothing: float = Field(0.0, ge=0, lt=1)
@@ -148,7 +168,7 @@ class ReferenceSpec(_Model):
 
     top1_error: float | None = Field(None, ge=0, le=100)
     top5_error: float | None = Field(None, ge=0, le=100)
-    gflops: float | None = Field(None, ge=0)
+    gflops: float | None = Field(None, ge=0, le=1e9)
     source: str = ""
 
 
@@ -163,7 +183,7 @@ def _stage_shorthand(value: Any) -> Any:
 Stages = Annotated[
     list[StageSpec],
     BeforeValidator(_stage_shorthand, json_schema_input_type=list[int | StageSpec]),
-    Field(min_length=1),
+    Field(min_length=1, max_length=MAX_STAGES),
 ]
 
 
@@ -176,7 +196,7 @@ class Spec(_Model):
         description="Path of a base spec (relative to this file) whose fields this one overrides.",
     )
     name: str = Field(min_length=1, max_length=200)
-    description: str = ""
+    description: str = Field("", max_length=10_000)
     input: InputSpec = InputSpec()
     stem: Literal["imagenet", "cifar", "deep"] = "imagenet"
     block: BlockSpec = BlockSpec()
@@ -312,19 +332,15 @@ class ResolvedStage:
 # --- loading ---------------------------------------------------------------------------
 
 
-def _merge(
-    base: Any, override: Any, path: FieldPath, source: SourceMap, override_source: SourceMap
-) -> Any:
-    """Deep-merge mappings; anything else in `override` replaces the base value."""
+def _merge(base: Any, override: Any, path: FieldPath, replaced: set[FieldPath]) -> Any:
+    """Deep-merge mappings; anything else in `override` replaces the base value (its path
+    goes into `replaced`, whose locations then come from the overriding file)."""
     if isinstance(base, dict) and isinstance(override, dict):
         out = dict(base)
         for key, value in override.items():
-            out[key] = _merge(base.get(key), value, path + (key,), source, override_source)
+            out[key] = _merge(base.get(key), value, path + (key,), replaced)
         return out
-    source.drop_under(path)
-    for key, loc in override_source.locations.items():
-        if key[: len(path)] == path:
-            source.locations[key] = loc
+    replaced.add(path)
     return override
 
 
@@ -337,24 +353,43 @@ def _resolve_extends(
     field_loc = source.locations.get(("extends",))
     if not isinstance(target, str) or not target:
         raise SpecError([Diagnostic("must be a path to a base spec", "extends", field_loc)])
-    base_path = (filename.parent / target).resolve()
+    if "\0" in target:
+        raise SpecError([Diagnostic("a path cannot hold a NUL character", "extends", field_loc)])
+    if len(chain) >= MAX_EXTENDS:
+        raise SpecError([Diagnostic(f"extends chain is longer than {MAX_EXTENDS} files",
+                                    "extends", field_loc)])
+    try:
+        base_path = (filename.parent / target).resolve()
+    except (OSError, RuntimeError) as exc:  # a symlink loop
+        raise SpecError([Diagnostic(f"cannot resolve {target!r}: {exc}", "extends",
+                                    field_loc)]) from None
     if base_path in chain:
         cycle = " -> ".join(str(p) for p in (*chain, base_path))
         raise SpecError([Diagnostic(f"circular extends: {cycle}", "extends", field_loc)])
-    if not base_path.is_file():
+    if not base_path.exists():
         raise SpecError([Diagnostic(f"base spec not found: {base_path}", "extends", field_loc)])
-    base_data, base_source = read_yaml_file(base_path)
+    try:
+        base_data, base_source = read_yaml_file(base_path)
+    except SpecError as exc:
+        # say which line of this file led there, then the base file's own problems
+        raise SpecError([Diagnostic(f"in base spec {base_path}:", "extends", field_loc),
+                         *exc.diagnostics]) from None
     base_data, base_source = _resolve_extends(
         base_data, base_source, base_path, (*chain, base_path)
     )
     if not isinstance(base_data, dict):
         raise SpecError([Diagnostic("base spec is not a YAML mapping", "extends", field_loc)])
     merged_source = SourceMap(dict(base_source.locations), source.files + base_source.files)
-    # Locations of the top level come from the file the user named.
-    merged_source.locations[()] = source.locations[()]
     override = {k: v for k, v in data.items() if k != "extends"}
     base_data = {k: v for k, v in base_data.items() if k != "extends"}
-    merged = _merge(base_data, override, (), merged_source, source)
+    replaced: set[FieldPath] = set()
+    merged = _merge(base_data, override, (), replaced)
+    merged_source.replace_under(replaced, source)
+    # Locations of mappings the override only extended, and of the top level, come from the
+    # file the user named.
+    for key, loc in source.locations.items():
+        merged_source.locations.setdefault(key, loc)
+    merged_source.locations[()] = source.locations[()]
     merged_source.locations[("extends",)] = field_loc
     return merged, merged_source
 

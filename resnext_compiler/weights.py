@@ -99,6 +99,9 @@ def _read_safetensors_header(path: Path) -> tuple[dict, int]:
             header = json.loads(handle.read(length))
         except (UnicodeDecodeError, json.JSONDecodeError):
             raise UserError(f"{path}: not a safetensors file (header is not JSON)") from None
+        except RecursionError:
+            raise UserError(f"{path}: not a safetensors file (header JSON nested too deeply)"
+                            ) from None
     if not isinstance(header, dict):
         raise UserError(f"{path}: not a safetensors file (header is not a JSON object)")
     data_size = size - 8 - length
@@ -110,14 +113,20 @@ def _read_safetensors_header(path: Path) -> tuple[dict, int]:
             dtype_name, shape, (begin, end) = info["dtype"], tuple(info["shape"]), info[
                 "data_offsets"]
             itemsize = _SAFETENSORS_DTYPES[dtype_name].itemsize
+            if not all(_is_count(n) for n in (*shape, begin, end)):
+                raise ValueError("shape and offsets must be non-negative integers")
         except (KeyError, TypeError, ValueError):
-            raise UserError(f"{path}: tensor {name!r} has an unsupported or malformed entry "
-                            f"{info!r}") from None
+            raise UserError(f"{path}: tensor {name[:80]!r} has an unsupported or malformed "
+                            f"entry {str(info)[:200]}") from None
         if not (0 <= begin <= end <= data_size and end - begin == math.prod(shape) * itemsize):
             raise UserError(f"{path}: tensor {name!r} has data offsets {begin}..{end} that do "
                             f"not fit its shape {list(shape)} or the file")
         entries[name] = (dtype_name, shape, (begin, end))
     return entries, 8 + length
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def read_torch_checkpoint(path: str | Path) -> dict[str, np.ndarray]:
@@ -129,6 +138,9 @@ def read_torch_checkpoint(path: str | Path) -> dict[str, np.ndarray]:
     try:
         loaded = torch.load(Path(path), map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{path}: cannot read as a PyTorch checkpoint: {first_line}") from None
+    except Exception as exc:  # any other failure to unpickle a file is the file's fault
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"{path}: cannot read as a PyTorch checkpoint: {first_line}") from None
     state = loaded

@@ -3,11 +3,20 @@
 PyYAML's composer keeps a mark (line, column) on each node; we walk the node tree once and
 record a `Location` for every field path, so any later error (schema, lowering, shapes) can
 point at the spec line that caused it.
+
+Every cost is bounded before the work: a spec file is a regular file of at most
+`MAX_SPEC_BYTES`, checked before it is read (so `/dev/zero` or a FIFO is refused, not read
+forever); the composer refuses nesting deeper than `MAX_DEPTH` (PyYAML composes recursively)
+and the conversion refuses more than `MAX_NODES` nodes counting every alias expansion (a
+"billion laughs" document is refused after `MAX_NODES` steps, not expanded). The source map
+is built in one pass, linear in the document's size.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,9 +27,35 @@ from resnext_compiler.errors import Diagnostic, Location, SpecError, format_fiel
 
 FieldPath = tuple[str | int, ...]
 
+MAX_SPEC_BYTES = 64 * 1024  # the largest zoo spec is under 2 KB; 64 explicit stages need 6 KB
+MAX_DEPTH = 64  # nesting of mappings and sequences; a spec needs 4
+MAX_NODES = 20_000  # YAML nodes after alias expansion (64 stages with every field: ~2,000)
+
+
+class _TooDeep(Exception):
+    def __init__(self, mark: yaml.Mark | None):
+        self.mark = mark
+
+
+class _TooLarge(Exception):
+    def __init__(self, mark: yaml.Mark | None):
+        self.mark = mark
+
 
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that also reads `1e-4` as a float (YAML 1.2 style; PyYAML wants `1.0e-4`)."""
+    """SafeLoader that also reads `1e-4` as a float (YAML 1.2 style; PyYAML wants `1.0e-4`)
+    and refuses documents nested deeper than `MAX_DEPTH` while composing them."""
+
+    _depth = 0
+
+    def compose_node(self, parent, index):  # noqa: ANN001, ANN201 - PyYAML's signature
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise _TooDeep(self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
 
 _Loader.add_implicit_resolver(
@@ -53,9 +88,24 @@ class SourceMap:
         return None
 
     def drop_under(self, path: FieldPath) -> None:
-        n = len(path)
-        for key in [k for k in self.locations if len(k) > n and k[:n] == path]:
-            del self.locations[key]
+        """Forget the locations strictly below `path` (O(size of the map); use sparingly)."""
+        self.replace_under({path}, None)
+
+    def replace_under(self, paths: set[FieldPath], other: SourceMap | None) -> None:
+        """For every path in `paths`: forget what lies below it here, then take `other`'s
+        locations at and below it. One pass over each map, whatever the number of paths."""
+        if not paths:
+            return
+        depths = sorted({len(p) for p in paths})
+
+        def covered(key: FieldPath, strict: bool) -> bool:
+            return any(key[:n] in paths for n in depths if n < len(key) or (not strict
+                                                                             and n == len(key)))
+
+        self.locations = {k: v for k, v in self.locations.items() if not covered(k, True)}
+        if other is not None:
+            self.locations.update(
+                (k, v) for k, v in other.locations.items() if covered(k, False))
 
 
 def _mark(filename: str, mark: yaml.Mark | None) -> Location | None:
@@ -66,9 +116,24 @@ def _mark(filename: str, mark: yaml.Mark | None) -> Location | None:
 
 def read_yaml(text: str, filename: str) -> tuple[Any, SourceMap]:
     """Parse one YAML document into plain data plus a source map; raise SpecError if invalid."""
-    loader = _Loader(text)
+    if len(text) > MAX_SPEC_BYTES:
+        raise SpecError([Diagnostic(f"spec is {len(text)} characters, more than the "
+                                    f"{MAX_SPEC_BYTES}-byte limit", "", Location(filename, 1, 1))])
+    _check_flow_depth(text, filename)
+    loader = None
     try:
+        loader = _Loader(text)  # the reader checks every character here
         root = loader.get_single_node()
+    except _TooDeep as exc:
+        raise SpecError([Diagnostic(f"nested more than {MAX_DEPTH} levels deep", "",
+                                    _mark(filename, exc.mark))]) from None
+    except yaml.reader.ReaderError as exc:
+        raise SpecError([Diagnostic(f"YAML error: character {_char(exc.character)} is not "
+                                    f"allowed ({exc.reason})", "",
+                                    _position(text, filename, exc.position))]) from None
+    except RecursionError:
+        raise SpecError([Diagnostic(f"nested more than {MAX_DEPTH} levels deep", "",
+                                    Location(filename, 1, 1))]) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         problem = exc.problem or exc.context or "invalid YAML"
@@ -78,7 +143,8 @@ def read_yaml(text: str, filename: str) -> tuple[Any, SourceMap]:
     except yaml.YAMLError as exc:
         raise SpecError([Diagnostic(f"YAML error: {exc}", "", Location(filename, 1, 1))]) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     source = SourceMap(files=[filename])
     if root is None:
         raise SpecError(
@@ -89,7 +155,13 @@ def read_yaml(text: str, filename: str) -> tuple[Any, SourceMap]:
             ]
         )
     problems: list[Diagnostic] = []
-    data = _convert(root, (), filename, source, problems, loader)
+    budget = [MAX_NODES]
+    try:
+        _check_expanded_size(root)
+        data = _convert(root, (), filename, source, problems, loader, budget)
+    except _TooLarge as exc:
+        raise SpecError([Diagnostic(f"more than {MAX_NODES} YAML nodes (counting every alias "
+                                    "expansion)", "", _mark(filename, exc.mark))]) from None
     if problems:
         raise SpecError(problems)
     return data, source
@@ -100,6 +172,61 @@ def _problem(message: str, path: FieldPath, filename: str, mark: yaml.Mark) -> D
     return Diagnostic(message, format_field_path(path), _mark(filename, mark))
 
 
+# Quoted scalars and comments (skipped), and flow brackets (counted). Possessive, with optional
+# closing quotes: an unterminated quote costs one pass, not one pass per quote character.
+_FLOW_TOKENS = re.compile(
+    r"\"(?:\\.|[^\"\\])*+\"?|'(?:''|[^'])*+'?|(?<!\S)#[^\n]*+|[\[\]{}]", re.S)
+
+
+def _check_flow_depth(text: str, filename: str) -> None:
+    """Refuse flow collections (`[[[...`) nested deeper than `MAX_DEPTH`, in one regex pass.
+
+    PyYAML's scanner keeps every unclosed `[` as a possible simple key and rescans them for
+    each token, so 20,000 brackets cost a second before the composer sees the first node."""
+    depth = 0
+    for match in _FLOW_TOKENS.finditer(text):
+        token = match.group()
+        if token in "[{":
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise SpecError([Diagnostic(f"nested more than {MAX_DEPTH} levels deep", "",
+                                            _position(text, filename, match.start()))])
+        elif token in "]}":
+            depth = max(0, depth - 1)
+
+
+def _check_expanded_size(root: yaml.Node) -> None:
+    """Refuse a document whose alias and merge-key expansion exceeds `MAX_NODES`, in time
+    linear in the composed node count (sizes are memoised per node), before anything is
+    expanded; a node that contains itself through an alias is refused too."""
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+
+    def size(node: yaml.Node) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in active:
+            raise _TooLarge(node.start_mark)  # a recursive alias expands without end
+        active.add(key)
+        total = 1
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                total += size(key_node) + size(value_node)
+                if total > MAX_NODES:
+                    raise _TooLarge(node.start_mark)
+        elif isinstance(node, yaml.SequenceNode):
+            for item in node.value:
+                total += size(item)
+                if total > MAX_NODES:
+                    raise _TooLarge(node.start_mark)
+        active.discard(key)
+        sizes[key] = total
+        return total
+
+    size(root)
+
+
 def _convert(
     node: yaml.Node,
     path: FieldPath,
@@ -107,7 +234,11 @@ def _convert(
     source: SourceMap,
     problems: list[Diagnostic],
     loader: yaml.SafeLoader,
+    budget: list[int],
 ) -> Any:
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise _TooLarge(node.start_mark)
     source.locations.setdefault(path, _mark(filename, node.start_mark))
     if isinstance(node, yaml.MappingNode):
         explicit = sum(1 for key, _ in node.value if key.tag != "tag:yaml.org,2002:merge")
@@ -134,13 +265,15 @@ def _convert(
                 from_merge.add(key)
             else:
                 from_merge.discard(key)
-            source.drop_under(path + (key,))
+            if key in out:  # a merged-in value being overridden: forget where it came from
+                source.drop_under(path + (key,))
             source.locations[path + (key,)] = key_loc
-            out[key] = _convert(value_node, path + (key,), filename, source, problems, loader)
+            out[key] = _convert(value_node, path + (key,), filename, source, problems, loader,
+                                budget)
         return out
     if isinstance(node, yaml.SequenceNode):
         return [
-            _convert(item, path + (i,), filename, source, problems, loader)
+            _convert(item, path + (i,), filename, source, problems, loader, budget)
             for i, item in enumerate(node.value)
         ]
     try:
@@ -150,14 +283,56 @@ def _convert(
         return None
 
 
-def read_yaml_file(path: Path) -> tuple[Any, SourceMap]:
+def _char(code: int) -> str:
+    return f"U+{code:04X}"
+
+
+def _position(text: str, filename: str, offset: int) -> Location:
+    line = text.count("\n", 0, offset)
+    column = offset - (text.rfind("\n", 0, offset) + 1)
+    return Location(filename, line + 1, column + 1)
+
+
+def read_spec_bytes(path: Path, limit: int = MAX_SPEC_BYTES) -> bytes:
+    """The bytes of a regular file of at most `limit` bytes; anything else is a SpecError.
+
+    The file is opened without blocking and checked with fstat before a byte is read, so a
+    FIFO, a device (`/dev/zero`) or a directory is refused at once; `/proc` files, whose size
+    says 0, are read only up to the limit.
+    """
     display = str(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except FileNotFoundError:
         raise SpecError([Diagnostic(f"spec file not found: {display}")]) from None
     except IsADirectoryError:
         raise SpecError([Diagnostic(f"expected a YAML file, got a directory: {display}")]) from None
+    except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the path
+        raise SpecError([Diagnostic(f"cannot read {display}: "
+                                    f"{getattr(exc, 'strerror', None) or exc}")]) from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        if stat.S_ISDIR(mode):
+            raise SpecError([Diagnostic(f"expected a YAML file, got a directory: {display}")])
+        raise SpecError([Diagnostic(f"{display} is not a regular file (a device, FIFO or "
+                                    "socket); a spec must be a file")])
+    with os.fdopen(fd, "rb") as handle:
+        try:
+            data = handle.read(limit + 1)
+        except OSError as exc:
+            raise SpecError([Diagnostic(f"cannot read {display}: {exc.strerror or exc}")]) from None
+    if len(data) > limit:
+        raise SpecError([Diagnostic(f"spec file is larger than the {limit}-byte limit", "",
+                                    Location(display, 1, 1))])
+    return data
+
+
+def read_yaml_file(path: Path) -> tuple[Any, SourceMap]:
+    display = str(path)
+    data = read_spec_bytes(path)
+    try:
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise SpecError(
             [
@@ -168,6 +343,4 @@ def read_yaml_file(path: Path) -> tuple[Any, SourceMap]:
                 )
             ]
         ) from None
-    except OSError as exc:
-        raise SpecError([Diagnostic(f"cannot read {display}: {exc.strerror}")]) from None
     return read_yaml(text, display)

@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 
 from resnext_compiler.backends.base import DEFAULT_CALIBRATION_IMAGES
-from resnext_compiler.errors import SpecError, UserError
+from resnext_compiler.errors import SpecError, UserError, sanitise
 
 BACKEND_HELP = (
     "onnx | torch (standalone source) | triton (model repository) | dot (picture) | "
@@ -17,26 +17,38 @@ BACKEND_HELP = (
 )
 
 
+BUDGET_HELP = ("Raise a cost limit checked before compiling: NAME=VALUE with NAME blocks, "
+               "nodes, params, macs or memory (bytes of activations at the batch; units k, M, G, "
+               "GiB). Repeatable. Defaults: blocks=2000 nodes=200k params=4G macs=2T "
+               "memory=64GiB.")
+
+
+def budget_option() -> list[str]:
+    return typer.Option([], "--budget", metavar="NAME=VALUE", help=BUDGET_HELP)
+
+
 def _parse_batch(value: str) -> int | None:
+    from resnext_compiler.limits import MAX_BATCH
+
     if value == "dynamic":
         return None
-    try:
-        batch = int(value)
-    except ValueError:
-        raise typer.BadParameter("must be a positive integer or 'dynamic'") from None
-    if batch < 1:
-        raise typer.BadParameter("must be a positive integer or 'dynamic'")
-    return batch
+    if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= MAX_BATCH:
+        raise UserError(f"--batch must be an integer in 1..{MAX_BATCH} or 'dynamic', got "
+                        f"{value[:40]!r}")
+    return int(value)
 
 
-def _load(spec_path: Path, form: str | None = None):  # noqa: ANN202 - (Spec, Graph)
+def _load(spec_path: Path, form: str | None = None, budget: list[str] | None = None,
+          batch: int = 1):  # noqa: ANN202 - (Spec, Graph)
+    from resnext_compiler.budget import DEFAULT_BUDGET
     from resnext_compiler.pipeline import compile_spec
     from resnext_compiler.spec import load_spec, with_form
 
+    limits = DEFAULT_BUDGET.raised(budget or [])
     spec = load_spec(spec_path)
     if form is not None:
         spec = with_form(spec, form)
-    return spec, compile_spec(spec)
+    return spec, compile_spec(spec, limits, batch)
 
 
 def compile_command(
@@ -49,7 +61,8 @@ def compile_command(
         "-w",
         help="safetensors file, train checkpoint or import-weights output (default: fresh init).",
     ),
-    opset: int | None = typer.Option(None, "--opset", help="ONNX opset (default: backend's)."),
+    opset: int | None = typer.Option(None, "--opset", min=1, max=1000,
+                                     help="ONNX opset (default: backend's)."),
     batch: str = typer.Option("dynamic", "--batch", help="Static batch size, or 'dynamic'."),
     dtype: str = typer.Option(
         "fp32", "--dtype", help="fp32 | fp16 | int8 (onnx and triton; needs --calibrate)."
@@ -68,12 +81,15 @@ def compile_command(
     form: str | None = typer.Option(None, "--form", help="Rewrite every block to form A, B or C."),
     fold_bn: bool = typer.Option(True, "--fold-bn/--no-fold-bn", help="Fold BatchNorm into convs."),
     expand: bool = typer.Option(False, "--expand", help="dot: draw every node, not blocks."),
-    max_batch: int = typer.Option(32, "--max-batch", min=1, help="triton: max_batch_size."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the initial weights without --weights."),
+    max_batch: int = typer.Option(32, "--max-batch", min=1, max=1 << 20,
+                                  help="triton: max_batch_size."),
+    seed: int = typer.Option(0, "--seed", min=0, max=2**63 - 1,
+                             help="Seed of the initial weights without --weights."),
     image_input: bool = typer.Option(
         False, "--image-input",
         help="onnx/triton: take uint8 images [N, H, W, C] (already resized and cropped) and "
         "normalise them inside the graph."),
+    budget: list[str] = budget_option(),
 ) -> None:
     """Compile SPEC with a backend (the default command: `resnext-compile SPEC`)."""
     from resnext_compiler.backends.base import CompileOptions
@@ -90,11 +106,14 @@ def compile_command(
     if weights is not None and not weights.is_file():
         raise UserError(f"weights file not found: {weights}")
     chosen = load_backend(backend)
-    parsed_spec, graph = _load(spec, form)
+    static_batch = _parse_batch(batch)
+    # memory is budgeted at the batch the artifact will run: the static one, else triton's max
+    budget_batch = static_batch or (max_batch if backend == "triton" else 1)
+    parsed_spec, graph = _load(spec, form, budget, budget_batch)
     options = CompileOptions(
         weights=weights,
         opset=opset,
-        batch=_parse_batch(batch),
+        batch=static_batch,
         dtype=dtype,
         calibrate=calibrate,
         calibration_images=(DEFAULT_CALIBRATION_IMAGES if calibration_images is None
@@ -108,7 +127,7 @@ def compile_command(
     target = output if output is not None else chosen.default_output(parsed_spec)
     written = chosen.emit(graph, parsed_spec, options, target)
     for path in written:
-        typer.echo(f"wrote {path}")
+        typer.echo(sanitise(f"wrote {path}"))
 
 
 def _check_int8(backend: str, calibrate: Path | None) -> None:
@@ -125,6 +144,7 @@ def check_command(
     specs: list[Path] = typer.Argument(
         ..., metavar="SPEC...", help="Spec files to lint.", show_default=False
     ),
+    budget: list[str] = budget_option(),
 ) -> None:
     """Validate specs: schema, shapes, groups. Exit 2 with FILE:LINE:COL messages on problems."""
     from resnext_compiler.passes.complexity import analyse
@@ -132,13 +152,13 @@ def check_command(
     failed = 0
     for path in specs:
         try:
-            _, graph = _load(path)
+            _, graph = _load(path, budget=budget)
         except SpecError as exc:
             failed += 1
-            print(str(exc), file=sys.stderr)
+            print(sanitise(str(exc), keep_newlines=True), file=sys.stderr)
             continue
         cost = analyse(graph)
-        typer.echo(f"ok {path}: {cost.params:,} params, {cost.macs / 1e9:.2f} GMACs")
+        typer.echo(sanitise(f"ok {path}: {cost.params:,} params, {cost.macs / 1e9:.2f} GMACs"))
     if failed:
         print(f"{failed} of {len(specs)} spec(s) have problems", file=sys.stderr)
         raise typer.Exit(2)
@@ -148,6 +168,7 @@ def inspect_command(
     spec: Path = typer.Argument(..., metavar="SPEC|MODEL.onnx|REPO", show_default=False,
                                 help="Spec file, or a compiled ONNX file / Triton repository."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object instead of a table."),
+    budget: list[str] = budget_option(),
 ) -> None:
     """Per-stage shapes, parameters, MACs and memory of a spec; a compiled model's input
     contract (preprocessing and class names)."""
@@ -157,12 +178,12 @@ def inspect_command(
     if spec.is_dir() or spec.suffix.lower() == ".onnx":
         _inspect_artifact(spec, as_json)
         return
-    parsed_spec, graph = _load(spec)
+    parsed_spec, graph = _load(spec, budget=budget)
     cost = analyse(graph)
     if as_json:
         typer.echo(json.dumps(report_dict(parsed_spec, graph, cost), indent=2))
     else:
-        typer.echo(report_table(parsed_spec, graph, cost))
+        typer.echo(sanitise(report_table(parsed_spec, graph, cost), keep_newlines=True))
 
 
 def _inspect_artifact(path: Path, as_json: bool) -> None:
@@ -177,12 +198,12 @@ def _inspect_artifact(path: Path, as_json: bool) -> None:
         typer.echo(json.dumps(data, indent=2))
         return
     if contract is None:
-        typer.echo(f"{onnx_file}: records no input contract (serve and evaluate use the "
-                   "defaults of docs/serving.md)")
+        typer.echo(sanitise(f"{onnx_file}: records no input contract (serve and evaluate use "
+                            "the defaults of docs/serving.md)"))
         return
-    typer.echo(f"{onnx_file}: input contract")
-    for line in contract.describe():
-        typer.echo(f"  {line}")
+    typer.echo(sanitise(f"{onnx_file}: input contract"))
+    for line in contract.describe():  # class names come from the file: escape them
+        typer.echo(f"  {sanitise(line)}")
 
 
 def schema_command() -> None:

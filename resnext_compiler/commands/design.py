@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from resnext_compiler.errors import UserError
+from resnext_compiler.errors import UserError, sanitise
 
 
 def _format_design(design, verbose: bool = True) -> str:  # noqa: ANN001 - design.Design
@@ -69,7 +69,7 @@ def design_command(
         raise UserError(f"--match must be params or macs, got {match!r}")
     spec = load_spec(template)
     if table:
-        typer.echo(_format_table(design_table(spec, match=match)))  # type: ignore[arg-type]
+        typer.echo(sanitise(_format_table(design_table(spec, match=match)), keep_newlines=True))  # type: ignore[arg-type]
         if cardinality is None:
             if output is not None:
                 raise UserError("--output needs --cardinality (which row to write)")
@@ -78,10 +78,11 @@ def design_command(
     if cardinality is None:
         raise UserError("give --cardinality C (or --table for the whole table)")
     design = solve(spec, cardinality, match)  # type: ignore[arg-type]
-    typer.echo(_format_design(design))
+    typer.echo(sanitise(_format_design(design), keep_newlines=True))
     designed = design_spec(spec, design, name=name)
     if output is None:
-        typer.echo(f"\n# {designed.name}.yaml (write it with -o)\n{designed.to_yaml()}", nl=False)
+        typer.echo(f"\n# {sanitise(designed.name)}.yaml (write it with -o)\n{designed.to_yaml()}",
+                   nl=False)
         return
     from resnext_compiler.artifacts import write_text_atomic
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from resnext_compiler.errors import UserError
+from resnext_compiler.errors import UserError, sanitise
 
 
 def import_weights_command(
@@ -40,9 +40,9 @@ def import_weights_command(
         spec = with_form(spec, form)
     result = import_weights(source, spec, allow_partial=allow_partial)
     for line in result.problems[:10]:
-        typer.echo(f"skipped {line}", err=True)
+        typer.echo(sanitise(f"skipped {line}"), err=True)
     save_safetensors(output, result, {"source": source.name, "spec": str(spec_path)})
-    typer.echo(result.summary())
+    typer.echo(sanitise(result.summary(), keep_newlines=True))
     typer.echo(f"wrote {output}")
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 
+from resnext_compiler.commands.options import number_range
 from resnext_compiler.errors import UserError
 
 
@@ -20,25 +21,42 @@ def serve_command(
     grpc_port: int | None = typer.Option(
         None, "--grpc-port", min=0, max=65535,
         help="Also serve the Open Inference Protocol over gRPC on this port (Triton's 8001)."),
-    max_batch: int = typer.Option(32, "--max-batch", min=1, help="Most rows per model call."),
-    max_delay_ms: float = typer.Option(5.0, "--max-delay-ms", min=0.0,
+    max_batch: int = typer.Option(32, "--max-batch", callback=number_range(1, 1 << 16),
+                                  help="Most rows per model call."),
+    max_delay_ms: float = typer.Option(5.0, "--max-delay-ms", callback=number_range(0, 60_000),
                                        help="How long a batch waits to fill."),
-    max_queue: int = typer.Option(256, "--max-queue", min=1,
+    max_queue: int = typer.Option(256, "--max-queue", callback=number_range(1, 1 << 20),
                                   help="Waiting requests before 503 + Retry-After."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda (cuda without the "
                                "CUDA execution provider is an error)."),
     labels: Path | None = typer.Option(None, "--labels", help="Class names, one per line."),
-    max_body_mb: float = typer.Option(64.0, "--max-body-mb", min=0.001,
+    max_body_mb: float = typer.Option(64.0, "--max-body-mb", callback=number_range(0.001, 1 << 20),
                                       help="Largest request body (MiB), refused before reading."),
-    max_image_pixels: int = typer.Option(50_000_000, "--max-image-pixels", min=1,
-                                         help="Largest image (pixels) that /v1/classify decodes."),
-    threads: int = typer.Option(0, "--threads", min=0,
+    max_inflight_mb: float = typer.Option(256.0, "--max-inflight-mb",
+                                          callback=number_range(0.001, 1 << 20),
+                                          help="Request bodies buffered at once, all together "
+                                          "(MiB); more -> 503 + Retry-After."),
+    header_timeout_s: float = typer.Option(10.0, "--header-timeout-s",
+                                           callback=number_range(0.1, 3600),
+                                           help="Seconds a client has to send request headers."),
+    body_timeout_s: float = typer.Option(60.0, "--body-timeout-s",
+                                         callback=number_range(0.1, 3600),
+                                         help="Seconds a client has to send a request body."),
+    max_image_pixels: int = typer.Option(50_000_000, "--max-image-pixels",
+                                         callback=number_range(1, 1 << 40),
+                                         help="Most pixels /v1/classify decodes, for the "
+                                         "source image and its resize target alike."),
+    max_memory_gb: float = typer.Option(64.0, "--max-memory-gb",
+                                        callback=number_range(0.001, 1 << 20),
+                                        help="Refuse, before warm-up, a model whose activations "
+                                        "at --max-batch need more (GiB)."),
+    threads: int = typer.Option(0, "--threads", callback=number_range(0, 1024),
                                 help="onnxruntime intra-op threads (0: one per core)."),
     log_level: str = typer.Option("info", "--log-level", help="debug | info | warning | error"),
 ) -> None:
     """Serve an ONNX model over HTTP (and gRPC): KServe v2 / Triton protocol, /v1/classify,
     /metrics."""
-    from resnext_compiler.runtimes.serve.config import MiB, ServeConfig
+    from resnext_compiler.runtimes.serve.config import GiB, MiB, ServeConfig
     from resnext_compiler.runtimes.serve.model import DEVICES
 
     if device not in DEVICES:
@@ -52,6 +70,9 @@ def serve_command(
                          max_delay_ms=max_delay_ms,
                          max_queue=max_queue, device=device, labels=labels,
                          max_body_bytes=int(max_body_mb * MiB), max_image_pixels=max_image_pixels,
+                         max_inflight_bytes=int(max_inflight_mb * MiB),
+                         max_memory_bytes=int(max_memory_gb * GiB),
+                         header_timeout_s=header_timeout_s, body_timeout_s=body_timeout_s,
                          intra_op_threads=threads, log_level=log_level)
     if grpc_port is not None:
         try:

@@ -11,7 +11,9 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from resnext_compiler.errors import UserError
+from resnext_compiler.commands.options import choice, number_range
+from resnext_compiler.errors import UserError, sanitise
+from resnext_compiler.limits import MAX_BATCH, MAX_EPOCHS, MAX_LR
 
 if TYPE_CHECKING:
     from resnext_compiler.runtimes.train.distributed import Rendezvous
@@ -82,37 +84,52 @@ def train_command(
     dataset: str | None = typer.Option(
         None, "--dataset",
         help="digits | cifar10 | cifar100 | imagenet | imagefolder | synthetic (default: spec)."),
-    epochs: int | None = typer.Option(None, "--epochs", help="Epochs (default: spec)."),
+    epochs: int | None = typer.Option(None, "--epochs", help="Epochs (default: spec).",
+                                      callback=number_range(1, MAX_EPOCHS)),
     batch_size: int | None = typer.Option(
-        None, "--batch-size", help="Global batch; the spec's lr is scaled linearly to it."),
-    lr: float | None = typer.Option(None, "--lr", help="Learning rate, used as given."),
+        None, "--batch-size", help="Global batch; the spec's lr is scaled linearly to it.",
+        callback=number_range(1, MAX_BATCH)),
+    lr: float | None = typer.Option(None, "--lr", help="Learning rate, used as given.",
+                                    callback=number_range(0, MAX_LR, min_open=True)),
     schedule: str | None = typer.Option(None, "--schedule", help="step | cosine"),
     milestones: str | None = typer.Option(
         None, "--milestones", help="Step schedule: epochs where lr x0.1, e.g. 30,60,90."),
-    warmup_epochs: int | None = typer.Option(None, "--warmup-epochs", help="Linear warmup."),
-    weight_decay: float | None = typer.Option(None, "--weight-decay"),
-    label_smoothing: float | None = typer.Option(None, "--label-smoothing"),
+    warmup_epochs: int | None = typer.Option(None, "--warmup-epochs", help="Linear warmup.",
+                                             callback=number_range(0, MAX_EPOCHS)),
+    weight_decay: float | None = typer.Option(None, "--weight-decay",
+                                              callback=number_range(0, 1)),
+    label_smoothing: float | None = typer.Option(None, "--label-smoothing",
+                                                 callback=number_range(0, 1, max_open=True)),
     augment: str | None = typer.Option(
         None, "--augment", help="auto | none | crop | crop-flip | rrc-flip"),
     accum_steps: int = typer.Option(
-        1, "--accum-steps", help="Gradient accumulation steps per optimizer step."),
-    nproc: int = typer.Option(1, "--nproc", help="CPU processes (DDP over gloo, via torchrun)."),
-    gpus: int = typer.Option(0, "--gpus", help="GPUs (one process each, DDP over NCCL)."),
+        1, "--accum-steps", help="Gradient accumulation steps per optimizer step.",
+        callback=number_range(1, 1024)),
+    nproc: int = typer.Option(1, "--nproc", help="CPU processes (DDP over gloo, via torchrun).",
+                              callback=number_range(1, 1024)),
+    gpus: int = typer.Option(0, "--gpus", help="GPUs (one process each, DDP over NCCL).",
+                             callback=number_range(0, 1024)),
     nnodes: int = typer.Option(
-        1, "--nnodes", help="Machines; run the same command on each (--nproc/--gpus per node)."),
+        1, "--nnodes", help="Machines; run the same command on each (--nproc/--gpus per node).",
+        callback=number_range(1, 1024)),
     node_rank: int = typer.Option(
-        0, "--node-rank", help="This machine's index, 0..nnodes-1 (0 hosts the rendezvous)."),
+        0, "--node-rank", help="This machine's index, 0..nnodes-1 (0 hosts the rendezvous).",
+        callback=number_range(0, 1023)),
     rdzv_endpoint: str | None = typer.Option(
         None, "--rdzv-endpoint", help="HOST:PORT of node 0 for torchrun's c10d rendezvous."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
     amp: bool = typer.Option(False, "--amp", help="Mixed precision (bf16 on CPU, fp16 on GPU)."),
-    amp_dtype: str | None = typer.Option(None, "--amp-dtype", help="bf16 | fp16"),
+    amp_dtype: str | None = typer.Option(None, "--amp-dtype", help="bf16 | fp16",
+                                         callback=choice("bf16", "fp16")),
     channels_last: bool = typer.Option(False, "--channels-last", help="NHWC memory format."),
     compile_model: bool = typer.Option(False, "--compile", help="Use torch.compile."),
-    workers: int = typer.Option(2, "--workers", help="Data loader workers (image folders)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of weights, data order, augmentation."),
+    workers: int = typer.Option(2, "--workers", help="Data loader workers (image folders).",
+                                callback=number_range(0, 256)),
+    seed: int = typer.Option(0, "--seed", help="Seed of weights, data order, augmentation.",
+                             callback=number_range(0, 2**63 - 1)),
     threads: int = typer.Option(
-        0, "--threads", help="CPU threads per process (0: one for tiny nets, else PyTorch's)."),
+        0, "--threads", help="CPU threads per process (0: one for tiny nets, else PyTorch's).",
+        callback=number_range(0, 1024)),
     run_dir: Path | None = typer.Option(
         None, "--run-dir", "-o", help="Run directory (default: runs/NAME-TIMESTAMP)."),
     resume: Path | None = typer.Option(
@@ -158,7 +175,7 @@ def train_command(
         summary = execute(config, resume=resume is not None, data=data_splits,
                           rendezvous=rendezvous, staging=staging)
     for line in summary.lines():
-        typer.echo(line)
+        typer.echo(sanitise(line, keep_newlines=True))
     if summary.interrupted:
         raise typer.Exit(EXIT_INTERRUPTED)
 
@@ -181,7 +198,7 @@ def evaluate_command(
         "not needed for the embedded digits)."),
     dataset: str | None = typer.Option(None, "--dataset", help="With a SPEC; default: the "
                                        "spec's."),
-    batch_size: int = typer.Option(256, "--batch-size", min=1),
+    batch_size: int = typer.Option(256, "--batch-size", callback=number_range(1, MAX_BATCH)),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
     workers: int = typer.Option(2, "--workers", help="Data loader workers (image folders)."),
     predictions: Path | None = typer.Option(
@@ -221,8 +238,9 @@ def evaluate_command(
         typer.echo(json.dumps({"top1_error": result.top1_error, "top5_error": result.top5_error,
                                "loss": result.loss, "images": result.images}))
     else:
-        typer.echo(f"{description}\nsingle-crop top-1 error {result.top1_error:.2f}%, top-5 "
-                   f"error {result.top5_error:.2f}% on {result.images} images")
+        typer.echo(sanitise(f"{description}\nsingle-crop top-1 error {result.top1_error:.2f}%, "
+                            f"top-5 error {result.top5_error:.2f}% on {result.images} images",
+                            keep_newlines=True))
 
 
 def plot_command(
@@ -235,7 +253,7 @@ def plot_command(
     from resnext_compiler.runtimes.train.plot import plot_runs
 
     target = output or (runs[0] / "curves.png" if len(runs) == 1 else Path("curves.png"))
-    typer.echo(f"wrote {plot_runs(runs, target, title)}")
+    typer.echo(sanitise(f"wrote {plot_runs(runs, target, title)}"))
 
 
 def register(app: typer.Typer) -> None:

@@ -9,6 +9,8 @@ extension); plus `POST /v1/classify` (an image -> top-k classes) and
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import os
 import zlib
 from collections.abc import AsyncIterator
@@ -42,7 +44,10 @@ from resnext_compiler.runtimes.serve.protocol import (
 )
 from resnext_compiler.runtimes.serve.service import SERVER_NAME, InferenceService
 
-PARSE_IN_THREAD_BYTES = 64 * 1024  # big JSON bodies are parsed off the event loop
+PARSE_IN_THREAD_BYTES = 64 * 1024  # bigger JSON headers are parsed off the event loop
+# json.loads and building an array from a JSON list hold the GIL for the whole parse, so in a
+# thread a 10 MB body still stalls the event loop for a second; bigger ones go to processes
+PARSE_IN_PROCESS_BYTES = 1024 * 1024
 IMAGE_TYPES = ("image/jpeg", "image/png", "application/octet-stream")
 
 
@@ -56,6 +61,7 @@ def create_app(models: list[LoadedModel], config: ServeConfig,
         yield
         # uvicorn has already let in-flight requests finish; drain and stop the batchers
         await service.close()
+        app.state.parsers.close()
 
     app = FastAPI(title=SERVER_NAME, version=__version__, lifespan=lifespan, docs_url=None,
                   redoc_url=None, openapi_url=None)
@@ -71,7 +77,9 @@ def create_app(models: list[LoadedModel], config: ServeConfig,
         return Response(generate_latest(service.metrics.registry),
                         media_type=CONTENT_TYPE_LATEST)
 
-    app.add_middleware(BodyLimitMiddleware, max_body_bytes=config.max_body_bytes)
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=config.max_body_bytes,
+                       max_inflight_bytes=config.max_inflight_bytes,
+                       body_timeout_s=config.body_timeout_s)
     app.add_middleware(MetricsMiddleware, metrics=service.metrics)
     return app
 
@@ -83,7 +91,32 @@ def count_connections_of(app: FastAPI, server: object) -> None:
         app.state.service.connection_counters.append(lambda: len(state.connections))
 
 
+class ParserProcesses:
+    """A process pool for parsing large JSON requests, started on first use."""
+
+    def __init__(self) -> None:
+        self._pool: concurrent.futures.ProcessPoolExecutor | None = None
+
+    def get(self) -> concurrent.futures.ProcessPoolExecutor:
+        if self._pool is None:
+            import multiprocessing
+
+            # spawn, not fork: the server holds onnxruntime and batcher threads
+            self._pool = concurrent.futures.ProcessPoolExecutor(
+                max_workers=max(1, (os.cpu_count() or 2) // 2),
+                mp_context=multiprocessing.get_context("spawn"))
+        return self._pool
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+
 def _add_protocol_routes(app: FastAPI, service: InferenceService, config: ServeConfig) -> None:
+    parsers = ParserProcesses()
+    app.state.parsers = parsers
+
     @app.get("/v2/health/live")
     async def live() -> dict:
         return {"live": True}
@@ -140,6 +173,9 @@ def _add_protocol_routes(app: FastAPI, service: InferenceService, config: ServeC
                                         request.headers.get("inference-header-content-length"))
             arguments = (header, binary, model.input, model.outputs, model.max_batch,
                          model.static_batch)
+            if len(header) > PARSE_IN_PROCESS_BYTES:
+                loop = asyncio.get_running_loop()
+                return await loop.run_in_executor(parsers.get(), parse_infer_request, *arguments)
             if len(header) > PARSE_IN_THREAD_BYTES:
                 return await run_in_threadpool(parse_infer_request, *arguments)
             return parse_infer_request(*arguments)

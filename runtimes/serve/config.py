@@ -5,7 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from resnext_compiler.budget import DEFAULT_BUDGET
+from resnext_compiler.limits import MAX_IMAGE_PIXELS
+
 MiB = 1024 * 1024
+GiB = 1024 * MiB
+DEFAULT_MAX_MEMORY = DEFAULT_BUDGET.memory  # the compiler's activation budget, at the batch
 
 
 @dataclass(frozen=True)
@@ -21,7 +26,11 @@ class ServeConfig:
     device: str = "auto"  # auto | cpu | cuda
     labels: Path | None = None
     max_body_bytes: int = 64 * MiB  # refused with 413 before it is read
-    max_image_pixels: int = 50_000_000  # decompression-bomb guard, checked before decoding
+    max_inflight_bytes: int = 256 * MiB  # all buffered bodies together; more -> 503
+    header_timeout_s: float = 10.0  # request line + headers must arrive within this
+    body_timeout_s: float = 60.0  # the whole body must arrive within this after the headers
+    max_memory_bytes: int = DEFAULT_MAX_MEMORY  # activations at max batch, checked at load
+    max_image_pixels: int = MAX_IMAGE_PIXELS  # source and resize target, checked before decoding
     default_top_k: int = 5
     intra_op_threads: int = 0  # 0: onnxruntime's default (one per core)
     graceful_timeout_s: float = 30.0  # in-flight requests get this long at shutdown

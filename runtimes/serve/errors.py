@@ -26,6 +26,9 @@ class ServeError(Exception):
         self.headers = headers or {}
         self.overloaded = overloaded  # a 503 for load (retry later), not for shutting down
 
+    def __reduce__(self) -> tuple:  # raised in a parser process, re-raised here
+        return (ServeError, (self.status, self.message, self.headers))
+
 
 def bad_request(message: str) -> ServeError:
     return ServeError(400, message)

@@ -14,9 +14,16 @@ import math
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from resnext_compiler.image_transform import draft, finish_decode, model_input, resize_and_crop
+from resnext_compiler.image_transform import (
+    draft,
+    finish_decode,
+    model_input,
+    resize_and_crop,
+    resize_target,
+)
 from resnext_compiler.input_contract import InputContract
 from resnext_compiler.runtimes.serve.errors import ServeError, bad_request
+from resnext_compiler.runtimes.serve.limits import check_pixels
 
 FORMATS = ("JPEG", "PNG")
 
@@ -36,15 +43,15 @@ def open_checked(data: bytes, max_pixels: int) -> Image.Image:
     image_width, image_height = image.size
     if image_width < 1 or image_height < 1:
         raise bad_request("image has no pixels")
-    if image_width * image_height > max_pixels:
-        raise ServeError(413, f"image is {image_width}x{image_height}, more than {max_pixels} "
-                         "pixels")
+    check_pixels("image", image_width, image_height, max_pixels)
     return image
 
 
 def decode_image(data: bytes, max_pixels: int, contract: InputContract) -> Image.Image:
     """The checked image decoded as the contract says (grey or RGB, EXIF-oriented)."""
     image = open_checked(data, max_pixels)
+    check_pixels("resize target", *resize_target(image.width, image.height, contract),
+                 max_pixels)
     try:
         draft(image, contract)
         return finish_decode(image, contract)

@@ -8,6 +8,7 @@ a silent fallback to CPU.
 from __future__ import annotations
 
 import logging
+import math
 import re
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from resnext_compiler.input_contract import (
     default_contract,
     onnx_input_layout,
 )
+from resnext_compiler.runtimes.serve.config import DEFAULT_MAX_MEMORY
 from resnext_compiler.runtimes.serve.datatypes import ORT_TO_V2, V2_TO_NUMPY, TensorInfo
 from resnext_compiler.runtimes.serve.onnxruntime_install import import_onnxruntime
 from resnext_compiler.runtimes.serve.repository import ModelSource
@@ -52,7 +54,7 @@ class LoadedModel:
     """One onnxruntime session with its single batched input and its outputs."""
 
     def __init__(self, source: ModelSource, device: str = "auto", max_batch: int = 32,
-                 intra_op_threads: int = 0):
+                 intra_op_threads: int = 0, max_memory_bytes: int = DEFAULT_MAX_MEMORY):
         ort = import_onnxruntime()
         self.name, self.version, self.path = source.name, source.version, source.onnx_path
         options = ort.SessionOptions()
@@ -90,10 +92,25 @@ class LoadedModel:
             self.name = spec_name  # the ONNX backend records the spec's name here
         self.contract, self.contract_recorded = _contract(self.metadata, self.input.shape,
                                                           self.path)
+        self._check_memory(max_memory_bytes)
         self.run(np.zeros((self.static_batch or 1, *self.input.shape[1:]), self.input_dtype))
         log.info("loaded model %s (version %s) from %s on %s; input %s %s, max batch %d",
                  self.name, self.version, self.path, self.provider, self.input.name,
                  list(self.input.shape), self.max_batch)
+
+    def _check_memory(self, limit: int) -> None:
+        """Refuse, before warm-up, a model whose activations at its batch exceed `limit`.
+
+        Our ONNX backend records the activation bytes per sample; for other models the input
+        tensor itself is the (lower) bound."""
+        recorded = self.metadata.get("activation_bytes", "")
+        per_sample = int(recorded) if recorded.isascii() and recorded.isdigit() else 0
+        per_sample = max(per_sample, math.prod(self.input.shape[1:]) * self.input_dtype.itemsize)
+        needed = per_sample * self.max_batch
+        if needed > limit:
+            raise UserError(f"{self.path}: serving at batch {self.max_batch} needs about "
+                            f"{needed:,} bytes of activations, over the budget of {limit:,} "
+                            "(lower --max-batch or raise --max-memory-gb)")
 
     @property
     def input_dtype(self) -> np.dtype:

@@ -18,6 +18,7 @@ import numpy as np
 
 from resnext_compiler.runtimes.serve.datatypes import V2_TO_NUMPY, TensorInfo, json_kinds
 from resnext_compiler.runtimes.serve.errors import ServeError, bad_request
+from resnext_compiler.runtimes.serve.limits import ascii_integer
 
 
 @dataclass(frozen=True)
@@ -38,10 +39,10 @@ def split_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
     """(JSON header, binary tensor data) from `Inference-Header-Content-Length`."""
     if header_length is None:
         return body, b""
-    if not header_length.strip().isdigit():
+    length = ascii_integer(header_length)
+    if length is None:
         raise bad_request("Inference-Header-Content-Length must be a non-negative integer, "
                           f"got {header_length[:40]!r}")
-    length = int(header_length)
     if length > len(body):
         raise bad_request(f"Inference-Header-Content-Length {length} exceeds the body size "
                           f"{len(body)}")
@@ -52,7 +53,7 @@ def parse_infer_request(header: bytes, binary: bytes, spec: TensorInfo, outputs:
                         max_batch: int, static_batch: int | None) -> InferRequest:
     """Check one request against the model's input `spec` and return the batched input."""
     try:
-        document = json.loads(header)
+        document = json.loads(header, parse_constant=_not_json)
     except RecursionError:
         raise bad_request("request JSON is nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as exc:
@@ -73,6 +74,10 @@ def parse_infer_request(header: bytes, binary: bytes, spec: TensorInfo, outputs:
     default_binary = _flag(parameters, "binary_data_output", "parameters")
     requested = _requested_outputs(document.get("outputs"), outputs, default_binary)
     return InferRequest(id=request_id, inputs=array, outputs=requested)
+
+
+def _not_json(token: str) -> None:
+    raise ValueError(f"{token} is not a JSON number (strict JSON: RFC 8259)")
 
 
 def _parameters(holder: dict, where: str) -> dict:
@@ -191,7 +196,7 @@ def requested_output(name: object, class_count: object, binary: bool,
                      outputs: list[TensorInfo]) -> RequestedOutput:
     """One output a client asked for, checked against the model's outputs (any protocol)."""
     known = [out.name for out in outputs]
-    if name not in known:
+    if not isinstance(name, str) or name not in known:
         raise bad_request(f"unknown output {name!r}; the model's outputs are {sorted(known)}")
     if isinstance(class_count, bool) or not isinstance(class_count, int) or class_count < 0:
         raise bad_request(f"output {name!r}: classification must be a non-negative integer")
@@ -231,16 +236,27 @@ def encode_infer_response(model_name: str, version: str, request: InferRequest,
             entry["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         else:
-            entry["data"] = array.reshape(-1).tolist()
+            entry["data"] = json_values(array)
         described.append(entry)
     document: dict = {"model_name": model_name, "model_version": version, "outputs": described}
     if request.id is not None:
         document["id"] = request.id
-    header = json.dumps(document).encode()
+    header = json.dumps(document, allow_nan=False).encode()
     if not blobs:
         return header, {"Content-Type": "application/json"}
     return header + b"".join(blobs), {"Content-Type": "application/octet-stream",
                                       "Inference-Header-Content-Length": str(len(header))}
+
+
+def json_values(array: np.ndarray) -> list:
+    """A tensor's values as a flat JSON list. JSON has no NaN or infinity (RFC 8259): a
+    non-finite output value becomes null; the binary form carries the IEEE value unchanged."""
+    flat = array.reshape(-1)
+    if flat.dtype.kind != "f" or np.isfinite(flat).all():
+        return flat.tolist()
+    values = flat.astype(object)
+    values[~np.isfinite(flat)] = None
+    return values.tolist()
 
 
 def classification(logits: np.ndarray, count: int, labels: list[str] | None) -> np.ndarray:

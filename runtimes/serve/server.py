@@ -21,7 +21,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from resnext_compiler.errors import UserError
+from resnext_compiler.errors import UserError, sanitise
 from resnext_compiler.runtimes.serve.config import ServeConfig
 
 if TYPE_CHECKING:  # onnxruntime is imported only when models are loaded
@@ -39,7 +39,8 @@ def load_models(model_path: Path, config: ServeConfig) -> tuple[list, dict[str, 
 
     models, labels = [], {}
     for source in find_models(model_path):
-        model = LoadedModel(source, config.device, config.max_batch, config.intra_op_threads)
+        model = LoadedModel(source, config.device, config.max_batch, config.intra_op_threads,
+                            config.max_memory_bytes)
         models.append(model)
         path = config.labels or source.labels_path
         if path is not None:
@@ -54,10 +55,11 @@ def announce_contract(model: LoadedModel) -> None:
     """Say once, at start-up, how /v1/classify prepares images for `model`."""
     if model.contract_recorded:
         log.info("model %s input contract (from the model file):\n  %s", model.name,
-                 "\n  ".join(model.contract.describe()))
+                 "\n  ".join(sanitise(line) for line in model.contract.describe()))
     else:
         log.warning("model %s records no input contract; /v1/classify uses the defaults "
-                    "(docs/serving.md):\n  %s", model.name, "\n  ".join(model.contract.describe()))
+                    "(docs/serving.md):\n  %s", model.name,
+                    "\n  ".join(sanitise(line) for line in model.contract.describe()))
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -84,11 +86,18 @@ def _uvicorn_server(app, config: ServeConfig, log_config: dict | None):  # noqa:
     import uvicorn
 
     from resnext_compiler.runtimes.serve.app import count_connections_of
+    from resnext_compiler.runtimes.serve.limits import AcceptErrorLog, bounded_h11_protocol
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets=None) -> None:  # noqa: ANN001 - uvicorn's signature
+            asyncio.get_running_loop().set_exception_handler(AcceptErrorLog())
+            await super().startup(sockets)
 
     settings = uvicorn.Config(app, log_level=config.log_level, access_log=False,
                               timeout_graceful_shutdown=int(config.graceful_timeout_s),
-                              lifespan="on", log_config=log_config, server_header=False)
-    server = uvicorn.Server(settings)
+                              lifespan="on", log_config=log_config, server_header=False,
+                              http=bounded_h11_protocol(config.header_timeout_s))
+    server = Server(settings)
     count_connections_of(app, server)
     return server
 

@@ -71,12 +71,16 @@ def _read_batch(path: Path, label_key: bytes, num_classes: int) -> tuple[np.ndar
     if not isinstance(batch, dict) or b"data" not in batch or label_key not in batch:
         keys = sorted(batch) if isinstance(batch, dict) else type(batch).__name__
         raise UserError(f"{path}: expected a dict with b'data' and {label_key!r}; got {keys}")
-    data = np.asarray(batch[b"data"])
-    labels = np.asarray(batch[label_key])
+    try:
+        data = np.asarray(batch[b"data"])
+        labels = np.asarray(batch[label_key])
+    except (ValueError, TypeError):
+        raise UserError(f"{path}: b'data' and {label_key!r} must be arrays") from None
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
         raise UserError(f"{path}: expected b'data' of shape (N, 3072) uint8; got "
                         f"{data.shape} {data.dtype}")
-    if labels.shape != (data.shape[0],) or labels.min() < 0 or labels.max() >= num_classes:
+    if (labels.shape != (data.shape[0],) or labels.dtype.kind not in "iu" or labels.size == 0
+            or labels.min() < 0 or labels.max() >= num_classes):
         raise UserError(f"{path}: expected {data.shape[0]} labels in 0..{num_classes - 1}")
     return data.reshape(-1, 3, 32, 32), labels.astype(np.int64)
 

@@ -115,10 +115,34 @@ class TrainConfig:
     @classmethod
     def from_json(cls, text: str) -> TrainConfig:
         data = json.loads(text)
-        known = {f.name for f in fields(cls)}
+        if not isinstance(data, dict):
+            raise ValueError("expected a JSON object")
+        known = {f.name: f.type for f in fields(cls)}
         data = {k: v for k, v in data.items() if k in known}
-        data["milestones"] = tuple(data.get("milestones", ()))
+        milestones = data.get("milestones", ())
+        if not isinstance(milestones, list) or not all(_is_int(m) for m in milestones):
+            raise ValueError("milestones must be a list of integers")
+        data["milestones"] = tuple(milestones)
+        for name, value in data.items():
+            if name != "milestones" and not _has_type(value, str(known[name])):
+                raise ValueError(f"{name} must be {known[name]}, got {str(value)[:40]!r}")
         return cls(**data)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _has_type(value: object, annotation: str) -> bool:
+    """Whether a JSON value fits a field annotated `int`, `float`, `str`, `bool` or `X | None`."""
+    if value is None:
+        return annotation.endswith("| None")
+    base = annotation.removesuffix(" | None")
+    if base == "int":
+        return _is_int(value)
+    if base == "float":
+        return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
+    return isinstance(value, {"str": str, "bool": bool}.get(base, object))
 
 
 def scaled_lr(reference_lr: float, reference_batch: int, batch_size: int) -> float:

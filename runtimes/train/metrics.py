@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from resnext_compiler.artifacts import write_text_atomic
+from resnext_compiler.errors import UserError
 
 COLUMNS = ("epoch", "train_loss", "train_top1_error", "train_top5_error", "val_loss",
            "val_top1_error", "val_top5_error", "lr", "images_per_s", "epoch_time_s")
@@ -44,4 +45,16 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except (ValueError, RecursionError):
+            raise UserError(f"{path}:{number}: not a JSON object; the metrics log is corrupt"
+                            ) from None
+        if not isinstance(row, dict):
+            raise UserError(f"{path}:{number}: not a JSON object; the metrics log is corrupt")
+        rows.append(row)
+    return rows

@@ -142,7 +142,11 @@ def resume_config(run_dir: Path, epochs: int | None = None, lr: float | None = N
     if not (run_dir / CHECKPOINT).is_file():
         raise UserError(f"--resume {run_dir}: no checkpoint yet (expected {run_dir / CHECKPOINT};"
                         " the run stopped before finishing its first epoch)")
-    config = TrainConfig.from_json(path.read_text())
+    try:
+        config = TrainConfig.from_json(path.read_text(errors="replace"))
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
+        raise UserError(f"{path}: corrupt run settings ({type(exc).__name__}: "
+                        f"{str(exc)[:200]}); start a new run instead of --resume") from None
     config = replace(config, run_dir=str(run_dir))
     if nnodes is not None and config.nnodes != nnodes:
         raise UserError(f"{run_dir} was trained on {config.nnodes} node(s); resume it with "

@@ -1,0 +1,55 @@
+"""Option checks shared by the commands: ranges and finiteness, enforced by the option parser.
+
+Each check is a typer callback, so a bad value is one line of error naming the option and the
+allowed range (exit 2) before any command body runs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import typer
+
+
+def number_range(minimum: float | None = None, maximum: float | None = None, *,
+                 min_open: bool = False, max_open: bool = False) -> Callable[[Any], Any]:
+    """A callback accepting None or a finite number in the range (open ends where asked)."""
+    low = "" if minimum is None else f"{'>' if min_open else '>='} {_number(minimum)}"
+    high = "" if maximum is None else f"{'<' if max_open else '<='} {_number(maximum)}"
+    allowed = " and ".join(part for part in (low, high) if part) or "finite"
+
+    def check(value: Any) -> Any:
+        if value is None:
+            return value
+        if isinstance(value, float) and not math.isfinite(value):
+            raise typer.BadParameter(f"must be a finite number ({allowed}), got {value}")
+        too_low = minimum is not None and (value <= minimum if min_open else value < minimum)
+        too_high = maximum is not None and (value >= maximum if max_open else value > maximum)
+        if too_low or too_high:
+            shown = f"{value:g}" if isinstance(value, float) else _short_int(value)
+            raise typer.BadParameter(f"must be {allowed}, got {shown}")
+        return value
+
+    return check
+
+
+def choice(*choices: str) -> Callable[[str | None], str | None]:
+    """A callback accepting None or one of `choices`."""
+
+    def check(value: str | None) -> str | None:
+        if value is not None and value not in choices:
+            raise typer.BadParameter(f"must be one of {', '.join(choices)}, got {value[:40]!r}")
+        return value
+
+    return check
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+def _short_int(value: int) -> str:
+    text = str(value)
+    return text if len(text) <= 20 else f"a {len(text)}-digit number"

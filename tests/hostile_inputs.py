@@ -1,0 +1,59 @@
+"""Hostile inputs, generated at test time (no tests here): bombs, hangs and malformed files."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+TINY = "input: {channels: 3, height: 32, width: 32}\nstem: cifar\n"
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height, with one byte of pixel data: a few hundred
+    bytes that a decoder would expand to width * height pixels."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0"))
+            + chunk(b"IEND", b""))
+
+
+# An EXIF block (little-endian TIFF) whose orientation is 6 and whose other entries make
+# Pillow's EXIF writer raise struct.error inside ImageOps.exif_transpose (found by fuzzing).
+BAD_EXIF = bytes.fromhex(
+    "49492a0008000000050012010300010000000600000012010c00020000000800000001020100020000000000"
+    "0000ab130500ffff00000800000005a00600ffffff7f64000000000000008ea70ccbf2451529b1b80223613"
+    "8f116a10ca1c9408cd0484bce9c1e534044f61716c65c")
+
+
+def jpeg_with_exif(exif: bytes = BAD_EXIF, size: int = 48) -> bytes:
+    """A small valid JPEG with `exif` inserted as an APP1 segment."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (size, size), (120, 30, 200)).save(buffer, "JPEG")
+    data = buffer.getvalue()
+    segment = b"Exif\x00\x00" + exif
+    app1 = b"\xff\xe1" + struct.pack(">H", len(segment) + 2) + segment
+    return data[:2] + app1 + data[2:]
+
+
+def billion_laughs(levels: int = 12, fanout: int = 10) -> str:
+    """Each anchor lists the previous one `fanout` times: fanout**levels nodes when expanded."""
+    lines = ["a0: &a0 [x]"]
+    for level in range(1, levels):
+        refs = ", ".join([f"*a{level - 1}"] * fanout)
+        lines.append(f"a{level}: &a{level} [{refs}]")
+    return "name: laughs\nstages: [1]\n" + "\n".join(lines) + "\n"
+
+
+def merge_key_bomb(levels: int = 30) -> str:
+    """Merge keys doubling at every level: 2**levels merged entries if expanded eagerly."""
+    lines = ["m0: &m0 {k: 1}"]
+    for level in range(1, levels):
+        lines.append(f"m{level}: &m{level} {{<<: [*m{level - 1}, *m{level - 1}]}}")
+    return "name: merges\nstages: [1]\n" + "\n".join(lines) + "\n"
