@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 
 from resnext_compiler.errors import SpecError, UserError
-from resnext_compiler.limits import MAX_CHANNELS
+from resnext_compiler.limits import MAX_ACTIVATION_BYTES, MAX_CHANNELS
 from resnext_compiler.spec import ResolvedStage, Spec
 
 GiB = 1024**3
@@ -32,7 +32,7 @@ class Budget:
     nodes: int = 200_000  # IR nodes; ResNeXt-101 64x4d has 345 in form C, 14,931 in form A
     params: int = 4_000_000_000  # 16 GB of float32 weights
     macs: int = 2_000_000_000_000  # per sample; ResNeXt-101 64x4d at 224 px needs 15.5e9
-    memory: int = 64 * GiB
+    memory: int = MAX_ACTIVATION_BYTES
 
     def raised(self, assignments: list[str]) -> Budget:
         """This budget with `NAME=VALUE` assignments applied (the `--budget` option)."""

@@ -16,6 +16,8 @@ MAX_EPOCHS = 100_000
 MAX_BATCH = 1 << 20  # samples in one global batch
 MAX_LR = 1e30  # any finite rate: a huge one diverges, and training says so
 MAX_IMAGE_PIXELS = 50_000_000  # decoded pixels of one image (source or resize target)
+# float32 activations of every node at the batch: the compile budget's and serve's default
+MAX_ACTIVATION_BYTES = 64 * 1024**3
 
 
 def image_pixels_problem(source: tuple[int, int], target: tuple[int, int] | None,

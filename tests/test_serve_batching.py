@@ -111,7 +111,9 @@ def test_a_full_queue_answers_503_with_retry_after(tiny_path: Path) -> None:
         responses = asyncio.run(post_all(f"{server.url}/v2/models/tiny/infer", [body] * 6))
         metrics = httpx.get(f"{server.url}/metrics").text
     statuses = sorted(r.status_code for r in responses)
-    assert statuses.count(200) >= 3 and statuses.count(503) >= 1 and set(statuses) <= {200, 503}
+    # the 2 queue places are always served; a third request is too when the model has already
+    # taken the first off the queue before the rest arrive (timing, so not asserted)
+    assert statuses.count(200) >= 2 and statuses.count(503) >= 1 and set(statuses) <= {200, 503}
     refused = [r for r in responses if r.status_code == 503]
     assert all(r.headers["retry-after"] == "1" and "queue full" in r.json()["error"]
                for r in refused)
@@ -153,7 +155,15 @@ def test_graceful_shutdown_finishes_in_flight_requests(tiny_path: Path) -> None:
 
         async def requests_then_shutdown() -> list[httpx.Response]:
             pending = asyncio.ensure_future(post_all(url, [body] * 4))
-            await asyncio.sleep(0.15)  # the first batch runs, three requests wait
+            # stop only once all four are inside the server (the first batch runs, three wait):
+            # a fixed sleep is too short on a loaded machine
+            deadline = time.monotonic() + 10
+            async with httpx.AsyncClient() as client:
+                while time.monotonic() < deadline:
+                    text = (await client.get(f"{server.url}/metrics")).text
+                    if metric(text, "resnext_serve_inference_requests_in_progress") >= 4:
+                        break
+                    await asyncio.sleep(0.01)
             await asyncio.to_thread(server.stop)
             return await pending
 

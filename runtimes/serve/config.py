@@ -5,12 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from resnext_compiler.budget import DEFAULT_BUDGET
-from resnext_compiler.limits import MAX_IMAGE_PIXELS
+from resnext_compiler.limits import MAX_ACTIVATION_BYTES, MAX_IMAGE_PIXELS
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
-DEFAULT_MAX_MEMORY = DEFAULT_BUDGET.memory  # the compiler's activation budget, at the batch
+DEFAULT_MAX_MEMORY = MAX_ACTIVATION_BYTES  # the compiler's activation budget, at the batch
 
 
 @dataclass(frozen=True)
