@@ -217,8 +217,9 @@ def _commands(page: Path, first_line: int, content: str, console: bool) -> list[
 def _stale_directives(where: str, directives: Directives, content: str,
                       examples: list[Example]) -> list[str]:
     problems = []
+    texts = [e.text for e in examples] or [content]
     for old, _ in directives.replacements:
-        if old not in content:
+        if not any(old in text for text in texts):
             problems.append(f"{where}: `replace: {old} -> ...` but the block has no {old!r}")
     for prefix, _ in directives.skips:
         if prefix != "*" and not any(e.text.startswith(prefix) for e in examples):
@@ -293,11 +294,19 @@ def prepare_workdir(workdir: Path) -> dict[str, str]:
         elif source.exists():
             shutil.copy2(source, workdir / name)
     env = {k: v for k, v in os.environ.items() if k != "RESNEXT_DEBUG"}
+    # matplotlib keeps its font cache under HOME; keep using the real one (seconds per plot).
+    env.setdefault("MPLCONFIGDIR", _matplotlib_config_dir())
     env["HOME"] = str(workdir)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["COLUMNS"] = "200"
     env.pop("PYTEST_ADDOPTS", None)
     return env
+
+
+def _matplotlib_config_dir() -> str:
+    import matplotlib
+
+    return matplotlib.get_configdir()
 
 
 class PageRunner:
@@ -310,6 +319,7 @@ class PageRunner:
         self.port = free_port()
         self.failures: list[str] = []
         self.background: list[tuple[subprocess.Popen, Path]] = []
+        self.timings: list[tuple[float, str]] = []  # (seconds, where: text), for the record
 
     def run_block(self, block: Block) -> None:
         examples = [e for e in block.examples if e.skip_reason is None]
@@ -318,22 +328,27 @@ class PageRunner:
         for setup in block.directives.setups:
             self._setup(setup, block)
         for example in examples:
-            text = self._substitute(example.text, block.directives)
-            if example.kind == "command" and example.background:
-                self._start(example, text, block.directives)
-            elif example.kind == "command":
-                self._check(example, self._shell(text), block.directives)
-            elif example.kind == "python":
-                script = self.workdir / f"snippet_{example.page.stem}_{example.line}.py"
-                script.write_text(text)
-                self._check(example, self._shell(f"{shlex.quote(sys.executable)} "
-                                                 f"{shlex.quote(script.name)}"),
-                            block.directives)
-            elif example.kind == "spec":
-                spec = self.workdir / f"spec_{example.page.stem}_{example.line}.yaml"
-                spec.write_text(text)
-                self._check(example, self._shell(f"resnext-compile check {spec.name}"),
-                            block.directives)
+            started = time.monotonic()
+            self._run(example, block.directives)
+            self.timings.append((time.monotonic() - started, f"{example.where}: {example.text}"))
+
+    def _run(self, example: Example, directives: Directives) -> None:
+        text = self._substitute(example.text, directives)
+        if example.kind == "command" and example.background:
+            self._start(example, text, directives)
+        elif example.kind == "command":
+            self._check(example, self._shell(text), directives)
+        elif example.kind == "python":
+            script = self.workdir / f"snippet_{example.page.stem}_{example.line}.py"
+            script.write_text(text)
+            self._check(example, self._shell(f"{shlex.quote(sys.executable)} "
+                                             f"{shlex.quote(script.name)}"),
+                        directives)
+        elif example.kind == "spec":
+            spec = self.workdir / f"spec_{example.page.stem}_{example.line}.yaml"
+            spec.write_text(text)
+            self._check(example, self._shell(f"resnext-compile check {spec.name}"),
+                        directives)
 
     def _substitute(self, text: str, directives: Directives) -> str:
         for old, new in directives.replacements:

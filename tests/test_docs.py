@@ -66,6 +66,8 @@ def test_page_commands_and_snippets_run(page, tmp_path):
             runner.run_block(block)
     finally:
         runner.close()
+    for seconds, what in sorted(runner.timings, reverse=True)[:5]:  # shown with -s / -rP
+        print(f"{seconds:6.1f} s  {what}")
     assert not runner.failures, "\n\n".join(runner.failures)
 
 

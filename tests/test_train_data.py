@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from tiny_data import write_cifar10, write_folder
 
 from resnext_compiler.errors import SpecError, UserError

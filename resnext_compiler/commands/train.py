@@ -93,11 +93,14 @@ def train_command(
         None, "--run-dir", "-o", help="Run directory (default: runs/NAME-TIMESTAMP)."),
     resume: Path | None = typer.Option(
         None, "--resume", help="Continue the run in this directory from its last checkpoint."),
+    scan_data: bool = typer.Option(
+        True, "--scan-data/--no-scan-data",
+        help="Open every image file of a folder data set before training starts."),
 ) -> None:
     """Train a spec with the seed's recipe (SGD + Nesterov, linear lr scaling, step/cosine).
 
-    With no arguments: a small ResNeXt on the embedded UCI handwritten digits, >= 97%
-    validation accuracy (98.6% with seed 0) in well under a minute on 2 CPU cores.
+    With no arguments: a small ResNeXt on the embedded UCI handwritten digits for 10 epochs,
+    >= 97% validation accuracy (about 10 s of CPU time).
     """
     from resnext_compiler.runtimes.train.config import TrainOverrides
     from resnext_compiler.runtimes.train.runner import execute, prepare_run, resume_config
@@ -124,7 +127,7 @@ def train_command(
             nproc=max(nproc, gpus, 1), device=_device(device, gpus), amp=amp,
             amp_dtype=amp_dtype, channels_last=channels_last, compile=compile_model,
             seed=seed, workers=workers, threads=threads)
-        config, data_splits = prepare_run(spec, overrides, run_dir)
+        config, data_splits = prepare_run(spec, overrides, run_dir, scan_data)
     summary = execute(config, resume=resume is not None, data=data_splits)
     for line in summary.lines():
         typer.echo(sanitise(line, keep_newlines=True))

@@ -10,6 +10,7 @@ spec.yaml names), `train.json` (every resolved setting), `metrics.jsonl`/`metric
 from __future__ import annotations
 
 import datetime as _dt
+import time
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from importlib import resources
@@ -27,6 +28,7 @@ from resnext_compiler.runtimes.train.config import (
     resolve_config,
 )
 from resnext_compiler.runtimes.train.datasets import DataSplits
+from resnext_compiler.runtimes.train.image_check import check_image_files, dataset_files
 from resnext_compiler.runtimes.train.metrics import read_metrics
 from resnext_compiler.spec import Spec, load_spec
 
@@ -64,8 +66,8 @@ class RunSummary:
         out.append(f"run directory: {self.run_dir}")
         if (self.run_dir / WEIGHTS).is_file():
             out.append("export it with:\n  resnext-compile "
-                       f"{self.run_dir / 'spec.yaml'} --backend onnx --weights "
-                       f"{self.run_dir / WEIGHTS}")
+                       f"{self.run_dir / 'spec.yaml'} --weights {self.run_dir / WEIGHTS} "
+                       f"-o {self.run_dir / 'model.onnx'}")
         return out
 
 
@@ -86,11 +88,12 @@ def default_run_dir(spec: Spec, root: Path = Path("runs")) -> Path:
 
 
 def prepare_run(spec_path: Path | None, overrides: TrainOverrides,
-                run_dir: Path | None) -> tuple[TrainConfig, DataSplits]:
+                run_dir: Path | None, scan_data: bool = True) -> tuple[TrainConfig, DataSplits]:
     """Resolve settings, check the spec and data, and write spec.yaml + train.json.
 
-    Returns the data set opened for the check too; `execute` reuses it in this process, so
-    an ImageNet-sized folder is scanned once.
+    `scan_data` opens every image file of a folder data set first (runtimes/train/image_check),
+    so a damaged file stops the run before its directory exists. Returns the data set opened
+    for the check too; `execute` reuses it in this process, so a folder is listed once.
     """
     from resnext_compiler.pipeline import compile_spec
     from resnext_compiler.runtimes.train.datasets import open_dataset
@@ -109,6 +112,12 @@ def prepare_run(spec_path: Path | None, overrides: TrainOverrides,
     config = resolve_config(spec, overrides, run_dir)
     data = open_dataset(spec, config.dataset, config.data_dir, config.augment, config.seed)
     check_batch_fits(len(data.train), config.batch_size)
+    files = dataset_files(data.train, data.val) if scan_data else []
+    if files:
+        started = time.monotonic()
+        check_image_files(files)
+        data = replace(data, description=f"{data.description}; all {len(files)} image files "
+                                         f"readable (scan {time.monotonic() - started:.1f} s)")
     run_dir.mkdir(parents=True, exist_ok=True)
     # The labels file first: spec.yaml names it.
     write_text_atomic(run_dir / LABELS_FILE, labels_text(data.contract.labels or ()))

@@ -7,7 +7,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from resnext_compiler.errors import ResnextError, UserError
+from resnext_compiler.errors import ResnextError, UserError, error_text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
         train_process(config, context, resume)
     except ResnextError as exc:
         if context.is_main:
-            print(f"error: {exc}", file=sys.stderr, flush=True)
+            print(error_text(exc), file=sys.stderr, flush=True)
         return 2 if isinstance(exc, UserError) else 1
     finally:
         shutdown(context)
