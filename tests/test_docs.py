@@ -56,6 +56,7 @@ def test_only_a_bounded_share_of_examples_is_not_run():
     assert numbers["skipped"] <= MAX_SKIPPED_FRACTION * numbers["total"], numbers
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.relative_to(REPO).as_posix())
 def test_page_commands_and_snippets_run(page, tmp_path):
     blocks, problems = parse_page(page)
