@@ -20,7 +20,7 @@ from typer.exceptions import Abort
 
 from resnext_compiler import __version__
 from resnext_compiler.commands import compile as compile_commands
-from resnext_compiler.errors import ResnextError, UserError, error_text, sanitise
+from resnext_compiler.errors import ResnextError, UserError, error_text
 
 EXIT_OK, EXIT_FAILURE, EXIT_USER_ERROR = 0, 1, 2
 
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(code)
     except ClickException as exc:  # a bad option or argument: one line, exit 2
         where = exc.ctx.command_path if getattr(exc, "ctx", None) else "resnext-compile"
-        print(f"error: {sanitise(exc.format_message())} (see {where} --help)", file=sys.stderr)
+        _report(UserError(f"{exc.format_message()} (see {where} --help)"))
         sys.exit(exc.exit_code)
     except Abort:
         print("interrupted", file=sys.stderr)
