@@ -19,7 +19,7 @@ A block that needs real data, a GPU, a network or hours says so in an HTML comme
 before it, one directive per line:
 
     <!-- doc-test
-    setup: cifar10 ~/data/cifar-10-batches-py     tiny stand-in data (see SETUPS), or a command
+    setup: cifar10 ~/data/cifar-10-batches-py     tiny stand-in data (SETUPS in tests/test_docs.py), or a command
     replace: SPEC -> specs/resnet18.yaml           text substituted before running
     skip: resnext-compile train SPEC --nproc | needs N processes; tests/test_train_ddp.py
     skip: * | why the whole block is not run
@@ -303,6 +303,11 @@ def prepare_workdir(workdir: Path) -> dict[str, str]:
     return env
 
 
+def in_workdir(workdir: Path, path: str) -> Path:
+    """A path as the docs' commands see it (`~` is the work folder, as HOME is)."""
+    return workdir / path.removeprefix("~/")
+
+
 def _matplotlib_config_dir() -> str:
     import matplotlib
 
@@ -358,15 +363,12 @@ class PageRunner:
     def _setup(self, setup: str, block: Block) -> None:
         words = shlex.split(setup)
         if words[0] in self.setups:
-            self.setups[words[0]](self.workdir, *[self._path(w) for w in words[1:]])
+            self.setups[words[0]](self.workdir, *words[1:])
             return
         result = self._shell(self._substitute(setup, block.directives))
         if result.returncode != 0:
             self.failures.append(f"{block.page.name}:{block.line}: setup {setup!r} failed "
                                  f"(exit {result.returncode}):\n{result.stdout[-2000:]}")
-
-    def _path(self, word: str) -> Path:
-        return self.workdir / word.removeprefix("~/")
 
     def _shell(self, command: str) -> subprocess.CompletedProcess[str]:
         try:

@@ -11,6 +11,7 @@ from markdown_examples import (
     PageRunner,
     census,
     documentation_pages,
+    in_workdir,
     line_pattern,
     missing_output,
     parse_page,
@@ -21,19 +22,19 @@ from tiny_data import write_cifar10, write_folder
 MAX_SKIPPED_FRACTION = 0.25
 
 
-def _torchvision_weights(workdir: Path, model: str, target: Path) -> None:
+def _torchvision_weights(workdir: Path, model: str, target: str) -> None:
     """A torchvision state dict (random initialisation: nothing is downloaded)."""
     import torch
     import torchvision
 
-    torch.save(getattr(torchvision.models, model)().state_dict(), target)
+    torch.save(getattr(torchvision.models, model)().state_dict(), in_workdir(workdir, target))
 
 
+# `setup: NAME ARGS...` directives: tiny stand-ins for data the docs' commands need.
 SETUPS = {
-    "cifar10": lambda workdir, root: write_cifar10(root, per_batch=8),
-    "imagefolder": lambda workdir, root: write_folder(root, per_class=4),
-    "torchvision": lambda workdir, model, target: _torchvision_weights(workdir, model.name,
-                                                                      target),
+    "cifar10": lambda workdir, root: write_cifar10(in_workdir(workdir, root), per_batch=8),
+    "imagefolder": lambda workdir, root: write_folder(in_workdir(workdir, root), per_class=4),
+    "torchvision": _torchvision_weights,
 }
 
 PAGES = documentation_pages()
