@@ -19,7 +19,7 @@ A block that needs real data, a GPU, a network or hours says so in an HTML comme
 before it, one directive per line:
 
     <!-- doc-test
-    setup: cifar10 ~/data/cifar-10-batches-py     tiny stand-in data (SETUPS in tests/test_docs.py), or a command
+    setup: cifar10 ~/data/cifar-10-batches-py     stand-in data (test_docs.SETUPS), or a command
     replace: SPEC -> specs/resnet18.yaml           text substituted before running
     skip: resnext-compile train SPEC --nproc | needs N processes; tests/test_train_ddp.py
     skip: * | why the whole block is not run
