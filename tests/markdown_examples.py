@@ -25,6 +25,7 @@ before it, one directive per line:
     skip: * | why the whole block is not run
     background: resnext-compile serve             commands that keep running (servers)
     numbers: example                              shown numbers are from one run (text checked)
+    exit: 2                                       the commands fail on purpose (error examples)
     -->
 
 `skip:` takes a command prefix (or `*`) and a reason after `|`; skipped commands are counted,
@@ -71,6 +72,7 @@ class Directives:
     skips: list[tuple[str, str]] = field(default_factory=list)  # (command prefix or *, reason)
     background: list[str] = field(default_factory=list)
     example_numbers: bool = False
+    exit_code: int = 0  # what the block's commands are expected to exit with
 
     @classmethod
     def parse(cls, comment: str, where: str) -> Directives:
@@ -98,6 +100,8 @@ class Directives:
                 out.skips.append((prefix.strip(), reason.strip()))
             elif key == "background":
                 out.background.append(value)
+            elif key == "exit" and value.isdigit():
+                out.exit_code = int(value)
             elif key == "numbers" and value in ("example", "exact"):
                 out.example_numbers = value == "example"
             else:
@@ -381,9 +385,10 @@ class PageRunner:
 
     def _check(self, example: Example, result: subprocess.CompletedProcess[str],
                directives: Directives) -> None:
-        if result.returncode != 0:
+        if result.returncode != directives.exit_code:
             self.failures.append(f"{example.where}: `{example.text}` exited "
-                                 f"{result.returncode}:\n{result.stdout[-3000:]}")
+                                 f"{result.returncode} (expected {directives.exit_code}):\n"
+                                 f"{result.stdout[-3000:]}")
             return
         missing = missing_output(example.expected, result.stdout, directives.example_numbers)
         if missing:

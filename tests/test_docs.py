@@ -133,7 +133,17 @@ def test_a_failing_command_or_drifted_output_is_reported_with_its_line(tmp_path)
         runner.run_block(block)
     assert len(runner.failures) == 2
     assert runner.failures[0].startswith("page.md:2: `echo one` did not print")
-    assert runner.failures[1].startswith("page.md:4: `false` exited 1")
+    assert runner.failures[1].startswith("page.md:4: `false` exited 1 (expected 0)")
+
+
+def test_an_error_example_must_fail_with_the_stated_code(tmp_path):
+    page = _page(tmp_path, "<!-- doc-test\nexit: 1\n-->\n```console\n$ false\n$ true\n```\n")
+    work = tmp_path / "work"
+    work.mkdir()
+    runner = PageRunner(work, SETUPS)
+    runner.run_block(parse_page(page)[0][0])
+    assert len(runner.failures) == 1
+    assert runner.failures[0].startswith("page.md:6: `true` exited 0 (expected 1)")
 
 
 def test_commands_run_in_the_work_folder_not_the_repository(tmp_path):
