@@ -178,7 +178,7 @@ def _examples(page: Path, first_line: int, language: str, content: str,
               directives: Directives) -> list[Example]:
     out: list[Example] = []
     if language == "python":
-        expected = [m.group(1).strip() for m in re.finditer(r"^print\(.*\)\s+#\s?(.*)$", content,
+        expected = [m.group(1).strip() for m in re.finditer(r"^\s*print\(.*\)\s+#\s?(.*)$", content,
                                                            re.MULTILINE)]
         out.append(Example(page, first_line, "python", content, expected))
     elif language == "yaml" and re.search(r"^spec_version:", content, re.MULTILINE):
