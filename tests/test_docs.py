@@ -30,11 +30,29 @@ def _torchvision_weights(workdir: Path, model: str, target: str) -> None:
     torch.save(getattr(torchvision.models, model)().state_dict(), in_workdir(workdir, target))
 
 
+def _digits_folder(workdir: Path, root: str) -> None:
+    """The embedded digits' validation images as PNG class folders (`root/val/<digit>/`), the
+    layout `evaluate MODEL.onnx --data DIR` reads."""
+    from PIL import Image
+
+    from resnext_compiler.runtimes.train.datasets import open_dataset
+    from resnext_compiler.spec import parse_spec
+
+    spec = parse_spec("spec_version: 1\nname: d\ninput: {channels: 1, height: 8, width: 8}\n"
+                      "stem: cifar\nstages: [1]\nhead: {num_classes: 10}\n")
+    val = open_dataset(spec, "digits", None).val
+    for i, (image, label) in enumerate(zip(val.images, val.labels, strict=True)):
+        folder = in_workdir(workdir, root) / "val" / val.classes[int(label)]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image[0].numpy()).save(folder / f"{i}.png")
+
+
 # `setup: NAME ARGS...` directives: tiny stand-ins for data the docs' commands need.
 SETUPS = {
     "cifar10": lambda workdir, root: write_cifar10(in_workdir(workdir, root), per_batch=8),
     "imagefolder": lambda workdir, root: write_folder(in_workdir(workdir, root), per_class=4),
     "torchvision": _torchvision_weights,
+    "digits-folder": _digits_folder,
 }
 
 PAGES = documentation_pages()
