@@ -20,7 +20,7 @@ from typer.exceptions import Abort
 
 from resnext_compiler import __version__
 from resnext_compiler.commands import compile as compile_commands
-from resnext_compiler.errors import ResnextError, SpecError, UserError, sanitise
+from resnext_compiler.errors import ResnextError, UserError, error_text
 
 EXIT_OK, EXIT_FAILURE, EXIT_USER_ERROR = 0, 1, 2
 
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(code)
     except ClickException as exc:  # a bad option or argument: one line, exit 2
         where = exc.ctx.command_path if getattr(exc, "ctx", None) else "resnext-compile"
-        print(f"error: {sanitise(exc.format_message())} (see {where} --help)", file=sys.stderr)
+        _report(UserError(f"{exc.format_message()} (see {where} --help)"))
         sys.exit(exc.exit_code)
     except Abort:
         print("interrupted", file=sys.stderr)
@@ -108,13 +108,11 @@ def main(argv: list[str] | None = None) -> None:
     ) as exc:
         # A path the user gave cannot be read or written: their error, not a crash.
         target = f"cannot use {exc.filename}: " if exc.filename else ""
-        print(f"error: {target}{exc.strerror or exc}", file=sys.stderr)
+        _report(UserError(f"{target}{exc.strerror or exc}"))
         sys.exit(EXIT_USER_ERROR)
     except OSError as exc:  # disk full, I/O error: a runtime failure
-        print(
-            f"error: {exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""),
-            file=sys.stderr,
-        )
+        _report(ResnextError(f"{exc.strerror or exc}"
+                             + (f": {exc.filename}" if exc.filename else "")))
         sys.exit(EXIT_FAILURE)
     except Exception as exc:  # a bug: say so plainly, without a wall of traceback
         if os.environ.get("RESNEXT_DEBUG"):
@@ -130,9 +128,7 @@ def main(argv: list[str] | None = None) -> None:
 def _report(exc: Exception) -> None:
     if os.environ.get("RESNEXT_DEBUG"):
         traceback.print_exc()
-    # Located spec errors already read `FILE:LINE:COL: field: message`.
-    prefix = "" if isinstance(exc, SpecError) else "error: "
-    print(sanitise(f"{prefix}{exc}", keep_newlines=True), file=sys.stderr)
+    print(error_text(exc), file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -69,6 +69,17 @@ class SpecError(UserError):
         super().__init__("\n".join(d.format() for d in self.diagnostics))
 
 
+def error_text(exc: BaseException) -> str:
+    """How every error reaches the user: located spec problems as `FILE:LINE:COL: field:
+    message` (one per line), everything else as `error: message`."""
+    if isinstance(exc, SpecError):
+        text = "\n".join(d.format() if d.location is not None else f"error: {d.format()}"
+                         for d in exc.diagnostics)
+    else:
+        text = f"error: {exc}"
+    return sanitise(text, keep_newlines=True)
+
+
 def format_field_path(path: tuple[str | int, ...]) -> str:
     """`('stages', 1, 'depth')` -> `stages[1].depth`."""
     out = ""

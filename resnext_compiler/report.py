@@ -64,7 +64,7 @@ def report_dict(spec: Spec, graph: Graph, cost: Complexity) -> dict[str, Any]:
 
 def report_table(spec: Spec, graph: Graph, cost: Complexity) -> str:
     data = report_dict(spec, graph, cost)
-    header = ["stage", "blocks", "C x d", "output", "params", "GMACs", "act. MB"]
+    header = ["stage", "blocks", "C x d", "output", "params", "GMACs", "act. MiB"]
     rows = []
     for st in data["stages"]:
         cxd = ""
@@ -105,8 +105,8 @@ def report_table(spec: Spec, graph: Graph, cost: Complexity) -> str:
     out = [
         f"{spec.name}: {data['params']:,} parameters, {data['macs'] / 1e9:.2f} GMACs "
         f"(batch 1, input {'x'.join(str(d) for d in data['input_shape'][1:])})",
-        f"parameters {data['param_bytes'] / 2**20:.1f} MB fp32, activations "
-        f"{data['activation_bytes'] / 2**20:.1f} MB per image (all node outputs)",
+        f"parameters {data['param_bytes'] / 2**20:.1f} MiB fp32, activations "
+        f"{data['activation_bytes'] / 2**20:.1f} MiB per image (all node outputs)",
         "",
         line(header),
         line(["-" * w for w in widths]),

@@ -32,6 +32,9 @@ from resnext_compiler.limits import (
 from resnext_compiler.yaml_source import FieldPath, SourceMap, read_yaml, read_yaml_file
 
 SPEC_VERSION = 1
+# First line of every spec the tool writes (and of specs/*.yaml): editors running the YAML
+# language server complete and check fields against `resnext-compile schema > spec.schema.json`.
+SCHEMA_COMMENT = "# yaml-language-server: $schema=spec.schema.json"
 
 
 class _Model(BaseModel):
@@ -241,7 +244,7 @@ class Spec(_Model):
         import yaml
 
         data = self.model_dump(mode="json", exclude={"extends"}, exclude_none=True)
-        return yaml.safe_dump(data, sort_keys=False, width=100)
+        return SCHEMA_COMMENT + "\n" + yaml.safe_dump(data, sort_keys=False, width=100)
 
 
 def bottleneck_path_width(width: int, base_width: int) -> int:

@@ -103,10 +103,10 @@ def test_served_evaluated_and_trained_forms_agree_image_for_image(
     assert trained.code == 0, trained
     assert (run / "labels.txt").read_text().splitlines() == sorted(classes)
 
-    exported = run_cli(*export_command(trained.out))  # the exact command, default output
+    exported = run_cli(*export_command(trained.out))  # the exact command: into the run dir
     assert exported.code == 0, exported
-    model = tmp_path / f"loop_{'grey' if grey else 'rgb'}.onnx"
-    assert exported.out.strip() == f"wrote {model.name}"
+    model = run / "model.onnx"
+    assert exported.out.strip() == f"wrote {model}"
 
     onnx_csv, spec_csv = tmp_path / "onnx.csv", tmp_path / "spec.csv"
     by_onnx = run_cli("evaluate", model, "--data", tmp_path / "data", "--predictions", onnx_csv)

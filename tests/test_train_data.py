@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny_data import write_cifar10, write_folder
 
 from resnext_compiler.errors import SpecError, UserError
 from resnext_compiler.runtimes.train.augment import random_crop
@@ -28,18 +29,6 @@ def small_spec(tmp_path: Path, channels: int = 3, size: int = 32, classes: int =
         "stages: [{depth: 1, width: 8}, {depth: 1, width: 16}]\n"
         f"head:\n  num_classes: {classes}\n")
     return path
-
-
-def write_cifar10(root: Path, per_batch: int = 6) -> None:
-    rng = np.random.default_rng(0)
-    root.mkdir(parents=True, exist_ok=True)
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        batch = {b"data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
-                 b"labels": [int(v) for v in rng.integers(0, 10, per_batch)]}
-        (root / name).write_bytes(pickle.dumps(batch))
-    names = [n.encode() for n in ("airplane automobile bird cat deer dog frog horse ship "
-                                  "truck").split()]
-    (root / "batches.meta").write_bytes(pickle.dumps({b"label_names": names}))
 
 
 # --- embedded digits -----------------------------------------------------------------------
@@ -162,19 +151,6 @@ def test_num_classes_mismatch_points_at_the_spec_line(tmp_path):
 
 
 # --- image folders -------------------------------------------------------------------------
-
-
-def write_folder(root: Path, classes=("cat", "dog"), per_class: int = 3) -> None:
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for split in ("train", "val"):
-        for name in classes:
-            folder = root / split / name
-            folder.mkdir(parents=True)
-            for i in range(per_class):
-                pixels = rng.integers(0, 256, (30 + i, 40, 3), dtype=np.uint8)
-                Image.fromarray(pixels).save(folder / f"{i}.png")
 
 
 @pytest.mark.parametrize("size", [32, 96])

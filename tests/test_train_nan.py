@@ -16,7 +16,7 @@ def test_divergence_before_the_first_checkpoint_says_nothing_was_saved(run_cli, 
     assert result.err == (
         # Cosine from 1e30: step 1 blows the weights up, step 2's loss is NaN.
         "error: loss became NaN/inf at epoch 1, step 2 (lr 9.988e+29); training stopped "
-        "before any checkpoint was written. Start again with a lower --lr (e.g. 1e+29) or "
+        "before any checkpoint was written. Start again with a lower --lr (e.g. 0.05) or "
         "--warmup-epochs\n")
     assert not (tmp_path / "run" / "checkpoints").exists()
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 
 from resnext_compiler.backends.base import DEFAULT_CALIBRATION_IMAGES
-from resnext_compiler.errors import SpecError, UserError, sanitise
+from resnext_compiler.errors import SpecError, UserError, error_text, sanitise
 
 BACKEND_HELP = (
     "onnx | torch (standalone source) | triton (model repository) | dot (picture) | "
@@ -125,6 +125,8 @@ def compile_command(
         image_input=image_input,
     )
     target = output if output is not None else chosen.default_output(parsed_spec)
+    if output is None and form is not None:  # another form never overwrites the spec's own
+        target = target.with_name(f"{target.stem}_form{form}{target.suffix}")
     written = chosen.emit(graph, parsed_spec, options, target)
     for path in written:
         typer.echo(sanitise(f"wrote {path}"))
@@ -155,7 +157,7 @@ def check_command(
             _, graph = _load(path, budget=budget)
         except SpecError as exc:
             failed += 1
-            print(sanitise(str(exc), keep_newlines=True), file=sys.stderr)
+            print(error_text(exc), file=sys.stderr)
             continue
         cost = analyse(graph)
         typer.echo(sanitise(f"ok {path}: {cost.params:,} params, {cost.macs / 1e9:.2f} GMACs"))

@@ -134,11 +134,14 @@ def train_command(
         None, "--run-dir", "-o", help="Run directory (default: runs/NAME-TIMESTAMP)."),
     resume: Path | None = typer.Option(
         None, "--resume", help="Continue the run in this directory from its last checkpoint."),
+    scan_data: bool = typer.Option(
+        True, "--scan-data/--no-scan-data",
+        help="Open every image file of a folder data set before training starts."),
 ) -> None:
     """Train a spec with the seed's recipe (SGD + Nesterov, linear lr scaling, step/cosine).
 
-    With no arguments: a small ResNeXt on the embedded UCI handwritten digits, >= 97%
-    validation accuracy (98.6% with seed 0) in well under a minute on 2 CPU cores.
+    With no arguments: a small ResNeXt on the embedded UCI handwritten digits for 10 epochs,
+    >= 97% validation accuracy (about 10 s of CPU time).
     """
     from resnext_compiler.runtimes.train.config import TrainOverrides
     from resnext_compiler.runtimes.train.runner import execute, prepare_run, resume_config
@@ -171,7 +174,7 @@ def train_command(
                 device=_device(device, gpus), amp=amp, amp_dtype=amp_dtype,
                 channels_last=channels_last, compile=compile_model, seed=seed, workers=workers,
                 threads=threads)
-            config, data_splits = prepare_run(spec, overrides, run_dir, staging)
+            config, data_splits = prepare_run(spec, overrides, run_dir, staging, scan_data)
         summary = execute(config, resume=resume is not None, data=data_splits,
                           rendezvous=rendezvous, staging=staging)
     for line in summary.lines():

@@ -187,7 +187,10 @@ def resolve_config(spec: Spec, overrides: TrainOverrides, run_dir: Path) -> Trai
             f"{world_size * o.accum_steps}")
     if o.lr is not None and o.lr <= 0:
         raise UserError(f"--lr must be positive; got {o.lr}")
-    warmup = o.warmup_epochs if o.warmup_epochs is not None else train.warmup_epochs
+    # The spec's warmup is a default: a run shorter than it warms up for all but its last
+    # epoch (`--epochs 1`: none). An explicit --warmup-epochs must fit.
+    warmup = (o.warmup_epochs if o.warmup_epochs is not None
+              else min(train.warmup_epochs, epochs - 1))
     if warmup < 0 or (warmup > 0 and warmup >= epochs):
         raise UserError(f"--warmup-epochs must be between 0 and epochs - 1 ({epochs - 1}); "
                         f"got {warmup}")

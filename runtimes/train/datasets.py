@@ -151,7 +151,9 @@ def open_dataset(spec: Spec, dataset: str, data_dir: str | None, augment: str = 
         contract = resolve_contract(spec, dataset, classes)
         train = FolderImages(dataset, train_samples, classes, contract, recipe, seed)
         val = FolderImages(dataset, val_samples, classes, contract, "none", seed)
-        return DataSplits(train, val, f"{dataset} {root}: {len(train)} train / {len(val)} val "
-                          f"images, {len(classes)} classes, {contract.colour} "
-                          f"{contract.height}x{contract.width}", contract)
+        counts = (f"{len(train)} train / {len(val)} val" if with_train
+                  else f"{len(val)} val")
+        return DataSplits(train, val, f"{dataset} {root}: {counts} images, {len(classes)} "
+                          f"classes, {contract.colour} {contract.height}x{contract.width}",
+                          contract)
     raise UserError(f"unknown data set {dataset!r}")

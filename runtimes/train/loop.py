@@ -254,6 +254,15 @@ class Trainer:
             self.scaler.update()
         return reduced
 
+    def _lower_rate(self) -> float:
+        """The rate to suggest after a divergence: the spec's recipe scaled to this batch when
+        the run used more than that (a mistyped --lr), else a tenth of the run's rate."""
+        from resnext_compiler.runtimes.train.config import scaled_lr
+
+        recipe = scaled_lr(self.config.reference_lr, self.config.reference_batch,
+                           self.config.batch_size)
+        return recipe if recipe < self.config.lr else self.config.lr / 10
+
     def _diverged(self, epoch: int, step: int, lr: float) -> TrainingDiverged:
         path = self.checkpoint_path()
         where = f"loss became NaN/inf at epoch {epoch + 1}, step {step + 1} (lr {lr:.4g})"
@@ -261,11 +270,11 @@ class Trainer:
         if not path.is_file():
             return TrainingDiverged(
                 f"{where}; training stopped before any checkpoint was written. Start again with "
-                f"a lower --lr (e.g. {self.config.lr / 10:.4g}) or --warmup-epochs{hint}")
+                f"a lower --lr (e.g. {self._lower_rate():.4g}) or --warmup-epochs{hint}")
         return TrainingDiverged(
             f"{where}; training stopped and the last good checkpoint {path} (after epoch "
             f"{len(self.history)}) is unchanged. Continue from it with a lower rate{hint}: "
-            f"resnext-compile train --resume {self.run_dir} --lr {self.config.lr / 10:.4g}")
+            f"resnext-compile train --resume {self.run_dir} --lr {self._lower_rate():.4g}")
 
     def _train_epoch(self, epoch: int, start_step: int, stop: _StopRequest) -> bool:
         """Train one epoch from `start_step`; False when a stop was requested and saved."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import time
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from importlib import resources
@@ -30,6 +31,7 @@ from resnext_compiler.runtimes.train.config import (
 )
 from resnext_compiler.runtimes.train.datasets import DataSplits
 from resnext_compiler.runtimes.train.distributed import DistContext, Rendezvous
+from resnext_compiler.runtimes.train.image_check import check_image_files, dataset_files
 from resnext_compiler.runtimes.train.metrics import read_metrics
 from resnext_compiler.spec import Spec, load_spec
 
@@ -67,8 +69,8 @@ class RunSummary:
         out.append(f"run directory: {self.run_dir}")
         if (self.run_dir / WEIGHTS).is_file():
             out.append("export it with:\n  resnext-compile "
-                       f"{self.run_dir / 'spec.yaml'} --backend onnx --weights "
-                       f"{self.run_dir / WEIGHTS}")
+                       f"{self.run_dir / 'spec.yaml'} --weights {self.run_dir / WEIGHTS} "
+                       f"-o {self.run_dir / 'model.onnx'}")
         return out
 
 
@@ -89,12 +91,15 @@ def default_run_dir(spec: Spec, root: Path = Path("runs")) -> Path:
 
 
 def prepare_run(spec_path: Path | None, overrides: TrainOverrides, run_dir: Path | None,
-                staging: Path | None = None) -> tuple[TrainConfig, DataSplits]:
+                staging: Path | None = None, scan_data: bool = True
+                ) -> tuple[TrainConfig, DataSplits]:
     """Resolve settings, check the spec and data, and write spec.yaml + train.json.
 
     They go to the run directory, or with `staging` (a multi-node run) to that node-local
-    directory, from which global rank 0 publishes them. Returns the data set opened for the
-    check too; `execute` reuses it in this process, so an ImageNet-sized folder is scanned once.
+    directory, from which global rank 0 publishes them. `scan_data` opens every image file of a
+    folder data set first (runtimes/train/image_check), so a damaged file stops the run before
+    its directory exists. Returns the data set opened for the check too; `execute` reuses it in
+    this process, so a folder is listed once.
     """
     from resnext_compiler.pipeline import compile_spec
     from resnext_compiler.runtimes.train.datasets import open_dataset
@@ -117,6 +122,12 @@ def prepare_run(spec_path: Path | None, overrides: TrainOverrides, run_dir: Path
     config = resolve_config(spec, overrides, run_dir)
     data = open_dataset(spec, config.dataset, config.data_dir, config.augment, config.seed)
     check_batch_fits(len(data.train), config.batch_size)
+    files = dataset_files(data.train, data.val) if scan_data else []
+    if files:
+        started = time.monotonic()
+        check_image_files(files)
+        data = replace(data, description=f"{data.description}; all {len(files)} image files "
+                                         f"readable (scan {time.monotonic() - started:.1f} s)")
     target = staging if staging is not None else run_dir
     target.mkdir(parents=True, exist_ok=True)
     # The labels file first: spec.yaml names it.

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from resnext_compiler.errors import ResnextError, UserError
+from resnext_compiler.errors import ResnextError, UserError, error_text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     except ResnextError as exc:
         # a rank that disagrees with rank 0 says so itself; other errors are everyone's
         if context.is_main or "resolved different settings" in str(exc):
-            print(f"error: {exc}", file=sys.stderr, flush=True)
+            print(error_text(exc), file=sys.stderr, flush=True)
         return 2 if isinstance(exc, UserError) else 1
     finally:
         shutdown(context)
