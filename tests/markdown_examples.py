@@ -30,7 +30,8 @@ before it, one directive per line:
 
 `skip:` takes a command prefix (or `*`) and a reason after `|`; skipped commands are counted,
 and tests/test_docs.py fails when too many are. `replace:` may use `{port}`, a free TCP port
-chosen for the page. Shown output is checked line by line, in order (other lines may come
+chosen for the page (`{grpc_port}` a second one); a `background:` command is ready when every
+page port it names answers. Shown output is checked line by line, in order (other lines may come
 between): `...` and `<placeholder>` match anything, and with `numbers: example` so does every
 number.
 """
@@ -326,6 +327,8 @@ class PageRunner:
         self.env = prepare_workdir(workdir)
         self.setups = setups
         self.port = free_port()
+        # placeholder -> a free port chosen for the page (a server may listen on several)
+        self.ports = {"{port}": self.port, "{grpc_port}": free_port()}
         self.failures: list[str] = []
         self.background: list[tuple[subprocess.Popen, Path]] = []
         self.timings: list[tuple[float, str]] = []  # (seconds, where: text), for the record
@@ -361,7 +364,9 @@ class PageRunner:
 
     def _substitute(self, text: str, directives: Directives) -> str:
         for old, new in directives.replacements:
-            text = text.replace(old, new.replace("{port}", str(self.port)))
+            for placeholder, port in self.ports.items():
+                new = new.replace(placeholder, str(port))
+            text = text.replace(old, new)
         return text
 
     def _setup(self, setup: str, block: Block) -> None:
@@ -403,16 +408,19 @@ class PageRunner:
                                        env=self.env, stdout=sink, stderr=subprocess.STDOUT,
                                        start_new_session=True)
         self.background.append((process, log))
+        # wait for every page port the command names (the page's {port} when it names none)
+        ports = [port for port in self.ports.values() if str(port) in text] or [self.port]
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and process.poll() is None:
+        waiting = list(ports)
+        while waiting and time.monotonic() < deadline and process.poll() is None:
             try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                break
+                socket.create_connection(("127.0.0.1", waiting[0]), timeout=1).close()
+                waiting.pop(0)
             except OSError:
                 time.sleep(0.2)
-        if process.poll() is not None or time.monotonic() >= deadline:
+        if process.poll() is not None or waiting:
             self.failures.append(f"{example.where}: `{example.text}` did not start listening "
-                                 f"on port {self.port}:\n{log.read_text()[-3000:]}")
+                                 f"on port {waiting or ports}:\n{log.read_text()[-3000:]}")
             return
         time.sleep(0.3)  # let the start-up lines reach the log
         missing = missing_output(example.expected, log.read_text(), directives.example_numbers)
