@@ -19,6 +19,15 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def stop_with_sigterm(process: subprocess.Popen) -> str:
+    """Stop a `serve` process as a service manager would; its output, once it exited cleanly."""
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=30)
+    # uvicorn shuts down gracefully, then re-raises the signal so the exit status reports it
+    assert process.returncode in (0, -signal.SIGTERM), output
+    return output
+
+
 def test_serve_command_logs_provider_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
     model = write_tiny_onnx(tmp_path / "tiny.onnx", spec_name="tiny")
     labels = tmp_path / "labels.txt"
@@ -40,13 +49,10 @@ def test_serve_command_logs_provider_serves_and_stops_on_sigterm(tmp_path: Path)
                 time.sleep(0.1)
         config = httpx.get(f"http://127.0.0.1:{port}/v2/models/tiny/config").json()
         assert config["max_batch_size"] == 4
-        process.send_signal(signal.SIGTERM)
-        output, _ = process.communicate(timeout=30)
+        output = stop_with_sigterm(process)
     finally:
         if process.poll() is None:
             process.kill()
-    # uvicorn shuts down gracefully, then re-raises the signal so the exit status reports it
-    assert process.returncode in (0, -signal.SIGTERM), output
     assert "Application shutdown complete" in output
     assert "on CPUExecutionProvider" in output and f"127.0.0.1:{port}" in output
 
