@@ -34,6 +34,7 @@ from resnext_compiler.input_contract import (
 )
 from resnext_compiler.ir import INPUT, Graph
 from resnext_compiler.naming import one_line
+from resnext_compiler.onnxruntime_install import import_onnxruntime
 from resnext_compiler.passes.complexity import analyse
 from resnext_compiler.passes.fold_bn import fold_batchnorm
 from resnext_compiler.spec import Spec
@@ -71,11 +72,9 @@ def export_onnx(graph: Graph, options: CompileOptions, output: str | Path,
     if options.batch is not None and options.batch < 1:
         raise UserError(f"--batch must be a positive integer, got {options.batch}")
     if options.dtype == "int8":
-        try:
-            from resnext_compiler.backends.onnx_quantize import export_int8
-        except ImportError as exc:  # onnxruntime is an extra (cpu or gpu), not a dependency
-            raise UserError(f"--dtype int8 calibrates with onnxruntime, which is not installed "
-                            f"({exc}): pip install 'resnext-compile[cpu]' (or [gpu])") from None
+        # onnxruntime is an extra (cpu or gpu), not a dependency: check it before the import
+        import_onnxruntime("--dtype int8 (calibration)")
+        from resnext_compiler.backends.onnx_quantize import export_int8
 
         return export_int8(graph, options, output, description, weights, contract)
     float_type = FLOAT_TYPES[options.dtype]

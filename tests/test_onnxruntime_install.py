@@ -15,9 +15,9 @@ import pytest
 from conftest import REPO, tiny_digits_spec
 from test_serve_helpers import write_tiny_onnx
 
+from resnext_compiler import onnxruntime_install
 from resnext_compiler.errors import UserError
-from resnext_compiler.runtimes.serve import onnxruntime_install
-from resnext_compiler.runtimes.serve.onnxruntime_install import (
+from resnext_compiler.onnxruntime_install import (
     conflict_warning,
     import_onnxruntime,
     installed_builds,
@@ -132,7 +132,7 @@ def test_gpu_extra_in_a_fresh_venv_has_the_cuda_provider(tmp_path: Path) -> None
                             check=True, env=env).stdout.split()
     assert wanted == ["onnxruntime-gpu>=1.18"]
     pip(*wanted)
-    check = ("from resnext_compiler.runtimes.serve.onnxruntime_install import installed_builds\n"
+    check = ("from resnext_compiler.onnxruntime_install import installed_builds\n"
              "from resnext_compiler.runtimes.serve.model import choose_providers\n"
              "import onnxruntime\n"
              "print(installed_builds())\n"

@@ -23,9 +23,9 @@ from resnext_compiler.input_contract import (
     default_contract,
     onnx_input_layout,
 )
+from resnext_compiler.onnxruntime_install import import_onnxruntime
 from resnext_compiler.runtimes.serve.config import DEFAULT_MAX_MEMORY
 from resnext_compiler.runtimes.serve.datatypes import ORT_TO_V2, V2_TO_NUMPY, TensorInfo
-from resnext_compiler.runtimes.serve.onnxruntime_install import import_onnxruntime
 from resnext_compiler.runtimes.serve.repository import ModelSource
 
 log = logging.getLogger("resnext_compiler.serve")

@@ -2,9 +2,9 @@
 
 Both distributions install the same `onnxruntime` module; with both present, whichever pip
 wrote last wins, usually the CPU one, and the CUDA execution provider silently disappears.
-`import_onnxruntime()` is the one place the runtimes import onnxruntime (serving, and evaluating
-an ONNX artifact): it names the extra to install when there is none and warns, with the fix,
-when there are two.
+`import_onnxruntime()` is the one check before onnxruntime is used (serving, evaluating an ONNX
+artifact, int8 calibration): it names the extra to install when there is none and warns, with
+the fix, when there are two. It sits in the compiler core so backends and runtimes share it.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from types import ModuleType
 
 from resnext_compiler.errors import UserError
 
-log = logging.getLogger("resnext_compiler.serve")
+log = logging.getLogger("resnext_compiler")
 
 CPU_DISTRIBUTION = "onnxruntime"
 GPU_DISTRIBUTION = "onnxruntime-gpu"
@@ -53,12 +53,12 @@ def warn_on_conflict() -> None:
         log.warning(warning)
 
 
-def import_onnxruntime() -> ModuleType:
+def import_onnxruntime(needed_by: str = "serve and evaluate MODEL.onnx") -> ModuleType:
     """onnxruntime, or a `UserError` naming the extra to install (exit 2)."""
     warn_on_conflict()
     try:
         import onnxruntime
     except ImportError as exc:
-        raise UserError(f"onnxruntime is not installed ({exc}); serve and evaluate MODEL.onnx "
-                        f"need it: {INSTALL_HINT}") from None
+        raise UserError(f"onnxruntime is not installed ({exc}); {needed_by} need it: "
+                        f"{INSTALL_HINT}") from None
     return onnxruntime
