@@ -6,11 +6,15 @@ the QDQ format (QuantizeLinear/DequantizeLinear pairs that onnxruntime fuses int
 QLinearConv, QLinearAdd, QGemm). The settings below were chosen by measurement on this
 project's machine (numbers in docs/onnx.md, "int8"):
 
-- activations uint8 (asymmetric, per tensor), weights int8 (symmetric, per output channel),
-  full 8-bit range: on CPUs with AVX-512 VNNI or AVX-VNNI this selects onnxruntime's u8s8
-  kernels, 1.6-2.0x float32 at batch 8 for ResNeXt-50 32x4d; int8 activations (s8s8) ran at
-  float32 speed, and `reduce_range` (7-bit weights, meant for CPUs without VNNI) kept only
-  a third of the gain;
+- activations uint8 (asymmetric, per tensor), weights int8 (symmetric, per output channel)
+  in the **7-bit range -64..64** (`reduce_range`): onnxruntime's fast x86 kernels multiply
+  uint8 by int8 (u8s8). Without VNNI (AVX2, AVX-512 without VNNI) they add each pair of
+  products into a saturating int16 (`vpmaddubsw`): 2 x 255 x 127 = 64,770 overflows 32,767,
+  while 2 x 255 x 64 = 32,640 cannot. With 7-bit weights every CPU (VNNI, AVX2, ARM, GPU
+  builds) computes the same exact integer products, so an agreement measured on the compiling
+  CPU holds on the one that runs the file. On this project's VNNI machine 7-bit weights ran
+  as fast as 8-bit ones (1.85x vs 1.86x float32, ResNeXt-50 batch 8); int8 activations
+  (s8s8) ran at float32 speed;
 - MinMax calibration: as accurate as Entropy or Percentile on the measured models, and the
   only onnxruntime calibrator whose memory does not grow with the number of images (the
   histogram calibrators keep every intermediate tensor of every image until the end).
@@ -59,6 +63,8 @@ CALIBRATION_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "
 CALIBRATION_METHOD = "minmax"
 ACTIVATION_TYPE = "uint8"
 WEIGHT_TYPE = "int8"
+# 7-bit weights: no u8s8 kernel can saturate, on any CPU (module docstring).
+WEIGHT_REDUCE_RANGE = True
 # Operators that do arithmetic. Once onnxruntime has fused a QDQ model, one of these that
 # reads a DequantizeLinear's output (or the float input) runs in float.
 FLOAT_COMPUTE_OPS = ("Conv", "Gemm", "MatMul", "Add", "Sum", "Mul", "Sigmoid", "Relu",
@@ -221,7 +227,7 @@ def quantize_int8(float_model: Path, output: Path, calibration: CalibrationSet,
                 activation_type=QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
                 per_channel=True,
-                reduce_range=False,
+                reduce_range=WEIGHT_REDUCE_RANGE,
                 calibrate_method=getattr(CalibrationMethod, CALIBRATION_METHODS[method]),
                 calibration_providers=["CPUExecutionProvider"],
             )
@@ -252,7 +258,9 @@ def calibration_metadata(calibration: CalibrationSet, images: int,
     return {
         "dtype": "int8",
         "quantization": f"static QDQ, activations {ACTIVATION_TYPE} per tensor, weights "
-                        f"{WEIGHT_TYPE} per channel",
+                        f"{WEIGHT_TYPE} per channel, 7-bit range -64..64",
+        "int8.portable": "exact integer products on every CPU: 7-bit weights cannot saturate "
+                         "u8s8 kernels without VNNI (AVX2)",
         "calibration_method": method,
         "calibration_images": str(images),
         "calibration_folder": calibration.folder.name,
