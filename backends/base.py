@@ -18,6 +18,10 @@ if TYPE_CHECKING:  # the CLI reads this module's defaults without loading the co
 # int8: images that calibrate the activation ranges when --calibration-images is not given
 # (docs/onnx.md, "int8", has the measurements behind the number).
 DEFAULT_CALIBRATION_IMAGES = 64
+# int8: the least top-1 agreement with float32 (percent, on held-out images) a compile writes
+# without --accept-int8-loss, and how many quantizations it tries to reach it (docs/onnx.md).
+DEFAULT_MIN_AGREEMENT = 97.0
+MAX_ATTEMPTS = 4
 
 
 @dataclass(frozen=True)
@@ -30,6 +34,9 @@ class CompileOptions:
     dtype: str = "fp32"  # fp32 | fp16 | int8
     calibrate: Path | None = None  # int8: folder of calibration images
     calibration_images: int = DEFAULT_CALIBRATION_IMAGES  # int8: how many images to use
+    validate: Path | None = None  # int8: held-out images (default: half of --calibrate's)
+    int8_min_agreement: float = DEFAULT_MIN_AGREEMENT  # int8: percent top-1 agreement
+    accept_int8_loss: bool = False  # int8: write the best attempt even below the threshold
     fold_bn: bool = True
     expand: bool = False  # dot: draw every node instead of collapsed blocks
     max_batch: int = 32  # triton: max_batch_size

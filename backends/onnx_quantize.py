@@ -26,8 +26,13 @@ the same transform that `evaluate` and `serve` apply. Nothing here imports torch
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import signal
 import tempfile
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -43,7 +48,22 @@ from onnxruntime.quantization import (
 )
 
 from resnext_compiler.artifacts import atomic_writer
-from resnext_compiler.backends.base import DEFAULT_CALIBRATION_IMAGES
+from resnext_compiler.backends.base import (
+    DEFAULT_CALIBRATION_IMAGES,
+    DEFAULT_MIN_AGREEMENT,
+    MAX_ATTEMPTS,
+)
+from resnext_compiler.backends.int8_agreement import (
+    KEY_PREFIX,
+    Agreement,
+    compare_logits,
+    debug_image_count,
+    folder_targets,
+    nodes_around,
+    run_logits,
+    stem_and_classifier,
+    worst_tensors,
+)
 from resnext_compiler.errors import ResnextError, UserError
 from resnext_compiler.image_transform import IMAGE_SUFFIXES
 
@@ -65,6 +85,10 @@ ACTIVATION_TYPE = "uint8"
 WEIGHT_TYPE = "int8"
 # 7-bit weights: no u8s8 kernel can saturate, on any CPU (module docstring).
 WEIGHT_REDUCE_RANGE = True
+# Held out of the --calibrate folder to measure int8 against float32 (every other image).
+MIN_HELD_OUT_IMAGES = 4
+# Activations whose surrounding nodes one fallback round keeps in float, worst first.
+FALLBACK_TENSORS_PER_ROUND = 2
 # Operators that do arithmetic. Once onnxruntime has fused a QDQ model, one of these that
 # reads a DequantizeLinear's output (or the float input) runs in float.
 FLOAT_COMPUTE_OPS = ("Conv", "Gemm", "MatMul", "Add", "Sum", "Mul", "Sigmoid", "Relu",
@@ -80,20 +104,18 @@ class CalibrationSet:
     images: tuple[Path, ...]
 
 
-def find_calibration_images(folder: Path, count: int = DEFAULT_CALIBRATION_IMAGES
-                            ) -> CalibrationSet:
+def find_calibration_images(folder: Path, count: int = DEFAULT_CALIBRATION_IMAGES,
+                            flag: str = "--calibrate") -> CalibrationSet:
     """The first `count` image files under `folder` in sorted order (sub-folders included).
 
     Fewer images than asked is fine (all of them calibrate); none, or a folder that cannot
     be read, is a user error: a model is never calibrated on made-up data.
     """
-    if not 1 <= count <= MAX_CALIBRATION_IMAGES:
-        raise UserError(f"--calibration-images must be between 1 and {MAX_CALIBRATION_IMAGES}, "
-                        f"got {count}")
+    check_calibration_count(count)
     folder = Path(folder)
     if not folder.is_dir():
         what = "is not a folder" if folder.exists() else "does not exist"
-        raise UserError(f"--calibrate {folder}: {what}; give a folder of calibration images")
+        raise UserError(f"{flag} {folder}: {what}; give a folder of images")
     found: list[Path] = []
     scanned = 0
     for directory, subdirs, files in os.walk(folder, onerror=_raise_walk_error):
@@ -101,7 +123,7 @@ def find_calibration_images(folder: Path, count: int = DEFAULT_CALIBRATION_IMAGE
         for name in sorted(files):
             scanned += 1
             if scanned > MAX_FILES_SCANNED:
-                raise UserError(f"--calibrate {folder}: more than {MAX_FILES_SCANNED} files "
+                raise UserError(f"{flag} {folder}: more than {MAX_FILES_SCANNED} files "
                                 f"searched before finding {count} images; point it at a "
                                 "smaller folder")
             if name.lower().endswith(IMAGE_SUFFIXES):
@@ -109,7 +131,7 @@ def find_calibration_images(folder: Path, count: int = DEFAULT_CALIBRATION_IMAGE
                 if len(found) == count:
                     return CalibrationSet(folder, tuple(found))
     if not found:
-        raise UserError(f"--calibrate {folder}: no images ({', '.join(IMAGE_SUFFIXES)}) in "
+        raise UserError(f"{flag} {folder}: no images ({', '.join(IMAGE_SUFFIXES)}) in "
                         "the folder or its sub-folders")
     return CalibrationSet(folder, tuple(found))
 
@@ -169,75 +191,137 @@ class CalibrationBatches(CalibrationDataReader):
         self.start = 0
 
 
+@dataclass(frozen=True)
+class Int8Check:
+    """How an int8 compile is measured and what it may write (docs/onnx.md, "int8")."""
+
+    min_agreement: float = DEFAULT_MIN_AGREEMENT  # percent top-1 agreement with float32
+    accept_loss: bool = False  # write the best attempt even below min_agreement
+    max_attempts: int = MAX_ATTEMPTS
+    validate: Path | None = None  # held-out images from this folder instead of --calibrate
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """Images that measure int8 against float32 and never calibrate: their pixels, their
+    class indices when known, and where they came from (recorded in the file)."""
+
+    pixels: np.ndarray
+    targets: np.ndarray | None
+    source: str
+
+
+def check_calibration_count(count: int) -> None:
+    if not 1 <= count <= MAX_CALIBRATION_IMAGES:
+        raise UserError(f"--calibration-images must be between 1 and {MAX_CALIBRATION_IMAGES}, "
+                        f"got {count}")
+
+
+def split_calibration(folder: Path, count: int, validate: Path | None
+                      ) -> tuple[CalibrationSet, CalibrationSet]:
+    """(calibration images, held-out images), both searched before any work.
+
+    Without `validate`, the first 2 x `count` images of `folder` (at most
+    MAX_CALIBRATION_IMAGES) alternate: the 1st, 3rd, ... calibrate, the 2nd, 4th, ... are held
+    out. With it, `count` images of each folder.
+    """
+    check_calibration_count(count)
+    if validate is not None:
+        return (find_calibration_images(folder, count),
+                find_calibration_images(validate, count, "--validate"))
+    found = find_calibration_images(folder, min(2 * count, MAX_CALIBRATION_IMAGES))
+    calibration = CalibrationSet(found.folder, found.images[0::2])
+    held_out = CalibrationSet(found.folder, found.images[1::2])
+    if len(held_out.images) < MIN_HELD_OUT_IMAGES:
+        raise UserError(
+            f"--calibrate {folder}: {len(found.images)} image(s); an int8 compile holds out "
+            f"every other image to measure int8 against float32 and needs at least "
+            f"{MIN_HELD_OUT_IMAGES} held out ({2 * MIN_HELD_OUT_IMAGES} images in all), or "
+            "held-out images in --validate DIR")
+    return calibration, held_out
+
+
 def export_int8(graph, options, output: str | Path, description: str = "",  # noqa: ANN001
                 weights=None, contract=None) -> Path:  # noqa: ANN001
     """`--dtype int8`: the float32 model (BatchNorm folded as asked), quantized at `output`.
 
-    The calibration folder is searched before anything is compiled, so a missing or empty
-    folder costs nothing; the float32 model is a temporary file beside `output`.
+    The calibration and held-out images are searched before anything is compiled, so a
+    missing or empty folder costs nothing; the float32 model is a temporary file beside
+    `output`. SIGTERM stops it like Ctrl-C: no temporary folder and no output is left.
     """
     from resnext_compiler.backends.onnx import export_onnx
 
     if options.calibrate is None:
         raise UserError("--dtype int8 needs --calibrate DIR (a folder of calibration images)")
-    calibration = find_calibration_images(options.calibrate, options.calibration_images)
+    check = Int8Check(min_agreement=options.int8_min_agreement,
+                      accept_loss=options.accept_int8_loss, validate=options.validate)
+    calibration, held_out = split_calibration(options.calibrate, options.calibration_images,
+                                              check.validate)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".fp32-", dir=output.parent) as work:
+    with _sigterm_as_interrupt(), \
+            tempfile.TemporaryDirectory(prefix=".fp32-", dir=output.parent) as work:
         float_model = export_onnx(graph, replace(options, dtype="fp32"),
                                   Path(work) / "model.onnx", description, weights, contract)
-        return quantize_int8(float_model, output, calibration)
+        return quantize_int8(float_model, output, calibration, held_out=held_out, check=check)
 
 
 def quantize_int8(float_model: Path, output: Path, calibration: CalibrationSet,
-                  method: str = CALIBRATION_METHOD) -> Path:
+                  method: str = CALIBRATION_METHOD, held_out: CalibrationSet | None = None,
+                  check: Int8Check | None = None) -> Path:
     """Quantize the float32 ONNX file `float_model` to int8 at `output` (atomically).
+
+    With `held_out` images, every attempt is measured against float32 on them; below
+    `check.min_agreement` the nodes that break agreement are kept in float (the stem and the
+    classifier first, then the nodes around the activations that quantization damages most)
+    and the model is quantized again, at most `check.max_attempts` times in all. The best
+    attempt is written if it meets the threshold (or `check.accept_loss`); otherwise a
+    UserError names what was tried. Without `held_out` (the calibration-method benchmark)
+    the first attempt is written unmeasured.
 
     `method` (minmax | entropy | percentile) is a parameter for the measurements behind the
     default (benchmarks/int8_calibration.py); the CLI always uses CALIBRATION_METHOD.
     The input contract is read from `float_model`'s metadata (the default contract for its
     input shape when it records none); the output keeps every metadata entry of the float
-    model, with `dtype` int8 and the calibration recorded.
+    model, with `dtype` int8, the calibration and the measurements recorded.
     """
     from resnext_compiler.input_contract import default_contract, read_contract
 
+    check = check or Int8Check()
     float_model = Path(float_model)
     header = onnx.load(str(float_model), load_external_data=False)
     contract = read_contract(float_model) or _default_contract(header, default_contract)
     if contract.colour is None:
         raise UserError(f"a model with {contract.channels} input channels takes no images, so "
                         "it cannot be calibrated on an image folder")
-    pixels = calibration_pixels(calibration, contract)
-    batch_dim = header.graph.input[0].type.tensor_type.shape.dim[0]
-    reader = (CalibrationBatches(pixels, contract, header.graph.input[0].name,
-                                 batch_dim.dim_value, static=True)
-              if batch_dim.HasField("dim_value") else
-              CalibrationBatches(pixels, contract, header.graph.input[0].name))
+    images = calibration.images + (held_out.images if held_out else ())
+    pixels = calibration_pixels(CalibrationSet(calibration.folder, images), contract)
+    calibration_part = pixels[:len(calibration.images)]
+    measure = None if held_out is None else HeldOut(
+        pixels[len(calibration.images):],
+        folder_targets(held_out.images, held_out.folder, contract.labels),
+        ("every other image of the --calibrate folder" if held_out.folder == calibration.folder
+         else f"--validate folder {held_out.folder.name}"))
+    reader = _reader(header, contract, calibration_part)
     with tempfile.TemporaryDirectory(prefix=".int8-", dir=Path(output).parent) as work:
         prepared = Path(work) / "prepared.onnx"
-        quantized = Path(work) / "quantized.onnx"
-        try:
-            # The graph declares every value's shape already (value_info), so onnxruntime's
-            # symbolic shape inference has nothing to add; its module imports torch whenever
-            # torch is installed, which the ONNX path never does.
-            quant_pre_process(str(float_model), str(prepared), skip_symbolic_shape=True)
-            quantize_static(
-                str(prepared), str(quantized), reader,
-                quant_format=QuantFormat.QDQ,
-                activation_type=QuantType.QUInt8,
-                weight_type=QuantType.QInt8,
-                per_channel=True,
-                reduce_range=WEIGHT_REDUCE_RANGE,
-                calibrate_method=getattr(CalibrationMethod, CALIBRATION_METHODS[method]),
-                calibration_providers=["CPUExecutionProvider"],
-            )
-        except UserError:  # an image that the contract cannot take, named
-            raise
-        except Exception as exc:  # onnxruntime raises plain RuntimeError/ValueError/Fail
-            raise ResnextError(f"int8 quantization failed: {type(exc).__name__}: {exc}") from exc
-        model = onnx.load(str(quantized))
+        # The graph declares every value's shape already (value_info), so onnxruntime's
+        # symbolic shape inference has nothing to add; its module imports torch whenever
+        # torch is installed, which the ONNX path never does.
+        _onnxruntime_step(quant_pre_process, str(float_model), str(prepared),
+                          skip_symbolic_shape=True)
+        attempts = _attempts(prepared, float_model, Path(work), reader, method, measure,
+                             check, header, contract)
+        best = max(attempts, key=lambda attempt: attempt.agreement.top1_agreement
+                   if attempt.agreement else 0.0)
+        passed = best.agreement is None or best.agreement.top1_agreement >= check.min_agreement
+        if not passed and not check.accept_loss:
+            raise UserError(_refusal(attempts, check))
+        model = onnx.load(str(best.path))
         entries = {entry.key: entry.value for entry in header.metadata_props}
-        entries.update(calibration_metadata(calibration, len(pixels), method))
+        entries.update(calibration_metadata(calibration, len(calibration.images), method))
+        if measure is not None:
+            entries.update(measurement_metadata(attempts, best, measure, check, passed))
         del model.metadata_props[:]
         model.metadata_props.extend(onnx.StringStringEntryProto(key=k, value=v)
                                     for k, v in entries.items())
@@ -250,6 +334,140 @@ def quantize_int8(float_model: Path, output: Path, calibration: CalibrationSet,
         with atomic_writer(output) as handle:
             handle.write(model.SerializeToString())
     return Path(output)
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One quantization: the nodes it kept in float, its file, its measurement."""
+
+    kept_float: tuple[str, ...]
+    path: Path
+    agreement: Agreement | None
+
+
+def _attempts(prepared: Path, float_model: Path, work: Path, reader: CalibrationBatches,
+              method: str, measure: HeldOut | None, check: Int8Check, header: onnx.ModelProto,
+              contract) -> list[Attempt]:  # noqa: ANN001
+    """Quantize, measure, keep more in float, until agreement holds or attempts run out."""
+    prepared_model = onnx.load(str(prepared), load_external_data=False)
+    kept: tuple[str, ...] = ()
+    attempts: list[Attempt] = []
+    while True:
+        path = work / f"attempt-{len(attempts) + 1}.onnx"
+        reader.rewind()
+        _onnxruntime_step(
+            quantize_static, str(prepared), str(path), reader,
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            reduce_range=WEIGHT_REDUCE_RANGE,
+            nodes_to_exclude=list(kept),
+            calibrate_method=getattr(CalibrationMethod, CALIBRATION_METHODS[method]),
+            calibration_providers=["CPUExecutionProvider"],
+        )
+        if measure is None:
+            return [Attempt(kept, path, None)]
+        held = _reader(header, contract, measure.pixels)
+        agreement = compare_logits(run_logits(float_model, held, len(measure.pixels)),
+                                   run_logits(path, held, len(measure.pixels)), measure.targets)
+        attempts.append(Attempt(kept, path, agreement))
+        if agreement.top1_agreement >= check.min_agreement or len(attempts) >= check.max_attempts:
+            return attempts
+        more = _next_float_nodes(prepared_model, prepared, path, kept, len(attempts), measure,
+                                 header, contract)
+        if not more:
+            return attempts
+        kept = kept + tuple(more)
+
+
+def _next_float_nodes(prepared_model: onnx.ModelProto, prepared: Path, failed: Path,
+                      kept: tuple[str, ...], round_: int, measure: HeldOut,
+                      header: onnx.ModelProto, contract) -> list[str]:  # noqa: ANN001
+    """Nodes to keep in float next: the stem and the classifier first, then the nodes around
+    the FALLBACK_TENSORS_PER_ROUND activations that quantization damaged most in `failed`."""
+    if round_ == 1:
+        first = [name for name in stem_and_classifier(prepared_model) if name not in kept]
+        if first:
+            return first
+    count = debug_image_count(prepared_model, len(measure.pixels))
+    ranked = worst_tensors(prepared, failed, _reader(header, contract, measure.pixels[:count]))
+    chosen: list[str] = []
+    taken = 0
+    for tensor, _ in ranked:
+        new = [name for name in nodes_around(prepared_model, tensor)
+               if name and name not in kept and name not in chosen]
+        if new:
+            chosen += new
+            taken += 1
+            if taken == FALLBACK_TENSORS_PER_ROUND:
+                break
+    return chosen
+
+
+def _reader(header: onnx.ModelProto, contract, pixels: np.ndarray  # noqa: ANN001
+            ) -> CalibrationBatches:
+    """`pixels` as batches of the model's input (a static batch size is kept)."""
+    batch_dim = header.graph.input[0].type.tensor_type.shape.dim[0]
+    if batch_dim.HasField("dim_value"):
+        return CalibrationBatches(pixels, contract, header.graph.input[0].name,
+                                  batch_dim.dim_value, static=True)
+    return CalibrationBatches(pixels, contract, header.graph.input[0].name)
+
+
+def _onnxruntime_step(step, *args: object, **kwargs: object) -> None:  # noqa: ANN001
+    try:
+        step(*args, **kwargs)
+    except (UserError, KeyboardInterrupt):  # an image the contract cannot take, named; Ctrl-C
+        raise
+    except Exception as exc:  # onnxruntime raises plain RuntimeError/ValueError/Fail
+        raise ResnextError(f"int8 quantization failed: {type(exc).__name__}: {exc}") from exc
+
+
+def _refusal(attempts: list[Attempt], check: Int8Check) -> str:
+    tried = "; ".join(f"{len(a.kept_float)} node(s) in float: {a.agreement.summary()}"
+                      for a in attempts if a.agreement)
+    best = max(a.agreement.top1_agreement for a in attempts if a.agreement)
+    return (f"int8 top-1 agreement with float32 stays below --int8-min-agreement "
+            f"{check.min_agreement:g}% after {len(attempts)} attempt(s) (best {best:.2f}%): "
+            f"{tried}. Nothing was written; lower the threshold, calibrate on more images "
+            "like the ones the model will see, or write the best attempt anyway with "
+            "--accept-int8-loss")
+
+
+def measurement_metadata(attempts: list[Attempt], best: Attempt, measure: HeldOut,
+                         check: Int8Check, passed: bool) -> dict[str, str]:
+    """What an int8 file records about its measurement (docs/onnx.md, "The agreement
+    report"): the written attempt's agreement, the nodes it keeps in float, every attempt."""
+    entries = best.agreement.to_metadata()
+    entries.update({
+        KEY_PREFIX + "held_out": measure.source,
+        KEY_PREFIX + "min_agreement": f"{check.min_agreement:g}",
+        KEY_PREFIX + "kept_float": json.dumps(list(best.kept_float)),
+        KEY_PREFIX + "attempts": json.dumps([
+            {"kept_float": len(a.kept_float), "top1_agreement": f"{a.agreement.top1_agreement:.2f}"}
+            for a in attempts]),
+        KEY_PREFIX + "check": "passed" if passed else "below the threshold, written with "
+                                                      "--accept-int8-loss",
+    })
+    return entries
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM raises KeyboardInterrupt (in the main thread) so temporary folders unwind."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame) -> None:  # noqa: ANN001
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def calibration_metadata(calibration: CalibrationSet, images: int,

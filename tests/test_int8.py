@@ -213,7 +213,7 @@ def test_a_big_network_is_refused_before_it_is_compiled(run_cli, tmp_path):
 
 
 def test_an_unreadable_image_is_named_and_nothing_is_left_behind(run_cli, tiny_spec, tmp_path):
-    write_images(tmp_path / "calib" / "a", 3)
+    write_images(tmp_path / "calib" / "a", 7)
     (tmp_path / "calib" / "b").mkdir()
     (tmp_path / "calib" / "b" / "broken.png").write_bytes(b"\x89PNG not really")
     out = tmp_path / "out"
@@ -226,7 +226,7 @@ def test_an_unreadable_image_is_named_and_nothing_is_left_behind(run_cli, tiny_s
 
 def test_images_for_a_model_that_takes_no_images_are_refused(run_cli, write_spec, tmp_path):
     spec = write_spec(TINY_DIGITS_MODEL.replace("channels: 1", "channels: 2"))
-    write_images(tmp_path / "calib", 2)
+    write_images(tmp_path / "calib", 8)
     err = refused(run_cli, spec, "--dtype", "int8", "--calibrate", tmp_path / "calib",
                   "-o", tmp_path / "m.onnx")
     assert "2 input channels" in err
@@ -244,7 +244,8 @@ def test_calibration_flags_without_int8_and_other_backends_are_refused(run_cli, 
                                                                        tmp_path):
     write_images(tmp_path / "calib", 2)
     err = refused(run_cli, tiny_spec, "--calibrate", tmp_path / "calib", "-o", tmp_path / "m")
-    assert "--calibrate and --calibration-images are for --dtype int8" in err
+    assert ("--calibrate, --calibration-images, --validate, --int8-min-agreement and "
+            "--accept-int8-loss are for --dtype int8") in err
     err = refused(run_cli, tiny_spec, "--backend", "torch", "--dtype", "int8", "--calibrate",
                   tmp_path / "calib", "-o", tmp_path / "m.py")
     assert "--dtype int8 is for the onnx and triton backends" in err
@@ -278,7 +279,7 @@ def test_a_static_batch_model_calibrates_with_a_partial_last_batch(run_cli, tiny
                                                                    tmp_path):
     import onnxruntime as ort
 
-    write_images(tmp_path / "calib", 5)
+    write_images(tmp_path / "calib", 10)  # 5 calibrate, 5 are held out: two partial batches
     result = run_cli(tiny_spec, "--dtype", "int8", "--calibrate", tmp_path / "calib",
                      "--batch", "4", "-o", tmp_path / "m.onnx")
     assert result.code == 0, result
@@ -294,7 +295,7 @@ def test_an_int8_compile_never_imports_torch(tiny_spec, tmp_path):
     import subprocess
     import sys
 
-    write_images(tmp_path / "calib", 2)
+    write_images(tmp_path / "calib", 8)
     code = ("import sys\nfrom resnext_compiler.cli import main\n"
             "try:\n    main(sys.argv[1:])\nexcept SystemExit as exc:\n    assert not exc.code\n"
             "print('torch' in sys.modules)")

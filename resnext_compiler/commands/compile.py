@@ -8,7 +8,8 @@ from pathlib import Path
 
 import typer
 
-from resnext_compiler.backends.base import DEFAULT_CALIBRATION_IMAGES
+from resnext_compiler.backends.base import DEFAULT_CALIBRATION_IMAGES, DEFAULT_MIN_AGREEMENT
+from resnext_compiler.commands.options import number_range
 from resnext_compiler.errors import SpecError, UserError, error_text, sanitise
 
 BACKEND_HELP = (
@@ -78,6 +79,18 @@ def compile_command(
         help=f"int8: how many images of --calibrate to use (default {DEFAULT_CALIBRATION_IMAGES}).",
         show_default=False,
     ),
+    validate: Path | None = typer.Option(
+        None, "--validate",
+        help="int8: folder of held-out images that measure int8 against float32 (default: every "
+        "other image of --calibrate is held out instead of calibrating)."),
+    int8_min_agreement: float = typer.Option(
+        DEFAULT_MIN_AGREEMENT, "--int8-min-agreement", metavar="PERCENT",
+        callback=number_range(0, 100),
+        help="int8: least top-1 agreement with float32 on the held-out images; below it nodes "
+        "are kept in float, and a file that still misses it is not written."),
+    accept_int8_loss: bool = typer.Option(
+        False, "--accept-int8-loss",
+        help="int8: write the best attempt even when it stays below --int8-min-agreement."),
     form: str | None = typer.Option(None, "--form", help="Rewrite every block to form A, B or C."),
     fold_bn: bool = typer.Option(True, "--fold-bn/--no-fold-bn", help="Fold BatchNorm into convs."),
     expand: bool = typer.Option(False, "--expand", help="dot: draw every node, not blocks."),
@@ -99,8 +112,10 @@ def compile_command(
         raise UserError(f"--dtype must be fp32, fp16 or int8, got {dtype!r}")
     if dtype == "int8":
         _check_int8(backend, calibrate)
-    elif calibrate is not None or calibration_images is not None:
-        raise UserError("--calibrate and --calibration-images are for --dtype int8")
+    elif (calibrate is not None or calibration_images is not None or validate is not None
+          or accept_int8_loss or int8_min_agreement != DEFAULT_MIN_AGREEMENT):
+        raise UserError("--calibrate, --calibration-images, --validate, --int8-min-agreement "
+                        "and --accept-int8-loss are for --dtype int8")
     if form is not None and form not in ("A", "B", "C"):
         raise UserError(f"--form must be A, B or C, got {form!r}")
     if weights is not None and not weights.is_file():
@@ -118,6 +133,9 @@ def compile_command(
         calibrate=calibrate,
         calibration_images=(DEFAULT_CALIBRATION_IMAGES if calibration_images is None
                             else calibration_images),
+        validate=validate,
+        int8_min_agreement=int8_min_agreement,
+        accept_int8_loss=accept_int8_loss,
         fold_bn=fold_bn,
         expand=expand,
         max_batch=max_batch,
@@ -130,6 +148,27 @@ def compile_command(
     written = chosen.emit(graph, parsed_spec, options, target)
     for path in written:
         typer.echo(sanitise(f"wrote {path}"))
+    if dtype == "int8":
+        for line in _int8_lines(next(p for p in written if p.suffix == ".onnx")):
+            typer.echo(sanitise(line))
+
+
+def _int8_report(path: Path) -> dict | None:
+    """The measurements an int8 ONNX file (or repository) records; None for other files."""
+    import onnx
+
+    from resnext_compiler.backends.int8_agreement import read_int8_report
+    from resnext_compiler.input_contract import find_onnx_file
+
+    model = onnx.load(str(find_onnx_file(path)), load_external_data=False)
+    return read_int8_report({entry.key: entry.value for entry in model.metadata_props})
+
+
+def _int8_lines(path: Path) -> list[str]:
+    from resnext_compiler.backends.int8_agreement import describe_int8_report
+
+    report = _int8_report(path)
+    return describe_int8_report(report) if report else []
 
 
 def _check_int8(backend: str, calibrate: Path | None) -> None:
@@ -196,15 +235,18 @@ def _inspect_artifact(path: Path, as_json: bool) -> None:
     contract = read_contract(path)
     onnx_file = find_onnx_file(path)
     if as_json:
-        data = {"model": str(onnx_file), "contract": asdict(contract) if contract else None}
+        data = {"model": str(onnx_file), "contract": asdict(contract) if contract else None,
+                "int8": _int8_report(onnx_file)}
         typer.echo(json.dumps(data, indent=2))
         return
     if contract is None:
         typer.echo(sanitise(f"{onnx_file}: records no input contract (serve and evaluate use "
                             "the defaults of docs/serving.md)"))
-        return
-    typer.echo(sanitise(f"{onnx_file}: input contract"))
-    for line in contract.describe():  # class names come from the file: escape them
+    else:
+        typer.echo(sanitise(f"{onnx_file}: input contract"))
+        for line in contract.describe():  # class names come from the file: escape them
+            typer.echo(f"  {sanitise(line)}")
+    for line in _int8_lines(onnx_file):  # node names come from the file too
         typer.echo(f"  {sanitise(line)}")
 
 

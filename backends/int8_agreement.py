@@ -1,0 +1,195 @@
+"""int8 measured against float32: the agreement report, and which nodes to keep in float.
+
+Both files run in onnxruntime on the CPU, side by side on held-out images (never the ones that
+calibrated the ranges). The report is what an int8 file records about itself (docs/onnx.md,
+"The agreement report"): top-1 agreement with float32, the mean cosine of the two logit
+vectors, and, when the images sit in class folders whose names the model knows, the top-1
+error of both. When agreement is too low, `worst_tensors` asks onnxruntime's QDQ debugging
+tools (`qdq_loss_debug`) which activations quantization damages most. Nothing here imports
+torch.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+# Bytes of float activations the QDQ debugging run may hold: it keeps every intermediate
+# tensor of every image, three times (float32 model, before and after each QDQ pair).
+DEBUG_ACTIVATION_BYTES = 1 << 30
+MAX_DEBUG_IMAGES = 8
+# onnx op types whose nodes carry the network's arithmetic (the nodes a fallback keeps in float)
+CLASSIFIER_OPS = ("Gemm", "MatMul")
+
+KEY_PREFIX = "int8."
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """int8 against float32 on `images` held-out images."""
+
+    images: int
+    top1_agreement: float  # percent of images whose top-1 class is the same
+    logit_cosine: float  # mean over images
+    float32_top1_error: float | None = None  # percent; None without known class folders
+    int8_top1_error: float | None = None
+
+    def to_metadata(self) -> dict[str, str]:
+        data = {"held_out_images": str(self.images),
+                "top1_agreement": f"{self.top1_agreement:.2f}",
+                "logit_cosine": f"{self.logit_cosine:.5f}"}
+        if self.float32_top1_error is not None and self.int8_top1_error is not None:
+            data["top1_error_float32"] = f"{self.float32_top1_error:.2f}"
+            data["top1_error_int8"] = f"{self.int8_top1_error:.2f}"
+        return {KEY_PREFIX + key: value for key, value in data.items()}
+
+    def summary(self) -> str:
+        text = (f"top-1 agreement {self.top1_agreement:.2f}%, logit cosine "
+                f"{self.logit_cosine:.4f} on {self.images} held-out images")
+        if self.float32_top1_error is not None:
+            text += (f"; top-1 error float32 {self.float32_top1_error:.2f}%, int8 "
+                     f"{self.int8_top1_error:.2f}%")
+        return text
+
+
+def compare_logits(reference: np.ndarray, quantized: np.ndarray,
+                   targets: np.ndarray | None = None) -> Agreement:
+    """The agreement of two [N, classes] logit arrays (targets: class indices, or None)."""
+    norms = np.linalg.norm(reference, axis=1) * np.linalg.norm(quantized, axis=1)
+    cosine = np.sum(reference * quantized, axis=1) / np.maximum(norms, np.finfo(np.float32).tiny)
+    agreement = Agreement(
+        images=len(reference),
+        top1_agreement=100.0 * float(np.mean(reference.argmax(1) == quantized.argmax(1))),
+        logit_cosine=float(np.mean(cosine)))
+    if targets is None:
+        return agreement
+    return Agreement(agreement.images, agreement.top1_agreement, agreement.logit_cosine,
+                     100.0 * float(np.mean(reference.argmax(1) != targets)),
+                     100.0 * float(np.mean(quantized.argmax(1) != targets)))
+
+
+def folder_targets(images: Iterable[Path], root: Path,
+                   class_names: tuple[str, ...] | None) -> np.ndarray | None:
+    """Class indices of images in class folders (ROOT/<class>/...) named as the model's
+    classes; None when the model names no classes or an image is outside such a folder."""
+    if not class_names:
+        return None
+    index = {name: i for i, name in enumerate(class_names)}
+    targets = []
+    for image in images:
+        parts = Path(image).relative_to(root).parts
+        if len(parts) < 2 or parts[0] not in index:
+            return None
+        targets.append(index[parts[0]])
+    return np.asarray(targets)
+
+
+def run_logits(model: Path, reader, count: int) -> np.ndarray:  # noqa: ANN001
+    """The first output of `model` for every batch of `reader` (a CalibrationDataReader,
+    rewound first) in onnxruntime on the CPU: the first `count` rows (a static-batch model's
+    last batch is padded)."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    reader.rewind()
+    outputs = [session.run(None, feed)[0] for feed in reader]
+    return np.concatenate(outputs)[:count].astype(np.float64)
+
+
+def stem_and_classifier(model: onnx.ModelProto) -> list[str]:
+    """Names of the first convolution and the last classifier node (Gemm/MatMul)."""
+    convs = [node.name for node in model.graph.node if node.op_type == "Conv"]
+    heads = [node.name for node in model.graph.node if node.op_type in CLASSIFIER_OPS]
+    return convs[:1] + heads[-1:]
+
+
+def nodes_around(model: onnx.ModelProto, tensor: str) -> list[str]:
+    """The node that computes `tensor` and the nodes that read it: keeping them in float
+    takes the tensor out of int8."""
+    return [node.name for node in model.graph.node
+            if tensor in node.output or tensor in node.input]
+
+
+def activation_bytes_per_image(model: onnx.ModelProto) -> int:
+    """Float bytes of every declared intermediate value for one image (batch dim as 1)."""
+    total = 0
+    for value in model.graph.value_info:
+        dims = value.type.tensor_type.shape.dim
+        total += 4 * int(np.prod([d.dim_value if d.HasField("dim_value") and i else 1
+                                  for i, d in enumerate(dims)]))
+    return total
+
+
+def debug_image_count(model: onnx.ModelProto, held_out: int) -> int:
+    """Images the QDQ debugging run may use within DEBUG_ACTIVATION_BYTES (at least one)."""
+    per_image = max(1, 3 * activation_bytes_per_image(model))
+    return max(1, min(held_out, MAX_DEBUG_IMAGES, DEBUG_ACTIVATION_BYTES // per_image))
+
+
+def worst_tensors(float_model: Path, qdq_model: Path, reader) -> list[tuple[str, float]]:  # noqa: ANN001
+    """(activation, signal-to-quantization-noise ratio in dB) of every quantized activation of
+    `qdq_model`, worst first, by onnxruntime's QDQ debugging tools on `reader`'s images.
+
+    The ratio compares each activation before and after its QuantizeLinear/DequantizeLinear
+    pair, so it measures the damage of that tensor's own 8-bit range (an outlier channel
+    that squeezes the others into a few levels scores low), computed in float: the ranking
+    is the same on every CPU.
+    """
+    from onnxruntime.quantization.qdq_loss_debug import (
+        collect_activations,
+        compute_activation_error,
+        create_activation_matching,
+        modify_model_output_intermediate_tensors,
+    )
+
+    with tempfile.TemporaryDirectory(prefix=".int8-debug-", dir=Path(qdq_model).parent) as work:
+        augmented = {}
+        for name, path in (("float", float_model), ("qdq", qdq_model)):
+            augmented[name] = str(Path(work) / f"{name}.onnx")
+            modify_model_output_intermediate_tensors(str(path), augmented[name])
+        reader.rewind()
+        float_activations = collect_activations(augmented["float"], reader)
+        reader.rewind()
+        qdq_activations = collect_activations(augmented["qdq"], reader)
+    matching = create_activation_matching(qdq_activations, float_activations)
+    errors = compute_activation_error(matching)
+    ranked = [(name, float(error["qdq_err"])) for name, error in errors.items()]
+    return sorted(ranked, key=lambda item: item[1])
+
+
+def read_int8_report(metadata: dict[str, str]) -> dict[str, object] | None:
+    """An int8 file's measurements (the `int8.*` metadata), parsed; None for other files."""
+    if metadata.get("dtype") != "int8" or KEY_PREFIX + "top1_agreement" not in metadata:
+        return None
+    report: dict[str, object] = {}
+    for key, value in metadata.items():
+        if key.startswith(KEY_PREFIX):
+            name = key.removeprefix(KEY_PREFIX)
+            report[name] = json.loads(value) if name in ("kept_float", "attempts") else value
+    return report
+
+
+def describe_int8_report(report: dict[str, object]) -> list[str]:
+    """Human-readable lines of `read_int8_report` (for `inspect` and the compile's output)."""
+    lines = [f"int8 vs float32: top-1 agreement {report['top1_agreement']}% (threshold "
+             f"{report.get('min_agreement', '?')}%), logit cosine {report['logit_cosine']}, "
+             f"on {report['held_out_images']} held-out images ({report.get('held_out', '?')})"]
+    if "top1_error_float32" in report:
+        lines.append(f"top-1 error: float32 {report['top1_error_float32']}%, int8 "
+                     f"{report['top1_error_int8']}%")
+    kept = report.get("kept_float") or []
+    lines.append(f"kept in float: {', '.join(kept) if kept else 'nothing'}")  # type: ignore[arg-type]
+    attempts = report.get("attempts") or []
+    if len(attempts) > 1:  # type: ignore[arg-type]
+        lines.append("attempts: " + "; ".join(
+            f"{a['kept_float']} node(s) in float -> {a['top1_agreement']}%"
+            for a in attempts))  # type: ignore[union-attr]
+    if report.get("check") != "passed":
+        lines.append(f"check: {report.get('check')}")
+    return lines
