@@ -26,6 +26,8 @@ DEBUG_ACTIVATION_BYTES = 1 << 30
 MAX_DEBUG_IMAGES = 8
 # onnx op types whose nodes carry the network's arithmetic (the nodes a fallback keeps in float)
 CLASSIFIER_OPS = ("Gemm", "MatMul")
+# Activations the quantizer folds into the node before them (the clamp of the QuantizeLinear)
+FOLDED_ACTIVATIONS = ("Relu", "Clip")
 
 KEY_PREFIX = "int8."
 
@@ -110,10 +112,16 @@ def stem_and_classifier(model: onnx.ModelProto) -> list[str]:
 
 
 def nodes_around(model: onnx.ModelProto, tensor: str) -> list[str]:
-    """The node that computes `tensor` and the nodes that read it: keeping them in float
-    takes the tensor out of int8."""
-    return [node.name for node in model.graph.node
-            if tensor in node.output or tensor in node.input]
+    """The nodes that compute `tensor` and read it: keeping them in float takes the tensor out
+    of int8. A Relu's input node is included, since the quantizer folds a Relu into the
+    convolution (or add) before it."""
+    producers = {output: node for node in model.graph.node for output in node.output}
+    names = [node.name for node in model.graph.node if tensor in node.input]
+    node = producers.get(tensor)
+    while node is not None:
+        names.append(node.name)
+        node = producers.get(node.input[0]) if node.op_type in FOLDED_ACTIVATIONS else None
+    return names
 
 
 def activation_bytes_per_image(model: onnx.ModelProto) -> int:
@@ -133,34 +141,85 @@ def debug_image_count(model: onnx.ModelProto, held_out: int) -> int:
 
 
 def worst_tensors(float_model: Path, qdq_model: Path, reader) -> list[tuple[str, float]]:  # noqa: ANN001
-    """(activation, signal-to-quantization-noise ratio in dB) of every quantized activation of
-    `qdq_model`, worst first, by onnxruntime's QDQ debugging tools on `reader`'s images.
+    """(activation, median per-channel signal-to-quantization-noise ratio in dB) of every
+    activation that `qdq_model` quantizes, worst first, on `reader`'s images.
 
-    The ratio compares each activation before and after its QuantizeLinear/DequantizeLinear
-    pair, so it measures the damage of that tensor's own 8-bit range (an outlier channel
-    that squeezes the others into a few levels scores low), computed in float: the ranking
-    is the same on every CPU.
+    onnxruntime's QDQ debugging tools collect the float32 model's activations
+    (`modify_model_output_intermediate_tensors`, `collect_activations`); each is quantized
+    with the scale and zero point that `qdq_model` gives it and compared with itself by
+    their signal-to-noise ratio, channel by channel. That isolates the damage of the
+    tensor's own 8-bit range: one outlier channel widens the range until the others fall
+    into a few levels, which their median ratio shows and a whole-tensor ratio (dominated by
+    the outlier) hides. Channels that are zero on every image carry nothing and are skipped.
+    Computed in float, so the ranking is the same on every CPU.
     """
     from onnxruntime.quantization.qdq_loss_debug import (
         collect_activations,
-        compute_activation_error,
-        create_activation_matching,
+        compute_signal_to_quantization_noice_ratio,
         modify_model_output_intermediate_tensors,
     )
 
+    qdq = onnx.load(str(qdq_model))
+    ranges = quantization_ranges(qdq)
+    shapes = channel_shapes(onnx.load(str(float_model), load_external_data=False))
     with tempfile.TemporaryDirectory(prefix=".int8-debug-", dir=Path(qdq_model).parent) as work:
-        augmented = {}
-        for name, path in (("float", float_model), ("qdq", qdq_model)):
-            augmented[name] = str(Path(work) / f"{name}.onnx")
-            modify_model_output_intermediate_tensors(str(path), augmented[name])
+        augmented = str(Path(work) / "float.onnx")
+        modify_model_output_intermediate_tensors(str(float_model), augmented)
         reader.rewind()
-        float_activations = collect_activations(augmented["float"], reader)
-        reader.rewind()
-        qdq_activations = collect_activations(augmented["qdq"], reader)
-    matching = create_activation_matching(qdq_activations, float_activations)
-    errors = compute_activation_error(matching)
-    ranked = [(name, float(error["qdq_err"])) for name, error in errors.items()]
+        activations = collect_activations(augmented, reader)
+    ranked = []
+    for tensor, quantization in ranges.items():
+        if tensor in activations and tensor in shapes:
+            # collect_activations flattens each batch of [N, C, ...]
+            values = np.concatenate([batch.reshape(-1, *shapes[tensor])
+                                     for batch in activations[tensor]])
+            ranked.append((tensor, median_channel_ratio(
+                values, *quantization, compute_signal_to_quantization_noice_ratio)))
     return sorted(ranked, key=lambda item: item[1])
+
+
+def channel_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, int]]:
+    """value -> (channels, values per channel per image) of every declared value of rank >= 2
+    with static sizes after the batch."""
+    shapes = {}
+    for value in model.graph.value_info:
+        dims = value.type.tensor_type.shape.dim
+        if len(dims) >= 2 and all(d.HasField("dim_value") for d in dims[1:]):
+            sizes = [d.dim_value for d in dims[1:]]
+            shapes[value.name] = (sizes[0], int(np.prod(sizes[1:])))
+    return shapes
+
+
+def quantization_ranges(qdq: onnx.ModelProto) -> dict[str, tuple[float, int, int, int]]:
+    """activation -> (scale, zero point, lowest, highest integer) of its QuantizeLinear."""
+    from onnx import numpy_helper
+
+    initializers = {init.name: init for init in qdq.graph.initializer}
+    ranges = {}
+    for node in qdq.graph.node:
+        if node.op_type != "QuantizeLinear" or node.input[1] not in initializers:
+            continue
+        scale = numpy_helper.to_array(initializers[node.input[1]])
+        zero_point = numpy_helper.to_array(initializers[node.input[2]])
+        if scale.size != 1:  # per-channel: a weight, not an activation
+            continue
+        info = np.iinfo(zero_point.dtype)
+        ranges[node.input[0]] = (float(scale), int(zero_point), info.min, info.max)
+    return ranges
+
+
+def median_channel_ratio(values: np.ndarray, scale: float, zero_point: int, low: int,
+                         high: int, ratio) -> float:  # noqa: ANN001
+    """Median over the live channels of values [N, C, S] of ratio(x_c, x_c quantized and
+    dequantized with scale, zero point and integer range)."""
+    ratios = []
+    for channel in range(values.shape[1]):
+        signal = values[:, channel].ravel()
+        if not np.any(signal):
+            continue
+        quantized = np.clip(np.round(signal / scale) + zero_point, low, high)
+        ratios.append(ratio(signal, ((quantized - zero_point) * scale).astype(signal.dtype)))
+    return float(np.median(ratios)) if ratios else float("inf")
 
 
 def read_int8_report(metadata: dict[str, str]) -> dict[str, object] | None:

@@ -221,15 +221,17 @@ def split_calibration(folder: Path, count: int, validate: Path | None
                       ) -> tuple[CalibrationSet, CalibrationSet]:
     """(calibration images, held-out images), both searched before any work.
 
-    Without `validate`, the first 2 x `count` images of `folder` (at most
-    MAX_CALIBRATION_IMAGES) alternate: the 1st, 3rd, ... calibrate, the 2nd, 4th, ... are held
-    out. With it, `count` images of each folder.
+    The first MAX_CALIBRATION_IMAGES image files of a folder in sorted order are looked at,
+    and images are taken evenly spaced among them, so class folders are all represented.
+    Without `validate`, 2 x `count` images of `folder` alternate: the 1st, 3rd, ... calibrate,
+    the 2nd, 4th, ... are held out. With it, `count` images of each folder.
     """
     check_calibration_count(count)
     if validate is not None:
-        return (find_calibration_images(folder, count),
-                find_calibration_images(validate, count, "--validate"))
-    found = find_calibration_images(folder, min(2 * count, MAX_CALIBRATION_IMAGES))
+        return (evenly_spaced(find_calibration_images(folder, MAX_CALIBRATION_IMAGES), count),
+                evenly_spaced(find_calibration_images(validate, MAX_CALIBRATION_IMAGES,
+                                                      "--validate"), count))
+    found = evenly_spaced(find_calibration_images(folder, MAX_CALIBRATION_IMAGES), 2 * count)
     calibration = CalibrationSet(found.folder, found.images[0::2])
     held_out = CalibrationSet(found.folder, found.images[1::2])
     if len(held_out.images) < MIN_HELD_OUT_IMAGES:
@@ -239,6 +241,14 @@ def split_calibration(folder: Path, count: int, validate: Path | None
             f"{MIN_HELD_OUT_IMAGES} held out ({2 * MIN_HELD_OUT_IMAGES} images in all), or "
             "held-out images in --validate DIR")
     return calibration, held_out
+
+
+def evenly_spaced(found: CalibrationSet, count: int) -> CalibrationSet:
+    """`count` of the images (all when there are fewer), evenly spaced in their order."""
+    if len(found.images) <= count:
+        return found
+    indices = np.linspace(0, len(found.images) - 1, count).round().astype(int)
+    return CalibrationSet(found.folder, tuple(found.images[i] for i in indices))
 
 
 def export_int8(graph, options, output: str | Path, description: str = "",  # noqa: ANN001
@@ -254,7 +264,8 @@ def export_int8(graph, options, output: str | Path, description: str = "",  # no
     if options.calibrate is None:
         raise UserError("--dtype int8 needs --calibrate DIR (a folder of calibration images)")
     check = Int8Check(min_agreement=options.int8_min_agreement,
-                      accept_loss=options.accept_int8_loss, validate=options.validate)
+                      accept_loss=options.accept_int8_loss, max_attempts=MAX_ATTEMPTS,
+                      validate=options.validate)
     calibration, held_out = split_calibration(options.calibrate, options.calibration_images,
                                               check.validate)
     output = Path(output)
