@@ -5,6 +5,7 @@ for int8 without real calibration images is refused before any work."""
 from __future__ import annotations
 
 import csv
+import json
 import time
 from pathlib import Path
 
@@ -59,8 +60,6 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def evaluate(run_cli, model: Path, data: Path, predictions: Path) -> dict:
-    import json
-
     result = run_cli("evaluate", model, "--data", data, "--json", "--predictions", predictions)
     assert result.code == 0, result
     return json.loads(result.out)
@@ -84,6 +83,8 @@ def test_int8_file_records_its_calibration_and_holds_int8_weights(trained):
     assert metadata["calibration_images"] == "64"
     assert metadata["calibration_folder"] == "train"
     assert metadata["preprocess.mean"] == "[0.3053]"  # the training run's contract travels
+    assert metadata["int8.held_out_images"] == "64" and metadata["int8.check"] == "passed"
+    assert float(metadata["int8.top1_agreement"]) >= 97
     weights = {init.name: init for init in model.graph.initializer}
     conv_weights = [weights[node.input[0]] for node in model.graph.node
                     if node.op_type == "DequantizeLinear" and node.input[0] in weights
@@ -152,6 +153,193 @@ def test_triton_repository_takes_int8_with_float32_tensors_on_the_cpu(trained, r
     assert (metadata["dtype"], metadata["calibration_images"]) == ("int8", "16")
     evaluated = evaluate(run_cli, repo, trained / "val", trained / "repo.csv")
     assert evaluated["images"] == 355
+
+
+# --- measured int8: the agreement report, the float fallback, the threshold -------------------
+
+OUTLIER = 1000.0  # how much larger one channel of layer1.0's first activation is made
+
+
+@pytest.fixture(scope="module")
+def outlier_weights(trained: Path) -> Path:
+    """The trained weights with one activation made hostile to int8 on any CPU, the float32
+    function unchanged: channel 0 of layer1.0's first BatchNorm (so of the Relu after it) is
+    multiplied by OUTLIER and the grouped conv that reads it divides its weights by OUTLIER.
+    One scale per tensor then spends the 8-bit range on that channel and rounds the other
+    channels to a few levels; 7-bit weights and every CPU kernel change nothing about it."""
+    from safetensors.numpy import load_file, save_file
+
+    weights = load_file(trained / "run" / "model.safetensors")
+    weights["layer1.0.bn1.weight"][0] *= OUTLIER
+    weights["layer1.0.bn1.bias"][0] *= OUTLIER
+    group = weights["layer1.0.conv2.weight"].shape[0] // 2  # cardinality 2: group 0 reads 0-1
+    weights["layer1.0.conv2.weight"][:group, 0] /= OUTLIER
+    path = trained / "outlier.safetensors"
+    save_file(weights, path)
+    return path
+
+
+def int8_metadata(path: Path) -> dict[str, str]:
+    return {e.key: e.value for e in onnx.load(str(path), load_external_data=False).metadata_props}
+
+
+def compile_outlier(run_cli, trained: Path, weights: Path, output: Path, *args: object):
+    return run_cli(trained / "run" / "spec.yaml", "--weights", weights, "-o", output,
+                   "--dtype", "int8", "--calibrate", trained / "train", *args)
+
+
+def test_an_outlier_activation_breaks_int8_without_the_fallback(trained, outlier_weights,
+                                                                 run_cli):
+    same = compile_outlier(run_cli, trained, outlier_weights, trained / "outlier-fp32.onnx")
+    assert same.code == 0, same
+    result = compile_outlier(run_cli, trained, outlier_weights, trained / "no-fallback.onnx",
+                             "--int8-min-agreement", "0")  # the first attempt passes
+    assert result.code == 0, result
+    metadata = int8_metadata(trained / "no-fallback.onnx")
+    assert json.loads(metadata["int8.kept_float"]) == []
+    assert float(metadata["int8.top1_agreement"]) < 50
+    fp32 = evaluate(run_cli, trained / "fp32.onnx", trained / "val", trained / "a.csv")
+    int8 = evaluate(run_cli, trained / "no-fallback.onnx", trained / "val", trained / "b.csv")
+    print(f"without the fallback: float32 {fp32['top1_error']:.2f}%, int8 "
+          f"{int8['top1_error']:.2f}%")
+    assert int8["top1_error"] > fp32["top1_error"] + 30
+
+
+def test_the_fallback_keeps_the_outlier_in_float_and_int8_matches_float32(trained,
+                                                                           outlier_weights,
+                                                                           run_cli):
+    output = trained / "fallback.onnx"
+    result = compile_outlier(run_cli, trained, outlier_weights, output)
+    assert result.code == 0, result
+    assert "kept in float: " in result.out and "attempts: " in result.out
+    metadata = int8_metadata(output)
+    kept = json.loads(metadata["int8.kept_float"])
+    assert {"conv1", "fc"} <= set(kept)  # stem and classifier first
+    assert {"layer1.0.conv1", "layer1.0.relu1", "layer1.0.conv2"} <= set(kept)  # by error
+    attempts = json.loads(metadata["int8.attempts"])
+    assert float(attempts[0]["top1_agreement"]) < 50
+    assert float(metadata["int8.top1_agreement"]) >= 97 and metadata["int8.check"] == "passed"
+    assert len(attempts) <= 4
+    fp32 = evaluate(run_cli, trained / "fp32.onnx", trained / "val", trained / "c.csv")
+    int8 = evaluate(run_cli, output, trained / "val", trained / "d.csv")
+    print(f"with the fallback: float32 {fp32['top1_error']:.2f}%, int8 "
+          f"{int8['top1_error']:.2f}%, kept in float {kept}")
+    assert abs(int8["top1_error"] - fp32["top1_error"]) <= 1.0, (fp32, int8)
+
+
+def test_a_file_below_the_threshold_is_never_written_without_the_flag(trained, outlier_weights,
+                                                                      run_cli, monkeypatch):
+    from resnext_compiler.backends import onnx_quantize
+
+    monkeypatch.setattr(onnx_quantize, "MAX_ATTEMPTS", 2)  # stem and classifier do not help
+    out = trained / "refused"
+    out.mkdir()
+    start = time.monotonic()
+    result = compile_outlier(run_cli, trained, outlier_weights, out / "m.onnx")
+    assert result.code == 2, result
+    assert time.monotonic() - start < 60
+    assert "stays below --int8-min-agreement 97% after 2 attempt(s) (best " in result.err
+    assert "0 node(s) in float: top-1 agreement" in result.err
+    assert "2 node(s) in float: top-1 agreement" in result.err
+    assert "--accept-int8-loss" in result.err and "Traceback" not in result.err
+    assert list(out.iterdir()) == []  # no file, no temporary folder
+    accepted = compile_outlier(run_cli, trained, outlier_weights, out / "m.onnx",
+                               "--accept-int8-loss")
+    assert accepted.code == 0, accepted
+    metadata = int8_metadata(out / "m.onnx")
+    assert float(metadata["int8.top1_agreement"]) < 97
+    assert metadata["int8.check"] == "below the threshold, written with --accept-int8-loss"
+    assert "check: below the threshold" in accepted.out
+    assert [p.name for p in out.iterdir()] == ["m.onnx"]
+
+
+def test_inspect_shows_the_agreement_report(trained, run_cli):
+    result = run_cli("inspect", trained / "int8.onnx")
+    assert result.code == 0, result
+    assert "int8 vs float32: top-1 agreement" in result.out
+    assert "on 64 held-out images (every other image of the --calibrate folder)" in result.out
+    assert "top-1 error: float32" in result.out and "kept in float: nothing" in result.out
+    report = json.loads(run_cli("inspect", trained / "int8.onnx", "--json").out)["int8"]
+    assert report["held_out_images"] == "64" and report["kept_float"] == []
+    assert float(report["top1_agreement"]) >= 97 and float(report["logit_cosine"]) > 0.99
+
+
+def test_validate_folder_measures_on_its_images(trained, run_cli):
+    output = trained / "validated.onnx"
+    result = run_cli(trained / "run" / "spec.yaml", "--weights",
+                     trained / "run" / "model.safetensors", "-o", output, "--dtype", "int8",
+                     "--calibrate", trained / "train", "--validate", trained / "val",
+                     "--calibration-images", "32")
+    assert result.code == 0, result
+    metadata = int8_metadata(output)
+    assert metadata["calibration_images"] == "32"
+    assert (metadata["int8.held_out"], metadata["int8.held_out_images"]) == (
+        "--validate folder val", "32")
+    assert 0 <= float(metadata["int8.top1_error_int8"]) < 30
+
+
+def test_too_few_images_to_hold_out_are_refused(run_cli, tiny_spec, tmp_path):
+    write_images(tmp_path / "calib", 7)
+    err = refused(run_cli, tiny_spec, "--dtype", "int8", "--calibrate", tmp_path / "calib",
+                  "-o", tmp_path / "m.onnx")
+    assert "7 image(s); an int8 compile holds out every other image" in err
+    assert "at least 4 held out (8 images in all)" in err and "--validate DIR" in err
+    err = refused(run_cli, tiny_spec, "--dtype", "int8", "--calibrate", tmp_path / "calib",
+                  "--validate", tmp_path / "nowhere", "-o", tmp_path / "m.onnx")
+    assert "--validate" in err and "nowhere: does not exist" in err
+
+
+@pytest.mark.parametrize("value", ["-1", "101", "nan"])
+def test_min_agreement_out_of_range_is_refused(run_cli, tiny_spec, tmp_path, value):
+    write_images(tmp_path / "calib", 8)
+    err = refused(run_cli, tiny_spec, "--dtype", "int8", "--calibrate", tmp_path / "calib",
+                  "--int8-min-agreement", value, "-o", tmp_path / "m.onnx")
+    assert "--int8-min-agreement" in err
+
+
+@pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM"])
+def test_an_interrupted_int8_compile_leaves_nothing_behind(tiny_spec, tmp_path, signal_name):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    write_images(tmp_path / "calib", 8)
+    out, temp = tmp_path / "out", tmp_path / "tmp"
+    out.mkdir()
+    temp.mkdir()
+    started = tmp_path / "started"
+    # the CLI with quantize_static slowed down: it finishes calibrating (onnxruntime's own
+    # temporary folder exists), then signals that it is in the middle of the work and waits
+    code = ("import sys, time\nfrom pathlib import Path\n"
+            "from resnext_compiler.backends import onnx_quantize\n"
+            "original = onnx_quantize.quantize_static\n"
+            "def slow(*args, **kwargs):\n"
+            "    original(*args, **kwargs)\n"
+            f"    Path({str(started)!r}).write_text('x')\n"
+            "    time.sleep(60)\n"
+            "onnx_quantize.quantize_static = slow\n"
+            "from resnext_compiler.cli import main\nmain(sys.argv[1:])\n")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(tiny_spec), "--dtype", "int8", "--calibrate",
+         str(tmp_path / "calib"), "-o", str(out / "m.onnx")],
+        env={**os.environ, "TMPDIR": str(temp)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not started.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert started.exists(), proc.communicate()
+        assert [p.name for p in out.iterdir() if p.name.startswith(".fp32-")]  # mid-work
+        proc.send_signal(getattr(signal, signal_name))
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err  # the CLI's exit status for an interruption
+    assert "Traceback" not in err
+    assert list(out.iterdir()) == [] and list(temp.iterdir()) == []
 
 
 # --- refusals: never quantize on made-up data, and say so before any work ---------------------
