@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 
 # Bytes of float activations the QDQ debugging run may hold: it keeps every intermediate
-# tensor of every image, three times (float32 model, before and after each QDQ pair).
+# tensor of every image, and the ranking copies one tensor's values at a time.
 DEBUG_ACTIVATION_BYTES = 1 << 30
 MAX_DEBUG_IMAGES = 8
 # onnx op types whose nodes carry the network's arithmetic (the nodes a fallback keeps in float)
@@ -136,7 +136,7 @@ def activation_bytes_per_image(model: onnx.ModelProto) -> int:
 
 def debug_image_count(model: onnx.ModelProto, held_out: int) -> int:
     """Images the QDQ debugging run may use within DEBUG_ACTIVATION_BYTES (at least one)."""
-    per_image = max(1, 3 * activation_bytes_per_image(model))
+    per_image = max(1, activation_bytes_per_image(model))
     return max(1, min(held_out, MAX_DEBUG_IMAGES, DEBUG_ACTIVATION_BYTES // per_image))
 
 

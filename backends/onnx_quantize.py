@@ -363,25 +363,17 @@ def _attempts(prepared: Path, float_model: Path, work: Path, reader: Calibration
     prepared_model = onnx.load(str(prepared), load_external_data=False)
     kept: tuple[str, ...] = ()
     attempts: list[Attempt] = []
+    held = reference = None
+    if measure is not None:
+        held = _reader(header, contract, measure.pixels)
+        reference = run_logits(float_model, held, len(measure.pixels))
     while True:
         path = work / f"attempt-{len(attempts) + 1}.onnx"
-        reader.rewind()
-        _onnxruntime_step(
-            quantize_static, str(prepared), str(path), reader,
-            quant_format=QuantFormat.QDQ,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            per_channel=True,
-            reduce_range=WEIGHT_REDUCE_RANGE,
-            nodes_to_exclude=list(kept),
-            calibrate_method=getattr(CalibrationMethod, CALIBRATION_METHODS[method]),
-            calibration_providers=["CPUExecutionProvider"],
-        )
+        quantize_qdq(prepared, path, reader, kept, method, work / "ranges.json")
         if measure is None:
             return [Attempt(kept, path, None)]
-        held = _reader(header, contract, measure.pixels)
-        agreement = compare_logits(run_logits(float_model, held, len(measure.pixels)),
-                                   run_logits(path, held, len(measure.pixels)), measure.targets)
+        agreement = compare_logits(reference, run_logits(path, held, len(measure.pixels)),
+                                   measure.targets)
         attempts.append(Attempt(kept, path, agreement))
         if agreement.top1_agreement >= check.min_agreement or len(attempts) >= check.max_attempts:
             return attempts
@@ -390,6 +382,28 @@ def _attempts(prepared: Path, float_model: Path, work: Path, reader: Calibration
         if not more:
             return attempts
         kept = kept + tuple(more)
+
+
+def quantize_qdq(prepared: Path, output: Path, reader: CalibrationBatches,
+                 keep_float: tuple[str, ...] = (), method: str = CALIBRATION_METHOD,
+                 ranges: Path | None = None) -> None:
+    """One quantization with the portable settings (module docstring) of the model that
+    `quant_pre_process` wrote at `prepared`, the nodes named in `keep_float` left in float.
+    `ranges` caches the calibrated ranges: the first call with it calibrates and writes it,
+    later ones read it instead of calibrating again."""
+    reader.rewind()
+    _onnxruntime_step(
+        quantize_static, str(prepared), str(output), reader,
+        calibration_cache_path=None if ranges is None else str(ranges),
+        quant_format=QuantFormat.QDQ,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+        reduce_range=WEIGHT_REDUCE_RANGE,
+        nodes_to_exclude=list(keep_float),
+        calibrate_method=getattr(CalibrationMethod, CALIBRATION_METHODS[method]),
+        calibration_providers=["CPUExecutionProvider"],
+    )
 
 
 def _next_float_nodes(prepared_model: onnx.ModelProto, prepared: Path, failed: Path,
