@@ -4,14 +4,19 @@
                                   [--threads 2] [--update-results]
 
 For each spec: compiles float32, float16 and int8 files with the CLI (seeded random weights;
-int8 calibrated on the default number of generated images), each compile in its own process
+int8 calibrated on the default number of generated images, as many more held out to measure
+it: the compile's time and memory include that measurement), each compile in its own process
 so its wall time and peak memory (the child's max RSS) are its own; all compiles run before
 any model is loaded here, since a child's max RSS includes the pages it was forked with.
 Then one process holds a session per file (intra_op_num_threads = --threads, sequential
 execution) and times batch 1 and batch 8 with the runs alternated across the files (A, B, C,
 A, B, C, ...), so load from other jobs hits every file alike; the table gives the median of
---runs. A second table splits the first spec's batch-8 kernel time (onnxruntime's profiler)
-into the grouped 3x3 convolutions and the rest, float32 against int8 (QLinearConv).
+--runs. The int8 row's agreement with float32 is the one the compile measured and recorded in
+the file. For the first spec, the same table also times the cost of nodes kept in float (the
+stem and the classifier, the first fallback round; the grouped convolutions) and another
+lowering of the grouped convolutions (form B: one dense convolution per path, concatenated).
+A second table splits the first spec's batch-8 kernel time (onnxruntime's profiler) into the
+grouped 3x3 convolutions and the rest, float32 against int8 (QLinearConv).
 
 Prints Markdown; --update-results also writes it into benchmarks/RESULTS.md between the
 `int8-cpu` markers (replacing the previous table).
@@ -20,6 +25,7 @@ Prints Markdown; --update-results also writes it into benchmarks/RESULTS.md betw
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import statistics
@@ -55,10 +61,11 @@ def generated_images(folder: Path, count: int, seed: int = 0) -> Path:
     return folder
 
 
-def compile_model(spec: Path, output: Path, dtype: str, calibration: Path) -> tuple[float, int]:
+def compile_model(spec: Path, output: Path, dtype: str, calibration: Path,
+                  *extra: str) -> tuple[float, int]:
     """Run the CLI in a child process: (wall seconds, peak RSS bytes)."""
     args = [sys.executable, "-m", "resnext_compiler.cli", str(spec), "-o", str(output),
-            "--dtype", dtype]
+            "--dtype", dtype, *extra]
     if dtype == "int8":
         args += ["--calibrate", str(calibration)]
     start = time.perf_counter()
@@ -91,20 +98,50 @@ def alternated_medians(runners: dict[str, Callable[[], object]], runs: int) -> d
     return {name: statistics.median(values) for name, values in times.items()}
 
 
-def fidelity(sessions: dict[str, ort.InferenceSession], fp32: Path, work: Path) -> str:
-    """int8 logits against float32's on 16 held-out generated images (not the calibration
-    ones), through the model's input contract."""
-    from resnext_compiler.image_transform import load_images_for_model
+def recorded_agreement(path: Path) -> str:
+    """The agreement with float32 that the int8 compile measured and wrote into the file."""
+    metadata = {e.key: e.value for e in onnx.load(str(path), load_external_data=False)
+                .metadata_props}
+    return (f"recorded by the compile on {metadata['int8.held_out_images']} held-out generated "
+            f"images: top-1 agreement {metadata['int8.top1_agreement']}%, logit cosine "
+            f"{metadata['int8.logit_cosine']}, kept in float: "
+            f"{', '.join(json.loads(metadata['int8.kept_float'])) or 'nothing'}")
+
+
+def variants(spec: Path, work: Path, calibration: Path) -> dict[str, tuple[float, int]]:
+    """int8 files with nodes kept in float (quantize_qdq with the compile's settings and
+    calibration images), and form B compiled by the CLI: name -> (compile s, peak RSS)."""
+    from onnxruntime.quantization import quant_pre_process
+
+    from resnext_compiler.backends.base import DEFAULT_CALIBRATION_IMAGES
+    from resnext_compiler.backends.int8_agreement import stem_and_classifier
+    from resnext_compiler.backends.onnx_quantize import (
+        _reader,
+        calibration_pixels,
+        quantize_qdq,
+        split_calibration,
+    )
     from resnext_compiler.input_contract import read_contract
 
-    folder = generated_images(work / "held-out", 16, seed=1)
-    x = load_images_for_model(sorted(folder.iterdir()), read_contract(fp32))
-    ref = sessions["fp32"].run(None, {"input": x})[0]
-    out = sessions["int8"].run(None, {"input": x})[0]
-    relative = float(np.sqrt(np.mean((out - ref) ** 2)) / ref.std())
-    agree = float(np.mean(out.argmax(1) == ref.argmax(1)))
-    return (f"held-out generated images: logit RMS error / fp32 logit std {relative:.3f}, "
-            f"top-1 agrees on {100 * agree:.0f}%")
+    fp32 = work / f"{spec.stem}-fp32.onnx"
+    prepared = work / "prepared.onnx"
+    quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
+    model = onnx.load(str(prepared))
+    grouped = tuple(node.name for node in model.graph.node if node.op_type == "Conv" and any(
+        a.name == "group" and a.i > 1 for a in node.attribute))
+    contract = read_contract(fp32)
+    images, _ = split_calibration(calibration, DEFAULT_CALIBRATION_IMAGES, None)
+    reader = _reader(model, contract, calibration_pixels(images, contract))
+    compiles = {}
+    for name, keep in (("int8, stem + classifier in float", tuple(stem_and_classifier(model))),
+                       ("int8, grouped convs in float", grouped)):
+        start = time.perf_counter()
+        quantize_qdq(prepared, work / f"{spec.stem}-{name}.onnx", reader, keep)
+        compiles[name] = (time.perf_counter() - start, 0)
+    compiles["int8, form B"] = compile_model(spec, work / f"{spec.stem}-int8, form B.onnx",
+                                             "int8", calibration, "--form", "B")
+    prepared.unlink()
+    return compiles
 
 
 def compile_all(spec: Path, work: Path, calibration: Path) -> dict[str, tuple[float, int]]:
@@ -115,28 +152,30 @@ def compile_all(spec: Path, work: Path, calibration: Path) -> dict[str, tuple[fl
 def model_rows(spec: Path, work: Path, compiles: dict[str, tuple[float, int]], runs: int,
                threads: int) -> list[str]:
     name = spec.stem
-    paths = {dtype: work / f"{name}-{dtype}.onnx" for dtype in DTYPES}
-    sessions = {dtype: session(paths[dtype], threads) for dtype in DTYPES}
+    kinds = list(compiles)
+    paths = {dtype: work / f"{name}-{dtype}.onnx" for dtype in kinds}
+    sessions = {dtype: session(paths[dtype], threads) for dtype in kinds}
     shape = [d.dim_value for d in onnx.load(str(paths["fp32"]), load_external_data=False)
              .graph.input[0].type.tensor_type.shape.dim[1:]]
     medians: dict[int, dict[str, float]] = {}
     for batch in BATCHES:
         x = np.random.default_rng(batch).normal(size=(batch, *shape)).astype(np.float32)
-        feeds = {"fp32": x, "fp16": x.astype(np.float16), "int8": x}
+        feeds = {dtype: x.astype(np.float16) if dtype == "fp16" else x for dtype in kinds}
         medians[batch] = alternated_medians(
             {dtype: (lambda d=dtype, f=feeds: sessions[d].run(None, {"input": f[d]}))
-             for dtype in DTYPES}, runs)
-    agreement = fidelity(sessions, paths["fp32"], work)
-    sizes = {dtype: paths[dtype].stat().st_size for dtype in DTYPES}
+             for dtype in kinds}, runs)
+    agreement = recorded_agreement(paths["int8"])
+    sizes = {dtype: paths[dtype].stat().st_size for dtype in kinds}
     rows = []
-    for dtype in DTYPES:
+    for dtype in kinds:
         speed = " / ".join(f"{medians[b]['fp32'] / medians[b][dtype]:.2f}x" for b in BATCHES)
         seconds, peak = compiles[dtype]
+        peak_text = f"{peak / 2**20:.0f} MB" if peak else "(in process)"
         rows.append(
             f"| {name} | {dtype} | {sizes[dtype] / 1e6:.1f} MB "
             f"({100 * sizes[dtype] / sizes['fp32']:.0f}%) | "
             + " | ".join(f"{1000 * medians[b][dtype]:.0f} ms" for b in BATCHES)
-            + f" | {speed} | {seconds:.1f} s | {peak / 2**20:.0f} MB |")
+            + f" | {speed} | {seconds:.1f} s | {peak_text} |")
     rows.append(f"| {name} | int8 vs fp32 | {agreement} | | | | | |")
     return rows
 
@@ -179,6 +218,20 @@ def profile_rows(spec: Path, work: Path, threads: int, runs: int = 3) -> list[st
     return rows
 
 
+def cpu_name() -> str:
+    """The CPU model and whether it has VNNI (int8 kernels differ: docs/onnx.md)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or "unknown"
+    model = next((line.split(":", 1)[1].strip() for line in text.splitlines()
+                  if line.startswith("model name")), "unknown")
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines()
+                  if line.startswith("flags")), [])
+    vnni = [flag for flag in ("avx512_vnni", "avx_vnni") if flag in flags]
+    return f"{model}, {' and '.join(vnni) if vnni else 'no VNNI'}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--specs", default="resnext50_32x4d,resnext101_32x8d",
@@ -192,12 +245,14 @@ def main() -> None:
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="int8-cpu-") as tmp:
         work = Path(tmp)
-        calibration = generated_images(work / "calibration", DEFAULT_CALIBRATION_IMAGES)
+        # as many images again are held out to measure int8 against float32
+        calibration = generated_images(work / "calibration", 2 * DEFAULT_CALIBRATION_IMAGES)
         specs = [Path(name) if name.endswith(".yaml") else REPO / "specs" / f"{name}.yaml"
                  for name in args.specs.split(",")]
         # Every compile first, while this process is small: a child's peak RSS counts the
         # parent's pages it was forked with.
         compiles = {spec: compile_all(spec, work, calibration) for spec in specs}
+        compiles[specs[0]].update(variants(specs[0], work, calibration))
         rows = []
         for spec in specs:
             rows += model_rows(spec, work, compiles[spec], args.runs, args.threads)
@@ -210,7 +265,8 @@ def main() -> None:
         f"`python benchmarks/int8_cpu.py` on {platform.machine()} "
         f"({os.cpu_count()} CPUs visible), onnxruntime {ort.__version__}, "
         f"intra_op_num_threads={args.threads}, median of {args.runs} alternated runs, seeded "
-        f"random weights, int8 calibrated on {DEFAULT_CALIBRATION_IMAGES} generated images. "
+        f"random weights, int8 calibrated on {DEFAULT_CALIBRATION_IMAGES} generated images "
+        f"and measured on {DEFAULT_CALIBRATION_IMAGES} more. CPU: {cpu_name()}. "
         f"Load average before / after: {load_before[0]:.1f} / {load_after[0]:.1f}.",
         "",
         "| model | dtype | file (of fp32) | batch 1 | batch 8 | speed-up vs fp32 (b1 / b8) "
