@@ -43,41 +43,54 @@ class Agreement:
     int8_top1_error: float | None = None
 
     def to_metadata(self) -> dict[str, str]:
-        data = {"held_out_images": str(self.images),
-                "top1_agreement": f"{self.top1_agreement:.2f}",
-                "logit_cosine": f"{self.logit_cosine:.5f}"}
+        data = {
+            "held_out_images": str(self.images),
+            "top1_agreement": f"{self.top1_agreement:.2f}",
+            "logit_cosine": f"{self.logit_cosine:.5f}",
+        }
         if self.float32_top1_error is not None and self.int8_top1_error is not None:
             data["top1_error_float32"] = f"{self.float32_top1_error:.2f}"
             data["top1_error_int8"] = f"{self.int8_top1_error:.2f}"
         return {KEY_PREFIX + key: value for key, value in data.items()}
 
     def summary(self) -> str:
-        text = (f"top-1 agreement {self.top1_agreement:.2f}%, logit cosine "
-                f"{self.logit_cosine:.4f} on {self.images} held-out images")
+        text = (
+            f"top-1 agreement {self.top1_agreement:.2f}%, logit cosine "
+            f"{self.logit_cosine:.4f} on {self.images} held-out images"
+        )
         if self.float32_top1_error is not None:
-            text += (f"; top-1 error float32 {self.float32_top1_error:.2f}%, int8 "
-                     f"{self.int8_top1_error:.2f}%")
+            text += (
+                f"; top-1 error float32 {self.float32_top1_error:.2f}%, int8 "
+                f"{self.int8_top1_error:.2f}%"
+            )
         return text
 
 
-def compare_logits(reference: np.ndarray, quantized: np.ndarray,
-                   targets: np.ndarray | None = None) -> Agreement:
+def compare_logits(
+    reference: np.ndarray, quantized: np.ndarray, targets: np.ndarray | None = None
+) -> Agreement:
     """The agreement of two [N, classes] logit arrays (targets: class indices, or None)."""
     norms = np.linalg.norm(reference, axis=1) * np.linalg.norm(quantized, axis=1)
     cosine = np.sum(reference * quantized, axis=1) / np.maximum(norms, np.finfo(np.float32).tiny)
     agreement = Agreement(
         images=len(reference),
         top1_agreement=100.0 * float(np.mean(reference.argmax(1) == quantized.argmax(1))),
-        logit_cosine=float(np.mean(cosine)))
+        logit_cosine=float(np.mean(cosine)),
+    )
     if targets is None:
         return agreement
-    return Agreement(agreement.images, agreement.top1_agreement, agreement.logit_cosine,
-                     100.0 * float(np.mean(reference.argmax(1) != targets)),
-                     100.0 * float(np.mean(quantized.argmax(1) != targets)))
+    return Agreement(
+        agreement.images,
+        agreement.top1_agreement,
+        agreement.logit_cosine,
+        100.0 * float(np.mean(reference.argmax(1) != targets)),
+        100.0 * float(np.mean(quantized.argmax(1) != targets)),
+    )
 
 
-def folder_targets(images: Iterable[Path], root: Path,
-                   class_names: tuple[str, ...] | None) -> np.ndarray | None:
+def folder_targets(
+    images: Iterable[Path], root: Path, class_names: tuple[str, ...] | None
+) -> np.ndarray | None:
     """Class indices of images in class folders (ROOT/<class>/...) named as the model's
     classes; None when the model names no classes or an image is outside such a folder."""
     if not class_names:
@@ -129,8 +142,11 @@ def activation_bytes_per_image(model: onnx.ModelProto) -> int:
     total = 0
     for value in model.graph.value_info:
         dims = value.type.tensor_type.shape.dim
-        total += 4 * int(np.prod([d.dim_value if d.HasField("dim_value") and i else 1
-                                  for i, d in enumerate(dims)]))
+        total += 4 * int(
+            np.prod(
+                [d.dim_value if d.HasField("dim_value") and i else 1 for i, d in enumerate(dims)]
+            )
+        )
     return total
 
 
@@ -171,10 +187,17 @@ def worst_tensors(float_model: Path, qdq_model: Path, reader) -> list[tuple[str,
     for tensor, quantization in ranges.items():
         if tensor in activations and tensor in shapes:
             # collect_activations flattens each batch of [N, C, ...]
-            values = np.concatenate([batch.reshape(-1, *shapes[tensor])
-                                     for batch in activations[tensor]])
-            ranked.append((tensor, median_channel_ratio(
-                values, *quantization, compute_signal_to_quantization_noice_ratio)))
+            values = np.concatenate(
+                [batch.reshape(-1, *shapes[tensor]) for batch in activations[tensor]]
+            )
+            ranked.append(
+                (
+                    tensor,
+                    median_channel_ratio(
+                        values, *quantization, compute_signal_to_quantization_noice_ratio
+                    ),
+                )
+            )
     return sorted(ranked, key=lambda item: item[1])
 
 
@@ -208,8 +231,9 @@ def quantization_ranges(qdq: onnx.ModelProto) -> dict[str, tuple[float, int, int
     return ranges
 
 
-def median_channel_ratio(values: np.ndarray, scale: float, zero_point: int, low: int,
-                         high: int, ratio) -> float:  # noqa: ANN001
+def median_channel_ratio(
+    values: np.ndarray, scale: float, zero_point: int, low: int, high: int, ratio
+) -> float:  # noqa: ANN001
     """Median over the live channels of values [N, C, S] of ratio(x_c, x_c quantized and
     dequantized with scale, zero point and integer range)."""
     ratios = []
@@ -236,19 +260,26 @@ def read_int8_report(metadata: dict[str, str]) -> dict[str, object] | None:
 
 def describe_int8_report(report: dict[str, object]) -> list[str]:
     """Human-readable lines of `read_int8_report` (for `inspect` and the compile's output)."""
-    lines = [f"int8 vs float32: top-1 agreement {report['top1_agreement']}% (threshold "
-             f"{report.get('min_agreement', '?')}%), logit cosine {report['logit_cosine']}, "
-             f"on {report['held_out_images']} held-out images ({report.get('held_out', '?')})"]
+    lines = [
+        f"int8 vs float32: top-1 agreement {report['top1_agreement']}% (threshold "
+        f"{report.get('min_agreement', '?')}%), logit cosine {report['logit_cosine']}, "
+        f"on {report['held_out_images']} held-out images ({report.get('held_out', '?')})"
+    ]
     if "top1_error_float32" in report:
-        lines.append(f"top-1 error: float32 {report['top1_error_float32']}%, int8 "
-                     f"{report['top1_error_int8']}%")
+        lines.append(
+            f"top-1 error: float32 {report['top1_error_float32']}%, int8 "
+            f"{report['top1_error_int8']}%"
+        )
     kept = report.get("kept_float") or []
     lines.append(f"kept in float: {', '.join(kept) if kept else 'nothing'}")  # type: ignore[arg-type]
     attempts = report.get("attempts") or []
     if len(attempts) > 1:  # type: ignore[arg-type]
-        lines.append("attempts: " + "; ".join(
-            f"{a['kept_float']} node(s) in float -> {a['top1_agreement']}%"
-            for a in attempts))  # type: ignore[union-attr]
+        lines.append(
+            "attempts: "
+            + "; ".join(
+                f"{a['kept_float']} node(s) in float -> {a['top1_agreement']}%" for a in attempts
+            )
+        )  # type: ignore[union-attr]
     if report.get("check") != "passed":
         lines.append(f"check: {report.get('check')}")
     return lines
