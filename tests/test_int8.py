@@ -519,3 +519,43 @@ def test_in_graph_preprocessing_quantizes_like_the_external_transform(run_cli, t
                                                                             {"input": floats})[0]
     logits = by_pixels.run(None, {"input": pixels})[0]
     assert np.sqrt(np.mean((logits - expected) ** 2)) < 0.05 * expected.std()
+
+
+# --- the measuring functions on numbers worked out by hand -----------------------------------
+
+def test_agreement_counts_top1_matches_cosine_and_errors():
+    from resnext_compiler.backends.int8_agreement import compare_logits
+
+    reference = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]])
+    quantized = np.array([[2.0, 0.0], [0.0, 1.0], [0.0, 1.0], [0.0, 3.0]])
+    agreement = compare_logits(reference, quantized, targets=np.array([0, 1, 1, 1]))
+    assert agreement.images == 4
+    assert agreement.top1_agreement == 75.0  # the third image flips
+    assert agreement.logit_cosine == pytest.approx(0.75)  # cosines 1, 1, 0, 1
+    assert (agreement.float32_top1_error, agreement.int8_top1_error) == (25.0, 0.0)
+    assert agreement.to_metadata()["int8.top1_agreement"] == "75.00"
+
+
+def test_class_folder_targets_need_every_image_in_a_known_class(tmp_path):
+    from resnext_compiler.backends.int8_agreement import folder_targets
+
+    images = [tmp_path / "cat" / "1.png", tmp_path / "dog" / "a" / "2.png"]
+    assert folder_targets(images, tmp_path, ("dog", "cat")).tolist() == [1, 0]
+    assert folder_targets(images, tmp_path, None) is None
+    assert folder_targets([*images, tmp_path / "3.png"], tmp_path, ("dog", "cat")) is None
+    assert folder_targets([tmp_path / "bird" / "4.png"], tmp_path, ("dog", "cat")) is None
+
+
+def test_an_outlier_channel_scores_low_and_dead_channels_are_skipped():
+    from onnxruntime.quantization.qdq_loss_debug import compute_signal_to_quantization_noice_ratio
+
+    from resnext_compiler.backends.int8_agreement import median_channel_ratio
+
+    values = np.random.default_rng(0).uniform(0, 1, (4, 4, 16)).astype(np.float32)
+    values[:, 3] = 0  # a dead channel: nothing to lose
+    uint8 = (0, 0, 255, compute_signal_to_quantization_noice_ratio)
+    normal = median_channel_ratio(values, 1 / 255, *uint8)
+    values[:, 0] *= 1000  # one channel spends the range
+    outlier = median_channel_ratio(values, 1000 / 255, *uint8)
+    print(f"median channel SQNR: normal {normal:.1f} dB, with an outlier {outlier:.1f} dB")
+    assert normal > 40 and outlier < 10
