@@ -133,7 +133,9 @@ def read_torch_checkpoint(path: str | Path) -> dict[str, np.ndarray]:
     """A state dict from a PyTorch checkpoint, as float32/int64 numpy arrays."""
     import pickle
 
-    import torch  # only this branch needs torch
+    from resnext_compiler.extras import require
+
+    torch = require("torch", f"reading the PyTorch checkpoint {Path(path).name}")
 
     try:
         loaded = torch.load(Path(path), map_location="cpu", weights_only=True)

@@ -13,6 +13,7 @@ import typer
 
 from resnext_compiler.commands.options import choice, number_range
 from resnext_compiler.errors import UserError, sanitise
+from resnext_compiler.extras import require
 from resnext_compiler.limits import MAX_BATCH, MAX_EPOCHS, MAX_LR
 
 if TYPE_CHECKING:
@@ -143,6 +144,7 @@ def train_command(
     With no arguments: a small ResNeXt on the embedded UCI handwritten digits for 10 epochs,
     >= 97% validation accuracy (about 10 s of CPU time).
     """
+    require("torch", "train")
     from resnext_compiler.runtimes.train.config import TrainOverrides
     from resnext_compiler.runtimes.train.runner import execute, prepare_run, resume_config
 
@@ -227,6 +229,7 @@ def evaluate_command(
         result, answers, description, classes = evaluate_artifact(
             model, data, min(batch_size, 1024), device)
     else:
+        require("torch", "evaluate SPEC --weights")
         from resnext_compiler.runtimes.train.evaluate import evaluate_weights
 
         if weights is None:
@@ -253,6 +256,7 @@ def plot_command(
     title: str | None = typer.Option(None, "--title"),
 ) -> None:
     """Top-1 error against epochs, train dashed and val solid (like the paper's Figure 5)."""
+    require("matplotlib", "plot")
     from resnext_compiler.runtimes.train.plot import plot_runs
 
     target = output or (runs[0] / "curves.png" if len(runs) == 1 else Path("curves.png"))
