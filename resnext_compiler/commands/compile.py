@@ -63,7 +63,9 @@ def compile_command(
         None,
         "--weights",
         "-w",
-        help="safetensors file, train checkpoint or import-weights output (default: fresh init).",
+        help="safetensors file, train checkpoint, import-weights output, or pretrained "
+        "ImageNet weights by name: torchvision:resnext50_32x4d, timm:seresnext50_32x4d, ... "
+        "(downloaded once, hash-checked; default: fresh init).",
     ),
     opset: int | None = typer.Option(None, "--opset", min=1, max=1000,
                                      help="ONNX opset (default: backend's)."),
@@ -107,13 +109,17 @@ def compile_command(
         raise UserError("--calibrate and --calibration-images are for --dtype int8")
     if form is not None and form not in ("A", "B", "C"):
         raise UserError(f"--form must be A, B or C, got {form!r}")
-    if weights is not None and not weights.is_file():
-        raise UserError(f"weights file not found: {weights}")
+    from resnext_compiler.pretrained import weights_source, with_class_names
+
     chosen = load_backend(backend)
     static_batch = _parse_batch(batch)
     # memory is budgeted at the batch the artifact will run: the static one, else triton's max
     budget_batch = static_batch or (max_batch if backend == "triton" else 1)
     parsed_spec, graph = _load(spec, form, budget, budget_batch)
+    weights, pretrained = weights_source(weights)
+    if weights is not None and not weights.is_file():
+        raise UserError(f"weights file not found: {weights}")
+    parsed_spec = with_class_names(parsed_spec, pretrained)
     options = CompileOptions(
         weights=weights,
         opset=opset,
