@@ -145,3 +145,59 @@ def test_the_cache_is_torch_hub_s(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     assert pretrained.cache_dir() == Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def test_train_fine_tunes_from_a_name_and_starts_a_new_classifier(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, run_cli) -> None:
+    """Weights of a 12-class model start a 10-class digits run: the body is taken over, the
+    classifier initialised afresh, and a near-zero rate keeps the body where it started."""
+    import torch
+    from conftest import TINY_DIGITS_MODEL, tiny_digits_spec
+
+    from resnext_compiler.backends.torch_module import build_module
+    from resnext_compiler.pipeline import compile_spec
+    from resnext_compiler.spec import load_spec
+    from resnext_compiler.weights import read_weights
+
+    other = tmp_path / "twelve.yaml"
+    other.write_text(TINY_DIGITS_MODEL.replace("num_classes: 10", "num_classes: 12"))
+    state = build_module(compile_spec(load_spec(other)), seed=5).state_dict()
+    staging = tmp_path / "twelve.pth"
+    torch.save(state, staging)
+    digest = hashlib.sha256(staging.read_bytes()).hexdigest()
+    published = staging.rename(tmp_path / f"twelve-{digest[:8]}.pth")
+    entry = Pretrained("timm:twelve", "twelve", published.as_uri())
+    monkeypatch.setitem(TABLE, entry.name, entry)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    spec = tmp_path / "digits.yaml"
+    spec.write_text(tiny_digits_spec("{dataset: digits, batch_size: 64}"))
+
+    result = run_cli("train", spec, "--weights", "timm:twelve", "--epochs", "1", "--lr",
+                     "1e-12", "-o", tmp_path / "run")
+    assert result.code == 0, result
+    assert "fine-tuning: fc.weight, fc.bias initialised afresh" in result.out
+    trained = read_weights(tmp_path / "run" / "model.safetensors")
+    np.testing.assert_allclose(trained["conv1.weight"], state["conv1.weight"].numpy(),
+                               atol=1e-6)
+    assert trained["fc.weight"].shape == (10, 64)
+
+
+def test_fine_tuning_refuses_weights_whose_body_does_not_fit(tmp_path: Path) -> None:
+    from conftest import TINY_DIGITS_MODEL
+
+    from resnext_compiler.errors import UserError
+    from resnext_compiler.pipeline import compile_spec
+    from resnext_compiler.spec import load_spec
+    from resnext_compiler.weights import InitialWeights, fine_tune_weights
+
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(TINY_DIGITS_MODEL)
+    wider = tmp_path / "wider.yaml"
+    wider.write_text(TINY_DIGITS_MODEL.replace("width: 16,", "width: 32,"))
+    from safetensors.numpy import save_file
+
+    wider_graph = compile_spec(load_spec(wider))
+    initial = InitialWeights(wider_graph)
+    save_file({name: initial[name] for name in initial}, tmp_path / "wider.safetensors")
+    with pytest.raises(UserError, match="wrong shapes"):
+        fine_tune_weights(compile_spec(load_spec(spec)), tmp_path / "wider.safetensors")
