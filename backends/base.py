@@ -18,6 +18,11 @@ if TYPE_CHECKING:  # the CLI reads this module's defaults without loading the co
 # int8: images that calibrate the activation ranges when --calibration-images is not given
 # (docs/onnx.md, "int8", has the measurements behind the number).
 DEFAULT_CALIBRATION_IMAGES = 64
+# Opset 18 runs on every onnxruntime this project supports (>= 1.18) and on Triton's
+# onnxruntime backend; the operators used here have not changed since opset 15. The newest
+# accepted is what the installed onnx package knows (`onnx.max_opset()`).
+DEFAULT_OPSET = 18
+MIN_OPSET = 13  # Slice/Pad with tensor arguments, Sum/Add broadcasting as used here
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from resnext_compiler.backends.base import DEFAULT_CALIBRATION_IMAGES
+from resnext_compiler.backends.base import DEFAULT_CALIBRATION_IMAGES, DEFAULT_OPSET, MIN_OPSET
 from resnext_compiler.errors import SpecError, UserError, error_text, sanitise
 
 BACKEND_HELP = (
@@ -67,8 +67,10 @@ def compile_command(
         "ImageNet weights by name: torchvision:resnext50_32x4d, timm:seresnext50_32x4d, ... "
         "(downloaded once, hash-checked; default: fresh init).",
     ),
-    opset: int | None = typer.Option(None, "--opset", min=1, max=1000,
-                                     help="ONNX opset (default: backend's)."),
+    opset: int | None = typer.Option(
+        None, "--opset", min=MIN_OPSET, show_default=False,
+        help=f"ONNX opset: {MIN_OPSET} up to the newest the installed onnx package knows "
+        f"(default {DEFAULT_OPSET})."),
     batch: str = typer.Option("dynamic", "--batch", help="Static batch size, or 'dynamic'."),
     dtype: str = typer.Option(
         "fp32", "--dtype", help="fp32 | fp16 | int8 (onnx and triton; needs --calibrate)."

@@ -170,7 +170,11 @@ def train_command(
             if given:
                 raise UserError(f"--resume continues with the run's own settings; drop "
                                 f"{', '.join(given)} (only --epochs and --lr may change)")
-            config, data_splits = resume_config(resume, epochs, lr, staging, nnodes), None
+            notices: list[str] = []
+            config, data_splits = resume_config(resume, epochs, lr, staging, nnodes,
+                                                notices), None
+            for line in notices:
+                typer.echo(sanitise(line))
         else:
             from resnext_compiler.pretrained import weights_source
 
