@@ -191,7 +191,8 @@ def train_command(
                 channels_last=channels_last, compile=compile_model, seed=seed, workers=workers,
                 threads=threads,
                 init_weights=str(init_weights.resolve()) if init_weights is not None else None)
-            config, data_splits = prepare_run(spec, overrides, run_dir, staging, scan_data)
+            config, data_splits = prepare_run(spec, overrides, run_dir, staging, scan_data,
+                                              log=lambda line: typer.echo(sanitise(line)))
         summary = execute(config, resume=resume is not None, data=data_splits,
                           rendezvous=rendezvous, staging=staging)
     for line in summary.lines():

@@ -290,7 +290,8 @@ class Trainer:
         plan = self.sampler.micro_batches(epoch, start_step)
         jobs = [indices for step_jobs in plan for indices in step_jobs]
         stream = batches(self.data.train, jobs, epoch, config.workers)
-        self.progress.start_epoch(epoch + 1, config.epochs, steps, start_step)
+        self.progress.start_epoch(epoch + 1, config.epochs, steps, start_step,
+                                  images_per_step=config.batch_size)
         self.model.train()
         started = time.perf_counter()
         for step in range(start_step, steps):

@@ -13,6 +13,7 @@ import datetime as _dt
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from importlib import resources
@@ -92,15 +93,16 @@ def default_run_dir(spec: Spec, root: Path = Path("runs")) -> Path:
 
 
 def prepare_run(spec_path: Path | None, overrides: TrainOverrides, run_dir: Path | None,
-                staging: Path | None = None, scan_data: bool = True
-                ) -> tuple[TrainConfig, DataSplits]:
+                staging: Path | None = None, scan_data: bool = True,
+                log: Callable[[str], None] | None = None) -> tuple[TrainConfig, DataSplits]:
     """Resolve settings, check the spec and data, and write spec.yaml + train.json.
 
     They go to the run directory, or with `staging` (a multi-node run) to that node-local
     directory, from which global rank 0 publishes them. `scan_data` opens every image file of a
     folder data set first (runtimes/train/image_check), so a damaged file stops the run before
-    its directory exists. Returns the data set opened for the check too; `execute` reuses it in
-    this process, so a folder is listed once.
+    its directory exists. `log` hears what is being prepared (reading CIFAR or a large folder
+    takes a while before the first step). Returns the data set opened for the check too;
+    `execute` reuses it in this process, so a folder is listed once.
     """
     from resnext_compiler.pipeline import compile_spec
     from resnext_compiler.runtimes.train.datasets import open_dataset
@@ -121,10 +123,15 @@ def prepare_run(spec_path: Path | None, overrides: TrainOverrides, run_dir: Path
         raise UserError(f"{run_dir} already holds a run; continue it with "
                         f"`resnext-compile train --resume {run_dir}` or choose another --run-dir")
     config = resolve_config(spec, overrides, run_dir)
+    say = log or (lambda line: None)
+    say(f"preparing data: {config.dataset}"
+        + (f" from {config.data_dir}" if config.data_dir is not None else "")
+        + " (reading and decoding the images)")
     data = open_dataset(spec, config.dataset, config.data_dir, config.augment, config.seed)
     check_batch_fits(len(data.train), config.batch_size)
     files = dataset_files(data.train, data.val) if scan_data else []
     if files:
+        say(f"checking that all {len(files)} image files open (--no-scan-data skips this)")
         started = time.monotonic()
         check_image_files(files)
         data = replace(data, description=f"{data.description}; all {len(files)} image files "
