@@ -151,3 +151,13 @@ def test_unwritable_output_path_is_a_user_error(run_cli, tmp_path):
     result = run_cli(SPECS / "resnet18.yaml", "--backend", "torch", "-o", blocker / "m.py")
     assert result.code == 2, result
     assert result.err.startswith("error: ") and "internal error" not in result.err
+
+
+def test_compiling_an_onnx_file_says_it_is_a_model_not_a_spec(tmp_path, run_cli):
+    """Issue 22, item 9: not 'spec file is larger than the 65536-byte limit'."""
+    model = tmp_path / "r50.onnx"
+    model.write_bytes(b"\0" * 70000)
+    result = run_cli(model)
+    assert result.code == 2
+    assert result.err.startswith(f"error: {model} is a compiled model, not a spec: "
+                                 f"`resnext-compile inspect {model}` shows it")

@@ -44,7 +44,7 @@ def _load(spec_path: Path, form: str | None = None, budget: list[str] | None = N
     from resnext_compiler.pipeline import compile_spec
     from resnext_compiler.spec import load_spec, with_form
 
-    if spec_path.suffix.lower() == ".onnx" or spec_path.is_dir():
+    if spec_path.suffix.lower() == ".onnx":
         raise UserError(f"{spec_path} is a compiled model, not a spec: `resnext-compile inspect "
                         f"{spec_path}` shows it, `serve` and `evaluate` run it; compile a YAML "
                         "spec (specs/*.yaml)")
