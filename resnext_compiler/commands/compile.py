@@ -207,17 +207,53 @@ def _inspect_artifact(path: Path, as_json: bool) -> None:
 
     contract = read_contract(path)
     onnx_file = find_onnx_file(path)
+    summary = onnx_summary(onnx_file)
     if as_json:
-        data = {"model": str(onnx_file), "contract": asdict(contract) if contract else None}
+        data = {"model": str(onnx_file), **summary,
+                "contract": asdict(contract) if contract else None}
         typer.echo(json.dumps(data, indent=2))
         return
+    typer.echo(sanitise(f"{onnx_file}: {summary['params']:,} stored parameters (BatchNorm "
+                        f"folded where it was), opset {summary['opset']}, dtype "
+                        f"{summary['dtype']}, input {summary['input_dtype']} "
+                        f"{summary['input_shape']} -> output {summary['output_shape']}"))
     if contract is None:
         typer.echo(sanitise(f"{onnx_file}: records no input contract (serve and evaluate use "
                             "the defaults of docs/serving.md)"))
         return
-    typer.echo(sanitise(f"{onnx_file}: input contract"))
+    typer.echo("input contract")
     for line in contract.describe():  # class names come from the file: escape them
         typer.echo(f"  {sanitise(line)}")
+
+
+def onnx_summary(path: Path) -> dict:
+    """Parameters (initializer elements), opset, element type and shapes of an ONNX file,
+    read from its protobuf without running it."""
+    import math
+
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    graph = model.graph
+    initializers = {init.name for init in graph.initializer}
+
+    def shape(value: onnx.ValueInfoProto) -> list:
+        return [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
+
+    inputs = [value for value in graph.input if value.name not in initializers]
+    element = inputs[0].type.tensor_type.elem_type if inputs else onnx.TensorProto.UNDEFINED
+    stored = {p.key: p.value for p in model.metadata_props}.get("dtype")
+    dtype = (str(onnx.helper.tensor_dtype_to_np_dtype(element))
+             if element != onnx.TensorProto.UNDEFINED else "unknown")
+    return {
+        "params": sum(math.prod(init.dims) for init in graph.initializer),
+        "opset": next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
+                      None),
+        "dtype": stored or dtype,  # the compile's --dtype (int8 files take float32 input)
+        "input_dtype": dtype,
+        "input_shape": shape(inputs[0]) if inputs else [],
+        "output_shape": shape(graph.output[0]) if graph.output else [],
+    }
 
 
 def schema_command() -> None:
