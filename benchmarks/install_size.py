@@ -39,7 +39,8 @@ def closure(root: str, extras: set[str]) -> dict[str, metadata.Distribution]:
             requirement = Requirement(text)
             marker = requirement.marker
             if marker is not None and not any(
-                    marker.evaluate({"extra": extra}) for extra in (wanted or {""})):
+                marker.evaluate({"extra": extra}) for extra in (wanted or {""})
+            ):
                 continue
             pending.append((requirement.name, frozenset(requirement.extras)))
     return found
@@ -65,9 +66,11 @@ def main() -> None:
     for key, dist in closure("resnext-compile", set(args.extras)).items():
         sizes[key] = installed_bytes(dist)
     total = sum(sizes.values())
-    print(f"resnext-compile[{','.join(args.extras)}]: {len(sizes)} distributions, "
-          f"{total / 1e6:,.0f} MB installed")
-    for key, size in sorted(sizes.items(), key=lambda item: -item[1])[:args.top]:
+    print(
+        f"resnext-compile[{','.join(args.extras)}]: {len(sizes)} distributions, "
+        f"{total / 1e6:,.0f} MB installed"
+    )
+    for key, size in sorted(sizes.items(), key=lambda item: -item[1])[: args.top]:
         print(f"  {key:28s} {size / 1e6:8,.0f} MB")
 
 

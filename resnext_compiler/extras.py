@@ -24,16 +24,20 @@ CPU_TORCH_INDEX = "https://download.pytorch.org/whl/cpu"
 def install_hint(extra: str) -> str:
     hint = f"pip install 'resnext-compile[{extra}]'"
     if extra == TRAIN_EXTRA:  # torch from PyPI brings CUDA libraries, even on CPU machines
-        hint += (f" (CPU-only torch, much smaller: pip install torch --index-url "
-                 f"{CPU_TORCH_INDEX} first)")
+        hint += (
+            f" (CPU-only torch, much smaller: pip install torch --index-url "
+            f"{CPU_TORCH_INDEX} first)"
+        )
     return hint
 
 
 def missing_module_error(module: str, needed_by: str) -> UserError:
     """The exit-2 message for a missing optional module."""
     extra = EXTRA_OF_MODULE[module.split(".")[0]]
-    return UserError(f"{needed_by} needs {module.split('.')[0]}, which this install lacks (the "
-                     f"deploy install [cpu]/[gpu] has no torch): {install_hint(extra)}")
+    return UserError(
+        f"{needed_by} needs {module.split('.')[0]}, which this install lacks (the "
+        f"deploy install [cpu]/[gpu] has no torch): {install_hint(extra)}"
+    )
 
 
 def require(module: str, needed_by: str) -> ModuleType:

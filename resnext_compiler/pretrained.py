@@ -34,8 +34,7 @@ SOURCES = ("torchvision", "timm")
 MAX_DOWNLOAD_BYTES = 1 << 30  # the largest file in TABLE is 356 MB
 _HASH_IN_NAME = re.compile(r"-([a-f0-9]{8,64})\.")  # torch.hub: NAME-<sha256 prefix>.EXT
 _TORCHVISION = "https://download.pytorch.org/models/"
-_TIMM_GLUON = ("https://github.com/rwightman/pytorch-pretrained-gluonresnet/releases/download/"
-               "v0.1/")
+_TIMM_GLUON = "https://github.com/rwightman/pytorch-pretrained-gluonresnet/releases/download/v0.1/"
 
 
 @dataclass(frozen=True)
@@ -71,18 +70,21 @@ def _entry(source: str, model: str, url: str, spec: str | None = None) -> Pretra
 
 # torchvision's IMAGENET1K_V1 weights (resize 256, centre crop 224: the specs' ImageNet
 # contract) and timm's Gluon ports (the same preprocessing), names as the libraries spell them.
-TABLE: dict[str, Pretrained] = {entry.name: entry for entry in (
-    _entry("torchvision", "resnet18", _TORCHVISION + "resnet18-f37072fd.pth"),
-    _entry("torchvision", "resnet34", _TORCHVISION + "resnet34-b627a593.pth"),
-    _entry("torchvision", "resnet50", _TORCHVISION + "resnet50-0676ba61.pth"),
-    _entry("torchvision", "resnet101", _TORCHVISION + "resnet101-63fe2227.pth"),
-    _entry("torchvision", "resnet152", _TORCHVISION + "resnet152-394f9c45.pth"),
-    _entry("torchvision", "resnext50_32x4d", _TORCHVISION + "resnext50_32x4d-7cdf4587.pth"),
-    _entry("torchvision", "resnext101_32x8d", _TORCHVISION + "resnext101_32x8d-8ba56ff5.pth"),
-    _entry("torchvision", "resnext101_64x4d", _TORCHVISION + "resnext101_64x4d-173b62eb.pth"),
-    _entry("timm", "seresnext50_32x4d", _TIMM_GLUON + "gluon_seresnext50_32x4d-90cf2d6e.pth"),
-    _entry("timm", "resnext101_32x4d", _TIMM_GLUON + "gluon_resnext101_32x4d-b253c8c4.pth"),
-)}
+TABLE: dict[str, Pretrained] = {
+    entry.name: entry
+    for entry in (
+        _entry("torchvision", "resnet18", _TORCHVISION + "resnet18-f37072fd.pth"),
+        _entry("torchvision", "resnet34", _TORCHVISION + "resnet34-b627a593.pth"),
+        _entry("torchvision", "resnet50", _TORCHVISION + "resnet50-0676ba61.pth"),
+        _entry("torchvision", "resnet101", _TORCHVISION + "resnet101-63fe2227.pth"),
+        _entry("torchvision", "resnet152", _TORCHVISION + "resnet152-394f9c45.pth"),
+        _entry("torchvision", "resnext50_32x4d", _TORCHVISION + "resnext50_32x4d-7cdf4587.pth"),
+        _entry("torchvision", "resnext101_32x8d", _TORCHVISION + "resnext101_32x8d-8ba56ff5.pth"),
+        _entry("torchvision", "resnext101_64x4d", _TORCHVISION + "resnext101_64x4d-173b62eb.pth"),
+        _entry("timm", "seresnext50_32x4d", _TIMM_GLUON + "gluon_seresnext50_32x4d-90cf2d6e.pth"),
+        _entry("timm", "resnext101_32x4d", _TIMM_GLUON + "gluon_resnext101_32x4d-b253c8c4.pth"),
+    )
+}
 
 
 def is_pretrained_name(value: str | os.PathLike | None) -> bool:
@@ -100,7 +102,8 @@ def lookup(name: str) -> Pretrained:
 def cache_dir() -> Path:
     """torch.hub's checkpoint folder, found as torch.hub.get_dir() finds it (without torch)."""
     torch_home = os.environ.get("TORCH_HOME") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "torch")
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "torch"
+    )
     return Path(torch_home) / "hub" / "checkpoints"
 
 
@@ -108,15 +111,21 @@ def fetch(entry: Pretrained) -> Path:
     """The cached file for `entry`, downloaded and hash-checked on first use."""
     target = cache_dir() / entry.file_name
     if target.is_file():
-        _check_hash(entry, _sha256_of(target), where=f"the cached file {target}",
-                    fix=f"delete it to download it again: rm {target}")
+        _check_hash(
+            entry,
+            _sha256_of(target),
+            where=f"the cached file {target}",
+            fix=f"delete it to download it again: rm {target}",
+        )
         return target
     try:
         with urllib.request.urlopen(entry.url, timeout=60) as response:  # noqa: S310
             size = int(response.headers.get("Content-Length") or 0)
             if size > MAX_DOWNLOAD_BYTES:
-                raise UserError(f"{entry.url} is {size:,} bytes, over the "
-                                f"{MAX_DOWNLOAD_BYTES:,}-byte limit for weights")
+                raise UserError(
+                    f"{entry.url} is {size:,} bytes, over the "
+                    f"{MAX_DOWNLOAD_BYTES:,}-byte limit for weights"
+                )
             with atomic_writer(target) as handle:
                 digest, copied = hashlib.sha256(), 0
                 while chunk := response.read(1 << 20):
@@ -125,13 +134,19 @@ def fetch(entry: Pretrained) -> Path:
                         raise UserError(f"{entry.url}: more than {MAX_DOWNLOAD_BYTES:,} bytes")
                     digest.update(chunk)
                     handle.write(chunk)
-                _check_hash(entry, digest.hexdigest(), where=f"the download of {entry.url}",
-                            fix="nothing was kept; try again, or fetch the file by hand")
+                _check_hash(
+                    entry,
+                    digest.hexdigest(),
+                    where=f"the download of {entry.url}",
+                    fix="nothing was kept; try again, or fetch the file by hand",
+                )
     except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
         reason = getattr(exc, "reason", None) or exc
-        raise UserError(f"cannot download {entry.name} ({reason}). Without network, download "
-                        f"{entry.url} on another machine and put it at {target} (set "
-                        "TORCH_HOME to use another cache folder)") from None
+        raise UserError(
+            f"cannot download {entry.name} ({reason}). Without network, download "
+            f"{entry.url} on another machine and put it at {target} (set "
+            "TORCH_HOME to use another cache folder)"
+        ) from None
     return target
 
 
@@ -145,9 +160,11 @@ def _sha256_of(path: Path) -> str:
 
 def _check_hash(entry: Pretrained, sha256: str, where: str, fix: str) -> None:
     if not sha256.startswith(entry.published_hash):
-        raise UserError(f"{where} does not match the published hash of {entry.name} "
-                        f"(SHA-256 {sha256[:16]}..., expected {entry.published_hash}...); "
-                        f"refused: {fix}")
+        raise UserError(
+            f"{where} does not match the published hash of {entry.name} "
+            f"(SHA-256 {sha256[:16]}..., expected {entry.published_hash}...); "
+            f"refused: {fix}"
+        )
 
 
 @cache

@@ -37,7 +37,8 @@ def test_a_missing_torch_names_the_train_extra_and_the_cpu_wheels() -> None:
     assert f"pip install 'resnext-compile[{TRAIN_EXTRA}]'" in message
     assert "--index-url https://download.pytorch.org/whl/cpu" in message
     assert str(from_import_error(ModuleNotFoundError("no torch", name="torch.nn"))).startswith(
-        "this command needs torch")
+        "this command needs torch"
+    )
     assert from_import_error(ModuleNotFoundError("x", name="yaml")) is None
 
 
@@ -68,26 +69,44 @@ def test_deploy_extra_alone_compiles_serves_and_evaluates_without_torch(tmp_path
         env.pop(name, None)
     install = subprocess.run(
         [str(bin_dir / "python"), "-m", "pip", "install", "-q", f"{REPO}[cpu]"],
-        capture_output=True, text=True, env=env, timeout=900)
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
     if install.returncode != 0 and "NewConnectionError" in install.stderr + install.stdout:
         pytest.skip("PyPI is not reachable")
     assert install.returncode == 0, install.stderr[-3000:]
 
     def cli(*args: object, timeout: float = 120) -> subprocess.CompletedProcess:
-        return subprocess.run([str(bin_dir / "resnext-compile"), *map(str, args)],
-                              capture_output=True, text=True, env=env, cwd=tmp_path,
-                              timeout=timeout)
+        return subprocess.run(
+            [str(bin_dir / "resnext-compile"), *map(str, args)],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=tmp_path,
+            timeout=timeout,
+        )
 
-    no_torch = subprocess.run([str(bin_dir / "python"), "-c", "import torch"],
-                              capture_output=True, text=True, env=env, cwd=tmp_path)
+    no_torch = subprocess.run(
+        [str(bin_dir / "python"), "-c", "import torch"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
     assert no_torch.returncode != 0 and "No module named 'torch'" in no_torch.stderr
 
     spec = tmp_path / "tiny.yaml"
     spec.write_text(TINY_RGB)
     compiled = cli(spec, "-o", "tiny.onnx")
     assert compiled.returncode == 0, compiled.stderr
-    for backend, target in (("triton", "repo"), ("caffe", "caffe"), ("dot", "tiny.dot"),
-                            ("torch", "tiny.py")):
+    for backend, target in (
+        ("triton", "repo"),
+        ("caffe", "caffe"),
+        ("dot", "tiny.dot"),
+        ("torch", "tiny.py"),
+    ):
         result = cli(spec, "--backend", backend, "-o", target)
         assert result.returncode == 0, (backend, result.stderr)
     training = cli("train", spec)
@@ -97,9 +116,21 @@ def test_deploy_extra_alone_compiles_serves_and_evaluates_without_torch(tmp_path
 
     port = free_port()
     server = subprocess.Popen(
-        [str(bin_dir / "resnext-compile"), "serve", "tiny.onnx", "--port", str(port),
-         "--threads", "1"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True)
+        [
+            str(bin_dir / "resnext-compile"),
+            "serve",
+            "tiny.onnx",
+            "--port",
+            str(port),
+            "--threads",
+            "1",
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -110,8 +141,11 @@ def test_deploy_extra_alone_compiles_serves_and_evaluates_without_torch(tmp_path
             except httpx.ConnectError:
                 assert time.monotonic() < deadline, "server did not start"
                 time.sleep(0.2)
-        answer = httpx.post(f"http://127.0.0.1:{port}/v1/classify",
-                            files={"file": ("grey.png", png_bytes(), "image/png")}, timeout=30)
+        answer = httpx.post(
+            f"http://127.0.0.1:{port}/v1/classify",
+            files={"file": ("grey.png", png_bytes(), "image/png")},
+            timeout=30,
+        )
         stop_with_sigterm(server)
     finally:
         if server.poll() is None:

@@ -57,7 +57,8 @@ def tiny_published(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 
 
 def test_a_pretrained_name_is_fetched_once_and_carries_imagenet_names(
-        tiny_published, run_cli, tmp_path: Path) -> None:
+    tiny_published, run_cli, tmp_path: Path
+) -> None:
     spec, state, publish = tiny_published
     entry = publish()
     result = run_cli(spec, "--weights", "torchvision:tiny", "-o", tmp_path / "tiny.onnx")
@@ -72,14 +73,16 @@ def test_a_pretrained_name_is_fetched_once_and_carries_imagenet_names(
     assert len(labels) == 1000 and labels[:3] == ["tench", "goldfish", "great white shark"]
 
     Path(entry.url.removeprefix("file://")).unlink()  # the cache answers from now on
-    again = run_cli(spec, "--weights", "torchvision:tiny", "--backend", "triton", "-o",
-                    tmp_path / "repo")
+    again = run_cli(
+        spec, "--weights", "torchvision:tiny", "--backend", "triton", "-o", tmp_path / "repo"
+    )
     assert again.code == 0, again
     assert (tmp_path / "repo" / "tiny_imagenet" / "labels.txt").read_text().startswith("tench\n")
 
 
 def test_a_download_with_the_wrong_hash_is_refused_and_not_cached(
-        tiny_published, run_cli, tmp_path: Path) -> None:
+    tiny_published, run_cli, tmp_path: Path
+) -> None:
     spec, _, publish = tiny_published
     entry = publish(hash_prefix="0badc0de")
     result = run_cli(spec, "--weights", "torchvision:tiny", "-o", tmp_path / "tiny.onnx")
@@ -105,12 +108,14 @@ def test_a_tampered_cached_file_is_refused(tiny_published, run_cli, tmp_path: Pa
 
 
 def test_without_network_the_message_says_where_to_put_the_file(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, run_cli) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, run_cli
+) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "cache"))
     entry = Pretrained("torchvision:gone", "resnet18", (tmp_path / "gone-f37072fd.pth").as_uri())
     monkeypatch.setitem(TABLE, entry.name, entry)
-    result = run_cli(SPECS / "resnet18.yaml", "--weights", "torchvision:gone", "-o",
-                     tmp_path / "r18.onnx")
+    result = run_cli(
+        SPECS / "resnet18.yaml", "--weights", "torchvision:gone", "-o", tmp_path / "r18.onnx"
+    )
     assert result.code == 2
     target = tmp_path / "cache" / "hub" / "checkpoints" / "gone-f37072fd.pth"
     assert f"put it at {target}" in result.err and "TORCH_HOME" in result.err
@@ -148,7 +153,8 @@ def test_the_cache_is_torch_hub_s(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
 
 
 def test_train_fine_tunes_from_a_name_and_starts_a_new_classifier(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, run_cli) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, run_cli
+) -> None:
     """Weights of a 12-class model start a 10-class digits run: the body is taken over, the
     classifier initialised afresh, and a near-zero rate keeps the body where it started."""
     import torch
@@ -172,13 +178,22 @@ def test_train_fine_tunes_from_a_name_and_starts_a_new_classifier(
     spec = tmp_path / "digits.yaml"
     spec.write_text(tiny_digits_spec("{dataset: digits, batch_size: 64}"))
 
-    result = run_cli("train", spec, "--weights", "timm:twelve", "--epochs", "1", "--lr",
-                     "1e-12", "-o", tmp_path / "run")
+    result = run_cli(
+        "train",
+        spec,
+        "--weights",
+        "timm:twelve",
+        "--epochs",
+        "1",
+        "--lr",
+        "1e-12",
+        "-o",
+        tmp_path / "run",
+    )
     assert result.code == 0, result
     assert "fine-tuning: fc.weight, fc.bias initialised afresh" in result.out
     trained = read_weights(tmp_path / "run" / "model.safetensors")
-    np.testing.assert_allclose(trained["conv1.weight"], state["conv1.weight"].numpy(),
-                               atol=1e-6)
+    np.testing.assert_allclose(trained["conv1.weight"], state["conv1.weight"].numpy(), atol=1e-6)
     assert trained["fc.weight"].shape == (10, 64)
 
 
