@@ -22,6 +22,11 @@ DEFAULT_CALIBRATION_IMAGES = 64
 # without --accept-int8-loss, and how many quantizations it tries to reach it (docs/onnx.md).
 DEFAULT_MIN_AGREEMENT = 97.0
 MAX_ATTEMPTS = 4
+# Opset 18 runs on every onnxruntime this project supports (>= 1.18) and on Triton's
+# onnxruntime backend; the operators used here have not changed since opset 15. The newest
+# accepted is what the installed onnx package knows (`onnx.max_opset()`).
+DEFAULT_OPSET = 18
+MIN_OPSET = 13  # Slice/Pad with tensor arguments, Sum/Add broadcasting as used here
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,12 @@ import numpy as np
 from onnx import ModelProto, OperatorSetIdProto, StringStringEntryProto, TensorProto, helper
 
 from resnext_compiler import __version__
-from resnext_compiler.backends.base import CompileOptions, SingleFileBackend
+from resnext_compiler.backends.base import (
+    DEFAULT_OPSET,
+    MIN_OPSET,
+    CompileOptions,
+    SingleFileBackend,
+)
 from resnext_compiler.backends.onnx_graph import build_graph, weight_specs
 from resnext_compiler.backends.onnx_writer import Initializer, write_model
 from resnext_compiler.errors import UserError
@@ -40,10 +45,6 @@ from resnext_compiler.passes.fold_bn import fold_batchnorm
 from resnext_compiler.spec import Spec
 from resnext_compiler.weights import check_weights, model_weights
 
-# Opset 18 runs on every onnxruntime this project supports (>= 1.18) and on Triton's
-# onnxruntime backend; the operators used here have not changed since opset 15.
-DEFAULT_OPSET = 18
-MIN_OPSET = 13  # Slice/Pad with tensor arguments, Sum/Add broadcasting as used here
 FLOAT_TYPES = {"fp32": TensorProto.FLOAT, "fp16": TensorProto.FLOAT16}
 
 

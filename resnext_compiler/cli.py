@@ -21,6 +21,7 @@ from typer.exceptions import Abort
 from resnext_compiler import __version__
 from resnext_compiler.commands import compile as compile_commands
 from resnext_compiler.errors import ResnextError, UserError, error_text
+from resnext_compiler.extras import from_import_error
 
 EXIT_OK, EXIT_FAILURE, EXIT_USER_ERROR = 0, 1, 2
 
@@ -99,6 +100,12 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except BrokenPipeError:
         sys.exit(EXIT_FAILURE)
+    except ImportError as exc:  # an optional module this install lacks: name the extra
+        missing = from_import_error(exc)
+        if missing is None:
+            _internal_error(exc)
+        _report(missing)
+        sys.exit(EXIT_USER_ERROR)
     except (
         FileNotFoundError,
         FileExistsError,
@@ -115,14 +122,18 @@ def main(argv: list[str] | None = None) -> None:
                              + (f": {exc.filename}" if exc.filename else "")))
         sys.exit(EXIT_FAILURE)
     except Exception as exc:  # a bug: say so plainly, without a wall of traceback
-        if os.environ.get("RESNEXT_DEBUG"):
-            traceback.print_exc()
-        print(
-            f"internal error: {type(exc).__name__}: {exc}\n"
-            "(set RESNEXT_DEBUG=1 for a traceback and please report it)",
-            file=sys.stderr,
-        )
-        sys.exit(EXIT_FAILURE)
+        _internal_error(exc)
+
+
+def _internal_error(exc: Exception) -> None:
+    if os.environ.get("RESNEXT_DEBUG"):
+        traceback.print_exc()
+    print(
+        f"internal error: {type(exc).__name__}: {exc}\n"
+        "(set RESNEXT_DEBUG=1 for a traceback and please report it)",
+        file=sys.stderr,
+    )
+    sys.exit(EXIT_FAILURE)
 
 
 def _report(exc: Exception) -> None:

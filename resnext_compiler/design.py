@@ -12,6 +12,7 @@ table (facebookresearch/ResNeXt README): C=1 d=64, C=2 d=40, C=4 d=24, C=8 d=14,
 from __future__ import annotations
 
 import itertools
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal
@@ -61,6 +62,15 @@ class Design:
         return candidate.value(self.criterion) / self.target - 1.0
 
 
+def designed_name(template: str, cardinality: int, base_width: int) -> str:
+    """`resnet50` at 8x14d -> `resnext50_8x14d`; `resnext50_32x4d` at 4x24d ->
+    `resnext50_4x24d`: the network's family and its own C x d, not the template's."""
+    stem = re.sub(r"_\d+x\d+d$", "", template)
+    family = ("resnext", "resnet") if cardinality > 1 else ("resnet", "resnext")
+    stem = re.sub(rf"^(se)?{family[1]}(?=\d)", rf"\g<1>{family[0]}", stem)
+    return f"{stem}_{cardinality}x{base_width}d"
+
+
 def redesign(template: Spec, cardinality: int, base_width: int, name: str | None = None,
              description: str | None = None) -> Spec:
     """`template` with every bottleneck stage at `cardinality` x `base_width`."""
@@ -74,7 +84,7 @@ def redesign(template: Spec, cardinality: int, base_width: int, name: str | None
     block = template.block.model_copy(update=block_update)
     stages = [s.model_copy(update=cleared) for s in template.stages]
     update = {"block": block, "stages": stages, "reference": None,
-              "name": name or f"{template.name}_{cardinality}x{base_width}d"}
+              "name": name or designed_name(template.name, cardinality, base_width)}
     if description is not None:
         update["description"] = description
     return template.model_copy(update=update)

@@ -65,7 +65,14 @@ class SpecError(UserError):
     """One or more located problems in a spec file."""
 
     def __init__(self, diagnostics: list[Diagnostic]):
-        self.diagnostics = list(diagnostics)
+        # one problem at one place is said once, even when several stages inherit it
+        seen: set[str] = set()
+        self.diagnostics = []
+        for diagnostic in diagnostics:
+            key = f"{diagnostic.location}|{diagnostic.format()}"
+            if key not in seen:
+                seen.add(key)
+                self.diagnostics.append(diagnostic)
         super().__init__("\n".join(d.format() for d in self.diagnostics))
 
 

@@ -181,8 +181,8 @@ def resolve_contract(spec: Spec, dataset: str | None = None,
     dataset = dataset or spec.train.dataset
     base = default_contract(spec.input.channels, spec.input.height, spec.input.width, dataset)
     pre = spec.preprocess
-    if pre is None:
-        return base.with_labels(labels)
+    if pre is None:  # class names may still be known (pretrained weights by name)
+        return base.with_labels(spec.labels if spec.labels is not None else labels)
     resize = pre.resize or base.resize
     fraction = pre.crop_fraction if pre.crop_fraction is not None else (
         base.crop_fraction if resize == base.resize else

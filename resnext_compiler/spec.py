@@ -347,6 +347,10 @@ def _merge(base: Any, override: Any, path: FieldPath, replaced: set[FieldPath]) 
     return override
 
 
+# top-level fields a spec does not take from the one it `extends`
+NOT_INHERITED = ("extends", "reference", "description")
+
+
 def _resolve_extends(
     data: Any, source: SourceMap, filename: Path, chain: tuple[Path, ...]
 ) -> tuple[Any, SourceMap]:
@@ -384,7 +388,8 @@ def _resolve_extends(
         raise SpecError([Diagnostic("base spec is not a YAML mapping", "extends", field_loc)])
     merged_source = SourceMap(dict(base_source.locations), source.files + base_source.files)
     override = {k: v for k, v in data.items() if k != "extends"}
-    base_data = {k: v for k, v in base_data.items() if k != "extends"}
+    # a child is another network: the parent's published numbers and prose are not its own
+    base_data = {k: v for k, v in base_data.items() if k not in NOT_INHERITED}
     replaced: set[FieldPath] = set()
     merged = _merge(base_data, override, (), replaced)
     merged_source.replace_under(replaced, source)

@@ -133,7 +133,9 @@ def read_torch_checkpoint(path: str | Path) -> dict[str, np.ndarray]:
     """A state dict from a PyTorch checkpoint, as float32/int64 numpy arrays."""
     import pickle
 
-    import torch  # only this branch needs torch
+    from resnext_compiler.extras import require
+
+    torch = require("torch", f"reading the PyTorch checkpoint {Path(path).name}")
 
     try:
         loaded = torch.load(Path(path), map_location="cpu", weights_only=True)
@@ -350,3 +352,21 @@ def model_weights(graph: Graph, path: str | Path | None, seed: int = 0) -> Mappi
     weights = fill_step_counters(fit_form(read_weights(path), graph, source), graph)
     check_weights(graph, weights, source=source)
     return weights
+
+
+def fine_tune_weights(graph: Graph, path: str | Path, seed: int = 0
+                      ) -> tuple[Mapping[str, np.ndarray], list[str]]:
+    """Weights to start training from: `path`, except a classifier whose class count differs
+    (ImageNet weights fine-tuned on a 10-class folder), which is initialised from `seed`.
+    Returns the weights and the names initialised afresh; anything else that does not fit is
+    an error, as in `model_weights`."""
+    source = f"weights {Path(path).name}"
+    weights = fill_step_counters(fit_form(read_weights(path), graph, source), graph)
+    classifier = {p.name for node in graph.nodes if isinstance(node.op, ops.Linear)
+                  for p in graph.params() if p.node == node.name}
+    report = compare_weights(graph_shapes(graph), weight_shapes(weights), graph.name)
+    fresh = [line.split(":")[0] for line in report.wrong_shapes]
+    if report.missing or report.unexpected or not set(fresh) <= classifier:
+        check_weights(graph, weights, source=source)  # raises with the full listing
+    initial = InitialWeights(graph, seed)
+    return {name: initial[name] if name in fresh else weights[name] for name in weights}, fresh

@@ -48,8 +48,8 @@ def write_predictions(path: Path, predictions: list[Prediction],
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["image", "target", "predicted", "label", "logit"])
     for p in predictions:
-        writer.writerow([p.image, p.target, p.predicted, classes[p.predicted] if classes else "",
-                         repr(p.logit)])
+        label = classes[p.predicted] if classes and p.predicted < len(classes) else ""
+        writer.writerow([p.image, p.target, p.predicted, label, repr(p.logit)])
     return write_text_atomic(path, buffer.getvalue())
 
 
@@ -87,6 +87,13 @@ def evaluate_artifact(model_path: Path, data_dir: Path, batch_size: int = 64,
     if outputs > 0 and len(classes) > outputs:
         raise UserError(f"{split}: {len(classes)} class folders but the model has {outputs} "
                         "outputs")
+    if outputs > 0 and not contract.labels and len(classes) != outputs:
+        # folder i is output i only when both count the same classes; say so before the work
+        raise UserError(f"{split}: {len(classes)} class folders but the model has {outputs} "
+                        "outputs and records no class names, so folders cannot be matched to "
+                        "outputs; compile it with preprocess.labels (or --weights "
+                        "torchvision:NAME for ImageNet names), or evaluate a folder of "
+                        f"{outputs} classes")
     rows = model.static_batch or model.max_batch
     totals = np.zeros(3)
     predictions: list[Prediction] = []

@@ -246,3 +246,16 @@ def test_compile_of_a_bad_spec_is_exit_2(run_cli, write_spec, tmp_path):
     result = run_cli(bad, "--backend", "torch", "-o", tmp_path / "m.py")
     assert result.code == 2 and f"{bad}:2:" in result.err
     assert not (tmp_path / "m.py").exists()
+
+
+def test_a_problem_every_stage_inherits_is_reported_once(run_cli, write_spec):
+    """Issue 22, item 9: `group_width: 100` with cardinality 32 used to print four times."""
+    from conftest import SPECS
+
+    spec = write_spec(f"extends: {SPECS / 'resnext50_32x4d.yaml'}\nname: gw\n"
+                      "block: {group_width: 100}\n")
+    result = run_cli("check", spec)
+    assert result.code == 2
+    lines = [line for line in result.err.splitlines() if "group width 100" in line]
+    assert lines == [f"{spec}:3:9: block.group_width: group width 100 is not divisible by "
+                     "cardinality 32 (each of the C paths needs the same width)"]

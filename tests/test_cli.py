@@ -151,3 +151,28 @@ def test_unwritable_output_path_is_a_user_error(run_cli, tmp_path):
     result = run_cli(SPECS / "resnet18.yaml", "--backend", "torch", "-o", blocker / "m.py")
     assert result.code == 2, result
     assert result.err.startswith("error: ") and "internal error" not in result.err
+
+
+def test_compiling_an_onnx_file_says_it_is_a_model_not_a_spec(tmp_path, run_cli):
+    """Issue 22, item 9: not 'spec file is larger than the 65536-byte limit'."""
+    model = tmp_path / "r50.onnx"
+    model.write_bytes(b"\0" * 70000)
+    result = run_cli(model)
+    assert result.code == 2
+    assert result.err.startswith(f"error: {model} is a compiled model, not a spec: "
+                                 f"`resnext-compile inspect {model}` shows it")
+
+
+def test_inspect_of_a_compiled_model_shows_parameters_opset_and_dtype(tmp_path, run_cli):
+    """Issue 22, item 9: not only the contract."""
+    import json
+
+    spec = SPECS / "resnet18.yaml"
+    assert run_cli(spec, "--dtype", "fp16", "--opset", "17", "-o", tmp_path / "h.onnx").code == 0
+    text = run_cli("inspect", tmp_path / "h.onnx").out.splitlines()[0]
+    # 11,689,512 in the spec; folding BatchNorm into the convs stores 4,800 numbers fewer
+    assert text == (f"{tmp_path / 'h.onnx'}: 11,684,712 stored parameters (BatchNorm folded "
+                    "where it was), opset 17, dtype fp16, input float16 ['N', 3, 224, 224] -> "
+                    "output ['N', 1000]")
+    data = json.loads(run_cli("inspect", tmp_path / "h.onnx", "--json").out)
+    assert (data["params"], data["opset"], data["dtype"]) == (11684712, 17, "fp16")

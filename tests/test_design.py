@@ -59,7 +59,17 @@ def test_cli_design_prints_criterion_and_neighbouring_candidates(run_cli):
     rows = {int(m[0]): m[1] for m in re.findall(r"^\s+(\d+)\s+([\d,]+)\s+[\d.]+", result.out,
                                                    re.M)}
     assert rows == {13: "23,834,400", 14: "25,603,016", 15: "27,415,840"}
-    assert "name: resnet50_8x14d" in result.out  # the spec is shown when -o is not given
+    # the spec is shown when -o is not given, named after what it is (issue 22, item 9)
+    assert "name: resnext50_8x14d" in result.out
+
+
+def test_designed_specs_are_named_after_their_family_and_shape():
+    from resnext_compiler.design import designed_name
+
+    assert designed_name("resnet50", 8, 14) == "resnext50_8x14d"
+    assert designed_name("resnext50_32x4d", 4, 24) == "resnext50_4x24d"
+    assert designed_name("seresnext50_32x4d", 1, 64) == "seresnet50_1x64d"
+    assert designed_name("my_net", 2, 40) == "my_net_2x40d"
 
 
 def test_cli_design_match_macs(run_cli):

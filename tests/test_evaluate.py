@@ -132,3 +132,57 @@ def test_form_a_spec_evaluates_form_c_weights_like_the_form_c_spec(tmp_path, run
     assert results["A"]["top1_error"] == results["C"]["top1_error"]
     assert results["A"]["top5_error"] == results["C"]["top5_error"]
     assert results["A"]["loss"] == pytest.approx(results["C"]["loss"], rel=1e-5)
+
+
+def test_a_model_without_class_names_and_another_class_count_is_refused_before_evaluating(
+        tmp_path, run_cli):
+    """Issue 22, item 4: 10 outputs, no names, 3 folders: refused (was a 100%-error run and an
+    IndexError with --predictions)."""
+    import time
+
+    import numpy as np
+    from PIL import Image
+    from test_serve_helpers import write_tiny_onnx
+
+    model = write_tiny_onnx(tmp_path / "tiny.onnx")
+    for name in ("a", "b", "c"):
+        (tmp_path / "val" / name).mkdir(parents=True)
+        Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "val" / name / "0.png")
+    started = time.monotonic()
+    result = run_cli("evaluate", model, "--data", tmp_path / "val", "--predictions",
+                     tmp_path / "out.csv")
+    assert time.monotonic() - started < 20
+    assert result.code == 2, result
+    assert "3 class folders but the model has 10 outputs and records no class names" in result.err
+    assert not (tmp_path / "out.csv").exists()
+
+
+def test_predictions_leave_the_label_empty_for_an_output_without_a_name(tmp_path) -> None:
+    from resnext_compiler.runtimes.evaluation import Prediction, write_predictions
+
+    path = write_predictions(tmp_path / "p.csv", [Prediction("x.png", 0, 7, 1.5)], ("a", "b"))
+    assert path.read_text().splitlines()[1] == "x.png,0,7,,1.5"
+
+
+def test_folders_named_unlike_the_model_s_classes_are_refused_before_evaluating(tmp_path,
+                                                                                run_cli):
+    """Issue 22, item 4: a model with class names and a folder whose names differ."""
+    import numpy as np
+    import onnx
+    from PIL import Image
+    from test_serve_helpers import write_tiny_onnx
+
+    from resnext_compiler.input_contract import KEY_LABELS
+
+    model = write_tiny_onnx(tmp_path / "tiny.onnx")
+    named = tmp_path / "named.onnx"
+    loaded = onnx.load(model)
+    entry = loaded.metadata_props.add()
+    entry.key, entry.value = KEY_LABELS, json.dumps([f"digit{i}" for i in range(10)])
+    onnx.save(loaded, named)
+    for name in ("digit1", "cat"):
+        (tmp_path / "val" / name).mkdir(parents=True)
+        Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "val" / name / "0.png")
+    result = run_cli("evaluate", named, "--data", tmp_path / "val")
+    assert result.code == 2, result
+    assert "class folders ['cat'] are not among the model's classes (digit0, digit1" in result.err

@@ -70,3 +70,28 @@ def test_plot_of_a_run_without_metrics_is_a_user_error(tmp_path, run_cli):
     assert result.err == (f"error: {tmp_path / 'empty'}: no finished epochs to plot (expected "
                           f"{tmp_path / 'empty' / 'metrics.jsonl'} written by `resnext-compile "
                           "train`)\n")
+
+
+def test_a_one_epoch_run_is_drawn_with_markers_and_the_legend_sits_beside_the_axes(
+        tmp_path, monkeypatch):
+    """Issue 22, item 7: one point per curve is visible (a marker), and long run names in the
+    legend do not cover the curves."""
+    import matplotlib.pyplot as plt
+
+    from resnext_compiler.runtimes.train import plot
+
+    run = fake_run(tmp_path, "one", "a_rather_long_spec_name_resnext29_16x64d_variant", epochs=1)
+    closed = []
+    original = plt.close
+    monkeypatch.setattr(plt, "close", lambda figure: (closed.append(figure),
+                                                      original(figure)))
+    plot.plot_runs([run], tmp_path / "one.png")
+    (figure,) = closed
+    axes = figure.axes[0]
+    assert [line.get_marker() for line in axes.get_lines()] == ["o", "o"]
+    assert [len(line.get_xdata()) for line in axes.get_lines()] == [1, 1]
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    renderer = FigureCanvasAgg(figure).get_renderer()
+    legend = axes.get_legend().get_window_extent(renderer)
+    assert legend.x0 >= axes.get_window_extent(renderer).x1

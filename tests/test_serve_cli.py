@@ -54,6 +54,8 @@ def test_serve_command_logs_provider_serves_and_stops_on_sigterm(tmp_path: Path)
         if process.poll() is None:
             process.kill()
     assert "Application shutdown complete" in output
+    # the start-up log names the classes served, from --labels (issue 22: was "classes none")
+    assert "classes    10: label0, label1, label2" in output and f"(from {labels})" in output
     assert "on CPUExecutionProvider" in output and f"127.0.0.1:{port}" in output
 
 

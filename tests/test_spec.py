@@ -140,3 +140,24 @@ def test_shipped_json_schema_is_current_and_specs_point_to_it():
     )
     for path in SPECS.glob("*.yaml"):
         assert path.read_text().startswith("# yaml-language-server: $schema=spec.schema.json")
+
+
+def test_extends_does_not_inherit_the_parent_s_reference_or_description(tmp_path) -> None:
+    """Issue 22, item 6: a 2x4d child of ResNeXt-29 8x64d is not 'ResNeXt-29 (8x64d)' and
+    does not claim its 3.65% CIFAR-10 error."""
+    from conftest import SPECS
+
+    from resnext_compiler.spec import load_spec
+
+    parent = load_spec(SPECS / "resnext29_8x64d.yaml")
+    assert parent.reference is not None and parent.description
+    child = tmp_path / "child.yaml"
+    child.write_text(f"extends: {SPECS / 'resnext29_8x64d.yaml'}\nname: r29_2x4d\n"
+                     "block: {cardinality: 2, base_width: 4}\n")
+    loaded = load_spec(child)
+    assert loaded.reference is None and not loaded.description
+    assert loaded.block.cardinality == 2 and loaded.stages == parent.stages
+    own = tmp_path / "own.yaml"
+    own.write_text(f"extends: {SPECS / 'resnext29_8x64d.yaml'}\nname: mine\n"
+                   "description: my variant\n")
+    assert load_spec(own).description == "my variant"

@@ -104,3 +104,22 @@ def test_config_round_trips_through_json(tmp_path):
     config = resolve_config(load_spec(CIFAR_SPEC),
                             TrainOverrides(data_dir="x", milestones=(2, 4), epochs=5), tmp_path)
     assert TrainConfig.from_json(config.to_json()) == config
+
+
+def test_data_for_a_built_in_data_set_is_refused_with_the_fix(tmp_path, run_cli) -> None:
+    """`train SPEC --data DIR` whose spec trains on the embedded digits: --data is never
+    silently ignored (issue 22, item 3)."""
+    import time
+
+    from conftest import tiny_digits_spec
+
+    spec = tmp_path / "digits.yaml"
+    spec.write_text(tiny_digits_spec("{dataset: digits}"))
+    (tmp_path / "folder").mkdir()
+    started = time.monotonic()
+    result = run_cli("train", spec, "--data", tmp_path / "folder", "-o", tmp_path / "run")
+    assert time.monotonic() - started < 10
+    assert result.code == 2
+    assert "is not used by the digits data set (the spec's train.dataset)" in result.err
+    assert "--dataset imagefolder" in result.err
+    assert not (tmp_path / "run").exists()

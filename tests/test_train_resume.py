@@ -138,3 +138,19 @@ def test_a_new_run_refuses_a_directory_that_already_holds_one(run_cli, workdir, 
     assert result.err == (f"error: {uninterrupted} already holds a run; continue it with "
                              f"`resnext-compile train --resume {uninterrupted}` or choose "
                              "another --run-dir\n")
+
+
+def test_extending_a_finished_run_says_how_the_schedule_moves(run_cli, uninterrupted,
+                                                              tmp_path) -> None:
+    """Issue 22, item 5: `--resume RUN --epochs N` on a finished run extends it with a schedule
+    recomputed for N epochs; the rate's jump is printed, never silent."""
+    import shutil
+
+    run = tmp_path / "extended"
+    shutil.copytree(uninterrupted, run)
+    result = run_cli("train", "--resume", run, "--epochs", "3", "--threads", "1")
+    assert result.code == 0, result
+    line = next(text for text in result.out.splitlines() if text.startswith("extending"))
+    assert line.startswith("extending a run of 2 epochs to 3: the cosine schedule is "
+                           "recomputed for 3 epochs (lr 0.025 at epoch 2, 0.0125 at epoch 3)")
+    assert "not bitwise a 3-epoch run" in line

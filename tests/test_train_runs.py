@@ -62,15 +62,19 @@ def test_progress_draws_a_bar_on_a_terminal():
     from resnext_compiler.runtimes.train.progress import Progress
 
     stream = io.StringIO()
-    progress = Progress(stream=stream, tty=True)
-    progress.start_epoch(1, 3, steps=4)
+    now = [0.0]
+    progress = Progress(stream=stream, tty=True, clock=lambda: now[0])
+    progress.start_epoch(1, 3, steps=4, images_per_step=32)
     for step in range(1, 5):
+        now[0] += 1.0
         progress.step(1, step, loss=1.5, top1_error=40.0, lr=0.1)
     progress.end_epoch({"epoch": 1, "train_loss": 1.5, "train_top1_error": 40.0,
                         "val_top1_error": 35.0, "val_top5_error": 5.0, "lr": 0.1,
                         "images_per_s": 123.0}, epochs=3)
     text = stream.getvalue()
     assert "epoch 1/3: 100%" in text and "4/4" in text and "loss=1.500" in text
+    # one second a step at 32 images a step; after step 4 of 4, two epochs of 4 s remain
+    assert "32 images/s, run ETA 0:08" in text
     assert text.endswith("epoch 1/3: train loss 1.5000, train top-1 error 40.00%, val top-1 "
                          "error 35.00%, top-5 5.00%, lr 0.1, 123 images/s\n")
 
@@ -79,9 +83,12 @@ def test_progress_prints_plain_quarter_lines_without_a_terminal():
     from resnext_compiler.runtimes.train.progress import Progress
 
     stream = io.StringIO()
-    progress = Progress(stream=stream, tty=False)
-    progress.start_epoch(2, 3, steps=8)
+    now = [0.0]
+    progress = Progress(stream=stream, tty=False, clock=lambda: now[0])
+    progress.start_epoch(2, 3, steps=8, images_per_step=64)
     for step in range(1, 9):
+        now[0] += 2.0  # two seconds a step
         progress.step(2, step, loss=0.5, top1_error=10.0, lr=0.05)
     assert stream.getvalue().splitlines() == [
-        f"  epoch 2 step {s}/8: loss 0.5000, top-1 error 10.00%, lr 0.05" for s in (2, 4, 6)]
+        f"  epoch 2 step {s}/8: loss 0.5000, top-1 error 10.00%, lr 0.05, 32 images/s, "
+        f"run ETA {eta}" for s, eta in ((2, "0:28"), (4, "0:24"), (6, "0:20"))]

@@ -8,7 +8,12 @@ from pathlib import Path
 
 import typer
 
-from resnext_compiler.backends.base import DEFAULT_CALIBRATION_IMAGES, DEFAULT_MIN_AGREEMENT
+from resnext_compiler.backends.base import (
+    DEFAULT_CALIBRATION_IMAGES,
+    DEFAULT_MIN_AGREEMENT,
+    DEFAULT_OPSET,
+    MIN_OPSET,
+)
 from resnext_compiler.commands.options import number_range
 from resnext_compiler.errors import SpecError, UserError, error_text, sanitise
 
@@ -45,6 +50,10 @@ def _load(spec_path: Path, form: str | None = None, budget: list[str] | None = N
     from resnext_compiler.pipeline import compile_spec
     from resnext_compiler.spec import load_spec, with_form
 
+    if spec_path.suffix.lower() == ".onnx":
+        raise UserError(f"{spec_path} is a compiled model, not a spec: `resnext-compile inspect "
+                        f"{spec_path}` shows it, `serve` and `evaluate` run it; compile a YAML "
+                        "spec (specs/*.yaml)")
     limits = DEFAULT_BUDGET.raised(budget or [])
     spec = load_spec(spec_path)
     if form is not None:
@@ -60,10 +69,14 @@ def compile_command(
         None,
         "--weights",
         "-w",
-        help="safetensors file, train checkpoint or import-weights output (default: fresh init).",
+        help="safetensors file, train checkpoint, import-weights output, or pretrained "
+        "ImageNet weights by name: torchvision:resnext50_32x4d, timm:seresnext50_32x4d, ... "
+        "(downloaded once, hash-checked; default: fresh init).",
     ),
-    opset: int | None = typer.Option(None, "--opset", min=1, max=1000,
-                                     help="ONNX opset (default: backend's)."),
+    opset: int | None = typer.Option(
+        None, "--opset", min=MIN_OPSET, show_default=False,
+        help=f"ONNX opset: {MIN_OPSET} up to the newest the installed onnx package knows "
+        f"(default {DEFAULT_OPSET})."),
     batch: str = typer.Option("dynamic", "--batch", help="Static batch size, or 'dynamic'."),
     dtype: str = typer.Option(
         "fp32", "--dtype", help="fp32 | fp16 | int8 (onnx and triton; needs --calibrate)."
@@ -118,13 +131,17 @@ def compile_command(
                         "and --accept-int8-loss are for --dtype int8")
     if form is not None and form not in ("A", "B", "C"):
         raise UserError(f"--form must be A, B or C, got {form!r}")
-    if weights is not None and not weights.is_file():
-        raise UserError(f"weights file not found: {weights}")
+    from resnext_compiler.pretrained import weights_source, with_class_names
+
     chosen = load_backend(backend)
     static_batch = _parse_batch(batch)
     # memory is budgeted at the batch the artifact will run: the static one, else triton's max
     budget_batch = static_batch or (max_batch if backend == "triton" else 1)
     parsed_spec, graph = _load(spec, form, budget, budget_batch)
+    weights, pretrained = weights_source(weights)
+    if weights is not None and not weights.is_file():
+        raise UserError(f"weights file not found: {weights}")
+    parsed_spec = with_class_names(parsed_spec, pretrained)
     options = CompileOptions(
         weights=weights,
         opset=opset,
@@ -234,20 +251,56 @@ def _inspect_artifact(path: Path, as_json: bool) -> None:
 
     contract = read_contract(path)
     onnx_file = find_onnx_file(path)
+    summary = onnx_summary(onnx_file)
     if as_json:
-        data = {"model": str(onnx_file), "contract": asdict(contract) if contract else None,
+        data = {"model": str(onnx_file), **summary,
+                "contract": asdict(contract) if contract else None,
                 "int8": _int8_report(onnx_file)}
         typer.echo(json.dumps(data, indent=2))
         return
+    typer.echo(sanitise(f"{onnx_file}: {summary['params']:,} stored parameters (BatchNorm "
+                        f"folded where it was), opset {summary['opset']}, dtype "
+                        f"{summary['dtype']}, input {summary['input_dtype']} "
+                        f"{summary['input_shape']} -> output {summary['output_shape']}"))
     if contract is None:
         typer.echo(sanitise(f"{onnx_file}: records no input contract (serve and evaluate use "
                             "the defaults of docs/serving.md)"))
     else:
-        typer.echo(sanitise(f"{onnx_file}: input contract"))
+        typer.echo("input contract")
         for line in contract.describe():  # class names come from the file: escape them
             typer.echo(f"  {sanitise(line)}")
     for line in _int8_lines(onnx_file):  # node names come from the file too
         typer.echo(f"  {sanitise(line)}")
+
+
+def onnx_summary(path: Path) -> dict:
+    """Parameters (initializer elements), opset, element type and shapes of an ONNX file,
+    read from its protobuf without running it."""
+    import math
+
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    graph = model.graph
+    initializers = {init.name for init in graph.initializer}
+
+    def shape(value: onnx.ValueInfoProto) -> list:
+        return [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
+
+    inputs = [value for value in graph.input if value.name not in initializers]
+    element = inputs[0].type.tensor_type.elem_type if inputs else onnx.TensorProto.UNDEFINED
+    stored = {p.key: p.value for p in model.metadata_props}.get("dtype")
+    dtype = (str(onnx.helper.tensor_dtype_to_np_dtype(element))
+             if element != onnx.TensorProto.UNDEFINED else "unknown")
+    return {
+        "params": sum(math.prod(init.dims) for init in graph.initializer),
+        "opset": next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
+                      None),
+        "dtype": stored or dtype,  # the compile's --dtype (int8 files take float32 input)
+        "input_dtype": dtype,
+        "input_shape": shape(inputs[0]) if inputs else [],
+        "output_shape": shape(graph.output[0]) if graph.output else [],
+    }
 
 
 def schema_command() -> None:

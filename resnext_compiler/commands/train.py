@@ -13,6 +13,7 @@ import typer
 
 from resnext_compiler.commands.options import choice, number_range
 from resnext_compiler.errors import UserError, sanitise
+from resnext_compiler.extras import require
 from resnext_compiler.limits import MAX_BATCH, MAX_EPOCHS, MAX_LR
 
 if TYPE_CHECKING:
@@ -132,6 +133,10 @@ def train_command(
         callback=number_range(0, 1024)),
     run_dir: Path | None = typer.Option(
         None, "--run-dir", "-o", help="Run directory (default: runs/NAME-TIMESTAMP)."),
+    weights: str | None = typer.Option(
+        None, "--weights", "-w", help="Fine-tune from these weights: a file, or pretrained by "
+        "name (torchvision:resnext50_32x4d, timm:...; a classifier with another class count "
+        "starts afresh)."),
     resume: Path | None = typer.Option(
         None, "--resume", help="Continue the run in this directory from its last checkpoint."),
     scan_data: bool = typer.Option(
@@ -143,6 +148,7 @@ def train_command(
     With no arguments: a small ResNeXt on the embedded UCI handwritten digits for 10 epochs,
     >= 97% validation accuracy (about 10 s of CPU time).
     """
+    require("torch", "train")
     from resnext_compiler.runtimes.train.config import TrainOverrides
     from resnext_compiler.runtimes.train.runner import execute, prepare_run, resume_config
 
@@ -159,12 +165,22 @@ def train_command(
                 ("--batch-size", batch_size), ("--schedule", schedule),
                 ("--milestones", milestones), ("--warmup-epochs", warmup_epochs),
                 ("--weight-decay", weight_decay), ("--label-smoothing", label_smoothing),
-                ("--augment", augment), ("--run-dir", run_dir)) if value is not None]
+                ("--augment", augment), ("--run-dir", run_dir), ("--weights", weights))
+                if value is not None]
             if given:
                 raise UserError(f"--resume continues with the run's own settings; drop "
                                 f"{', '.join(given)} (only --epochs and --lr may change)")
-            config, data_splits = resume_config(resume, epochs, lr, staging, nnodes), None
+            notices: list[str] = []
+            config, data_splits = resume_config(resume, epochs, lr, staging, nnodes,
+                                                notices), None
+            for line in notices:
+                typer.echo(sanitise(line))
         else:
+            from resnext_compiler.pretrained import weights_source
+
+            init_weights, _ = weights_source(weights)
+            if init_weights is not None and not init_weights.is_file():
+                raise UserError(f"weights file not found: {init_weights}")
             overrides = TrainOverrides(
                 dataset=dataset, data_dir=str(data) if data is not None else None,
                 epochs=epochs, batch_size=batch_size, lr=lr, schedule=schedule,
@@ -173,8 +189,10 @@ def train_command(
                 accum_steps=accum_steps, nproc=max(nproc, gpus, 1), nnodes=nnodes,
                 device=_device(device, gpus), amp=amp, amp_dtype=amp_dtype,
                 channels_last=channels_last, compile=compile_model, seed=seed, workers=workers,
-                threads=threads)
-            config, data_splits = prepare_run(spec, overrides, run_dir, staging, scan_data)
+                threads=threads,
+                init_weights=str(init_weights.resolve()) if init_weights is not None else None)
+            config, data_splits = prepare_run(spec, overrides, run_dir, staging, scan_data,
+                                              log=lambda line: typer.echo(sanitise(line)))
         summary = execute(config, resume=resume is not None, data=data_splits,
                           rendezvous=rendezvous, staging=staging)
     for line in summary.lines():
@@ -195,7 +213,8 @@ def evaluate_command(
         "repository, measured with the preprocessing and class names it records.",
         show_default=False),
     weights: Path | None = typer.Option(
-        None, "--weights", "-w", help="With a SPEC: .safetensors, train checkpoint or .pt."),
+        None, "--weights", "-w", help="With a SPEC: .safetensors, train checkpoint, .pt, or "
+        "pretrained by name (torchvision:resnext50_32x4d, timm:seresnext50_32x4d, ...)."),
     data: Path | None = typer.Option(
         None, "--data", help="Data folder (DIR/val/<class>/ or, for artifacts, DIR/<class>/; "
         "not needed for the embedded digits)."),
@@ -227,11 +246,14 @@ def evaluate_command(
         result, answers, description, classes = evaluate_artifact(
             model, data, min(batch_size, 1024), device)
     else:
+        require("torch", "evaluate SPEC --weights")
+        from resnext_compiler.pretrained import weights_source
         from resnext_compiler.runtimes.train.evaluate import evaluate_weights
 
         if weights is None:
             raise UserError(f"evaluating the spec {model} needs --weights W (or give a compiled "
                             "MODEL.onnx)")
+        weights, _ = weights_source(weights)
         result, answers, description, classes = evaluate_weights(
             model, weights, dataset, str(data) if data is not None else None, batch_size,
             _device(device, 0), workers)
@@ -253,6 +275,7 @@ def plot_command(
     title: str | None = typer.Option(None, "--title"),
 ) -> None:
     """Top-1 error against epochs, train dashed and val solid (like the paper's Figure 5)."""
+    require("matplotlib", "plot")
     from resnext_compiler.runtimes.train.plot import plot_runs
 
     target = output or (runs[0] / "curves.png" if len(runs) == 1 else Path("curves.png"))

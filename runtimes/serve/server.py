@@ -47,19 +47,25 @@ def load_models(model_path: Path, config: ServeConfig) -> tuple[list, dict[str, 
             labels[model.name] = load_labels(path, model.outputs[0].shape[-1])
         elif model.contract.labels is not None:
             labels[model.name] = list(model.contract.labels)
-        announce_contract(model)
+        announce_contract(model, labels.get(model.name), path)
     return models, labels
 
 
-def announce_contract(model: LoadedModel) -> None:
-    """Say once, at start-up, how /v1/classify prepares images for `model`."""
+def announce_contract(model: LoadedModel, labels: list[str] | None = None,
+                      labels_path: Path | None = None) -> None:
+    """Say once, at start-up, how /v1/classify prepares images for `model` and which class
+    names it answers with (a labels file's, where one is given, over the model's own)."""
+    contract = model.contract.with_labels(labels) if labels is not None else model.contract
+    lines = contract.describe()
+    if labels_path is not None:
+        lines = [f"{line} (from {labels_path})" if line.startswith("classes") else line
+                 for line in lines]
+    text = "\n  ".join(sanitise(line) for line in lines)
     if model.contract_recorded:
-        log.info("model %s input contract (from the model file):\n  %s", model.name,
-                 "\n  ".join(sanitise(line) for line in model.contract.describe()))
+        log.info("model %s input contract (from the model file):\n  %s", model.name, text)
     else:
         log.warning("model %s records no input contract; /v1/classify uses the defaults "
-                    "(docs/serving.md):\n  %s", model.name,
-                    "\n  ".join(sanitise(line) for line in model.contract.describe()))
+                    "(docs/serving.md):\n  %s", model.name, text)
 
 
 def bind_socket(host: str, port: int) -> socket.socket:

@@ -48,6 +48,7 @@ class TrainOverrides:
     seed: int = 0
     workers: int = 2
     threads: int = 0  # 0: PyTorch's default (one per core)
+    init_weights: str | None = None  # a local file (a pretrained name is fetched by the CLI)
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,7 @@ class TrainConfig:
     workers: int = 2
     threads: int = 0
     eval_batch_size: int = 256
+    init_weights: str | None = None  # fine-tuning: the weights the run starts from
 
     @property
     def world_size(self) -> int:
@@ -162,6 +164,10 @@ def _check_choice(flag: str, value: str, choices: tuple[str, ...]) -> None:
         raise UserError(f"{flag} must be one of {', '.join(choices)}; got {value!r}")
 
 
+# the data sets read from --data DIR (the others are built in: digits, synthetic)
+FOLDER_DATASETS = ("imagenet", "imagefolder", "cifar10", "cifar100")
+
+
 def resolve_config(spec: Spec, overrides: TrainOverrides, run_dir: Path) -> TrainConfig:
     """Merge the spec's `train:` defaults with CLI overrides and check they fit together."""
     train = spec.train
@@ -205,7 +211,14 @@ def resolve_config(spec: Spec, overrides: TrainOverrides, run_dir: Path) -> Trai
         _check_choice("--amp-dtype", amp_dtype, AMP_DTYPES)
         if amp_dtype == "fp16" and o.device == "cpu":
             raise UserError("fp16 autocast needs a GPU; on CPU use --amp-dtype bf16")
-    if o.data_dir is None and dataset in ("imagenet", "imagefolder", "cifar10", "cifar100"):
+    if o.data_dir is not None and dataset not in FOLDER_DATASETS:
+        # --data never goes unused: a spec whose data set is built in must be told what DIR is
+        source = "--dataset" if o.dataset else "the spec's train.dataset"
+        raise UserError(f"--data {o.data_dir} is not used by the {dataset} data set ({source}); "
+                        f"add --dataset {' or '.join(FOLDER_DATASETS[-2:])} (CIFAR batches) or "
+                        f"--dataset imagefolder (DIR/train/<class>/, DIR/val/<class>/) to train "
+                        "on it")
+    if o.data_dir is None and dataset in FOLDER_DATASETS:
         raise UserError(f"the {dataset} data set needs --data DIR (nothing is downloaded); "
                         "run `resnext-compile train` with no arguments for the embedded digits")
     lr = o.lr if o.lr is not None else scaled_lr(train.lr, train.batch_size, batch_size)
@@ -221,7 +234,7 @@ def resolve_config(spec: Spec, overrides: TrainOverrides, run_dir: Path) -> Trai
         augment=augment, accum_steps=o.accum_steps, nproc=o.nproc, nnodes=o.nnodes,
         device=o.device,
         amp_dtype=amp_dtype, channels_last=o.channels_last, compile=o.compile, seed=o.seed,
-        workers=o.workers, threads=o.threads,
+        workers=o.workers, threads=o.threads, init_weights=o.init_weights,
     )
 
 

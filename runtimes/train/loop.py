@@ -44,6 +44,7 @@ from resnext_compiler.runtimes.train.sampler import GlobalBatchSampler
 from resnext_compiler.runtimes.train.schedule import LRSchedule
 from resnext_compiler.runtimes.train.seeding import sample_hash
 from resnext_compiler.spec import Spec
+from resnext_compiler.weights import fine_tune_weights
 
 TINY_STEP_MACS = 100e6
 
@@ -147,6 +148,12 @@ class Trainer:
         if self.device.type == "cpu":
             torch.set_num_threads(cpu_threads(config, self.graph))
         self.model = build_module(self.graph, seed=config.seed).to(self.device)
+        if config.init_weights is not None:
+            weights, fresh = fine_tune_weights(self.graph, config.init_weights, config.seed)
+            load_weights(self.model, weights)
+            if fresh:
+                progress.log(f"fine-tuning: {', '.join(fresh)} initialised afresh (the "
+                             f"weights have another class count)")
         if config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizer = torch.optim.SGD(
@@ -283,7 +290,8 @@ class Trainer:
         plan = self.sampler.micro_batches(epoch, start_step)
         jobs = [indices for step_jobs in plan for indices in step_jobs]
         stream = batches(self.data.train, jobs, epoch, config.workers)
-        self.progress.start_epoch(epoch + 1, config.epochs, steps, start_step)
+        self.progress.start_epoch(epoch + 1, config.epochs, steps, start_step,
+                                  images_per_step=config.batch_size)
         self.model.train()
         started = time.perf_counter()
         for step in range(start_step, steps):

@@ -10,6 +10,8 @@ from pathlib import Path
 from resnext_compiler.artifacts import write_bytes_atomic
 from resnext_compiler.errors import UserError
 
+MARKED_EPOCHS = 20  # runs this short or shorter get a marker on every epoch
+
 
 def _run_label(run_dir: Path) -> str:
     spec_file = run_dir / "spec.yaml"
@@ -53,17 +55,20 @@ def plot_runs(runs: list[Path], output: Path, title: str | None = None) -> Path:
     for i, (label, rows) in enumerate(zip(run_labels(runs), curves, strict=True)):
         colour = colours[i % len(colours)]
         epochs = [row["epoch"] for row in rows]
+        # a line needs two points: short runs (one epoch above all) get a marker per epoch
+        marker = {"marker": "o", "markersize": 4} if len(epochs) <= MARKED_EPOCHS else {}
         axes.plot(epochs, [row["train_top1_error"] for row in rows], "--", color=colour,
-                  label=f"{label} (train)")
+                  label=f"{label} (train)", **marker)
         axes.plot(epochs, [row["val_top1_error"] for row in rows], "-", color=colour,
-                  label=f"{label} (val)")
+                  label=f"{label} (val)", **marker)
     axes.set_xlabel("epochs")
     axes.set_ylabel("top-1 error (%)")
     axes.set_title(title or "training curves")
     axes.grid(True, alpha=0.3)
-    axes.legend(fontsize="small")
-    figure.tight_layout()
+    # beside the axes, never over the curves, however long the run names are
+    axes.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0),
+                borderaxespad=0.0)
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
+    figure.savefig(buffer, format="png", bbox_inches="tight")
     plt.close(figure)
     return write_bytes_atomic(output, buffer.getvalue())

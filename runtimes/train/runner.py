@@ -13,6 +13,7 @@ import datetime as _dt
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from importlib import resources
@@ -33,6 +34,7 @@ from resnext_compiler.runtimes.train.datasets import DataSplits
 from resnext_compiler.runtimes.train.distributed import DistContext, Rendezvous
 from resnext_compiler.runtimes.train.image_check import check_image_files, dataset_files
 from resnext_compiler.runtimes.train.metrics import read_metrics
+from resnext_compiler.runtimes.train.schedule import LRSchedule
 from resnext_compiler.spec import Spec, load_spec
 
 CONFIG_FILE = "train.json"
@@ -91,15 +93,16 @@ def default_run_dir(spec: Spec, root: Path = Path("runs")) -> Path:
 
 
 def prepare_run(spec_path: Path | None, overrides: TrainOverrides, run_dir: Path | None,
-                staging: Path | None = None, scan_data: bool = True
-                ) -> tuple[TrainConfig, DataSplits]:
+                staging: Path | None = None, scan_data: bool = True,
+                log: Callable[[str], None] | None = None) -> tuple[TrainConfig, DataSplits]:
     """Resolve settings, check the spec and data, and write spec.yaml + train.json.
 
     They go to the run directory, or with `staging` (a multi-node run) to that node-local
     directory, from which global rank 0 publishes them. `scan_data` opens every image file of a
     folder data set first (runtimes/train/image_check), so a damaged file stops the run before
-    its directory exists. Returns the data set opened for the check too; `execute` reuses it in
-    this process, so a folder is listed once.
+    its directory exists. `log` hears what is being prepared (reading CIFAR or a large folder
+    takes a while before the first step). Returns the data set opened for the check too;
+    `execute` reuses it in this process, so a folder is listed once.
     """
     from resnext_compiler.pipeline import compile_spec
     from resnext_compiler.runtimes.train.datasets import open_dataset
@@ -120,10 +123,15 @@ def prepare_run(spec_path: Path | None, overrides: TrainOverrides, run_dir: Path
         raise UserError(f"{run_dir} already holds a run; continue it with "
                         f"`resnext-compile train --resume {run_dir}` or choose another --run-dir")
     config = resolve_config(spec, overrides, run_dir)
+    say = log or (lambda line: None)
+    say(f"preparing data: {config.dataset}"
+        + (f" from {config.data_dir}" if config.data_dir is not None else "")
+        + " (reading and decoding the images)")
     data = open_dataset(spec, config.dataset, config.data_dir, config.augment, config.seed)
     check_batch_fits(len(data.train), config.batch_size)
     files = dataset_files(data.train, data.val) if scan_data else []
     if files:
+        say(f"checking that all {len(files)} image files open (--no-scan-data skips this)")
         started = time.monotonic()
         check_image_files(files)
         data = replace(data, description=f"{data.description}; all {len(files)} image files "
@@ -139,9 +147,13 @@ def prepare_run(spec_path: Path | None, overrides: TrainOverrides, run_dir: Path
 
 
 def resume_config(run_dir: Path, epochs: int | None = None, lr: float | None = None,
-                  staging: Path | None = None, nnodes: int | None = None) -> TrainConfig:
+                  staging: Path | None = None, nnodes: int | None = None,
+                  notices: list[str] | None = None) -> TrainConfig:
     """The settings of an existing run, optionally with more epochs or another rate.
 
+    Without `epochs` an interrupted run continues bitwise as if never stopped. Another epoch
+    count changes the schedule (cosine, warmup and default milestones depend on it): the run is
+    then extended, not continued, and a line saying how the rate moves is added to `notices`.
     With `staging` (a multi-node run) the settings are written there, not into the run.
     """
     path = run_dir / CONFIG_FILE
@@ -163,6 +175,7 @@ def resume_config(run_dir: Path, epochs: int | None = None, lr: float | None = N
         raise UserError(f"{run_dir} was trained on {config.nnodes} node(s); resume it with "
                         f"--nnodes {config.nnodes}" + (" (and --node-rank, --rdzv-endpoint on "
                                                        "each node)" if config.nnodes > 1 else ""))
+    before = config
     if epochs is not None:
         if epochs < 1:
             raise UserError(f"--epochs must be at least 1; got {epochs}")
@@ -175,6 +188,8 @@ def resume_config(run_dir: Path, epochs: int | None = None, lr: float | None = N
     if done >= config.epochs:
         raise UserError(f"{run_dir} has already finished {done} of {config.epochs} epochs; pass "
                         "--epochs N with a larger N to train longer")
+    if notices is not None and config.epochs != before.epochs and done > 0:
+        notices.append(_extension_notice(before, config, done))
     if epochs is not None or lr is not None or staging is not None:
         target = staging if staging is not None else run_dir
         if staging is not None and (run_dir / LABELS_FILE).is_file():
@@ -183,6 +198,19 @@ def resume_config(run_dir: Path, epochs: int | None = None, lr: float | None = N
         write_text_atomic(target / "spec.yaml", effective_spec(spec, config).to_yaml())
         write_text_atomic(target / CONFIG_FILE, config.to_json())
     return config
+
+
+def _extension_notice(before: TrainConfig, after: TrainConfig, done: int) -> str:
+    """How the rate moves when a run of `before.epochs` becomes one of `after.epochs`."""
+    def rate(config: TrainConfig, epoch: int) -> float:  # at the start of a 0-based epoch
+        return LRSchedule(config.lr, config.schedule, config.epochs, 1, config.milestones,
+                          config.warmup_epochs).lr(epoch, 0)
+
+    old, new = rate(before, done - 1), rate(after, done)
+    return (f"extending a run of {before.epochs} epochs to {after.epochs}: the {after.schedule} "
+            f"schedule is recomputed for {after.epochs} epochs (lr {old:.3g} at epoch {done}, "
+            f"{new:.3g} at epoch {done + 1}); the result is not bitwise a {after.epochs}-epoch "
+            "run from the start")
 
 
 def _comparable(config: TrainConfig, spec_text: str) -> str:
