@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Any
 
 from resnext_compiler.artifacts import write_bytes_atomic
 from resnext_compiler.errors import UserError
@@ -43,25 +44,45 @@ def plot_runs(runs: list[Path], output: Path, title: str | None = None) -> Path:
                             " written by `resnext-compile train`)")
         curves.append(rows)
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(6.4, 4.8), dpi=120)
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    figure, axes = new_figure()
     for i, (label, rows) in enumerate(zip(run_labels(runs), curves, strict=True)):
-        colour = colours[i % len(colours)]
+        colour = colour_cycle(i)
         epochs = [row["epoch"] for row in rows]
         axes.plot(epochs, [row["train_top1_error"] for row in rows], "--", color=colour,
                   label=f"{label} (train)")
         axes.plot(epochs, [row["val_top1_error"] for row in rows], "-", color=colour,
                   label=f"{label} (val)")
-    axes.set_xlabel("epochs")
-    axes.set_ylabel("top-1 error (%)")
-    axes.set_title(title or "training curves")
+    return save_figure(figure, axes, output, title or "training curves", "epochs")
+
+
+def new_figure() -> tuple[Any, Any]:
+    """A figure and axes in the project's style (also used by sweep reports)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=(6.4, 4.8), dpi=120)
+
+
+def colour_cycle(index: int) -> str:
+    import matplotlib.pyplot as plt
+
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    return colours[index % len(colours)]
+
+
+def save_figure(figure: Any, axes: Any, output: Path, title: str, xlabel: str,
+                ylabel: str = "top-1 error (%)") -> Path:
+    """Label, grid and legend the axes, then write the PNG atomically; returns its path."""
+    import matplotlib.pyplot as plt
+
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    axes.set_title(title)
     axes.grid(True, alpha=0.3)
-    axes.legend(fontsize="small")
+    if axes.get_legend_handles_labels()[0]:
+        axes.legend(fontsize="small")
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
