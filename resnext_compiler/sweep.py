@@ -26,9 +26,9 @@ import random
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from resnext_compiler.budget import SweepBudget, check_budget
 from resnext_compiler.errors import Diagnostic, SpecError, UserError, format_field_path
@@ -102,28 +102,24 @@ class SampleAxis(_Model):
 class Axes(_Model):
     """What varies; the axes combine as a grid (every value with every other)."""
 
-    cardinality: list[int] | None = Field(
+    cardinality: list[Annotated[int, Field(ge=1, le=MAX_CARDINALITY)]] | None = Field(
         None, min_length=1, max_length=64,
         description="Cardinalities C, each at the template's complexity: the bottleneck width d "
         "is solved by `resnext-compile design` (Xie et al. 2017, Sec. 3.3).")
     match: Literal["params", "macs"] = Field(
         "params", description="What the cardinality axis keeps fixed (the paper: params).")
-    values: dict[str, list[Any]] | None = Field(
+    values: dict[str, Annotated[list[Any], Field(min_length=1, max_length=MAX_SWEEP_POINTS)]
+                 ] | None = Field(
         None, max_length=MAX_SWEEP_FIELDS,
         description="Spec field (e.g. train.lr, block.se_ratio) -> the values to try.")
     sample: SampleAxis | None = Field(None, description="Random points drawn from ranges.")
 
-    @model_validator(mode="after")
-    def _distinct(self) -> Axes:
-        if self.cardinality is not None:
-            if any(not 1 <= c <= MAX_CARDINALITY for c in self.cardinality):
-                raise ValueError(f"cardinalities must be between 1 and {MAX_CARDINALITY}")
-            if len(set(self.cardinality)) != len(self.cardinality):
-                raise ValueError("cardinality lists a value twice")
-        for name, values in (self.values or {}).items():
-            if not values or len(values) > MAX_SWEEP_POINTS:
-                raise ValueError(f"values of {name!r}: give 1 to {MAX_SWEEP_POINTS} values")
-        return self
+    @field_validator("cardinality")
+    @classmethod
+    def _distinct(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None and len(set(value)) != len(value):
+            raise ValueError("cardinality lists a value twice")
+        return value
 
 
 class SlurmSettings(_Model):
