@@ -66,7 +66,8 @@ class SampleRange(_Model):
     high: int | float = Field(description="Largest value.")
     log: bool = Field(False, description="Draw uniformly in log space (low must be > 0).")
     quantum: int | float | None = Field(
-        None, gt=0, description="Round every draw to a multiple of this (pycls's *_QUANT).")
+        None, gt=0, description="Round every draw to a multiple of this (pycls's *_QUANT)."
+    )
 
     @model_validator(mode="after")
     def _ordered(self) -> SampleRange:
@@ -95,23 +96,32 @@ class SampleAxis(_Model):
     count: int = Field(ge=1, le=MAX_SWEEP_POINTS, description="Points to draw.")
     seed: int = Field(0, ge=0, le=2**32 - 1, description="Seed of the draws (not of training).")
     ranges: dict[str, SampleRange] = Field(
-        min_length=1, max_length=MAX_SWEEP_FIELDS,
-        description="Spec field (e.g. train.lr, stages[0].depth) -> its range.")
+        min_length=1,
+        max_length=MAX_SWEEP_FIELDS,
+        description="Spec field (e.g. train.lr, stages[0].depth) -> its range.",
+    )
 
 
 class Axes(_Model):
     """What varies; the axes combine as a grid (every value with every other)."""
 
     cardinality: list[Annotated[int, Field(ge=1, le=MAX_CARDINALITY)]] | None = Field(
-        None, min_length=1, max_length=64,
+        None,
+        min_length=1,
+        max_length=64,
         description="Cardinalities C, each at the template's complexity: the bottleneck width d "
-        "is solved by `resnext-compile design` (Xie et al. 2017, Sec. 3.3).")
+        "is solved by `resnext-compile design` (Xie et al. 2017, Sec. 3.3).",
+    )
     match: Literal["params", "macs"] = Field(
-        "params", description="What the cardinality axis keeps fixed (the paper: params).")
-    values: dict[str, Annotated[list[Any], Field(min_length=1, max_length=MAX_SWEEP_POINTS)]
-                 ] | None = Field(
-        None, max_length=MAX_SWEEP_FIELDS,
-        description="Spec field (e.g. train.lr, block.se_ratio) -> the values to try.")
+        "params", description="What the cardinality axis keeps fixed (the paper: params)."
+    )
+    values: (
+        dict[str, Annotated[list[Any], Field(min_length=1, max_length=MAX_SWEEP_POINTS)]] | None
+    ) = Field(
+        None,
+        max_length=MAX_SWEEP_FIELDS,
+        description="Spec field (e.g. train.lr, block.se_ratio) -> the values to try.",
+    )
     sample: SampleAxis | None = Field(None, description="Random points drawn from ranges.")
 
     @field_validator("cardinality")
@@ -134,26 +144,36 @@ class RunSettings(_Model):
     """Where and how the points run (each point is one `resnext-compile train` run)."""
 
     executor: Literal["local", "slurm"] = Field(
-        "local", description="local: this machine (submitit's local executor); slurm: a "
-        "cluster, one array task per point.")
+        "local",
+        description="local: this machine (submitit's local executor); slurm: a "
+        "cluster, one array task per point.",
+    )
     jobs: int = Field(1, ge=1, le=1024, description="Points at once (--jobs overrides).")
-    gpus_per_point: int = Field(0, ge=0, le=64,
-                                description="GPUs per point (train --gpus); 0: CPU.")
+    gpus_per_point: int = Field(
+        0, ge=0, le=64, description="GPUs per point (train --gpus); 0: CPU."
+    )
     workers: int = Field(0, ge=0, le=64, description="Data loader workers per point.")
-    time_limit_min: int = Field(1440, ge=1, le=MAX_TIME_LIMIT_MIN,
-                                description="Time limit of one point, in minutes.")
+    time_limit_min: int = Field(
+        1440, ge=1, le=MAX_TIME_LIMIT_MIN, description="Time limit of one point, in minutes."
+    )
     slurm: SlurmSettings = SlurmSettings()
 
 
 class SweepLimits(_Model):
     """The sweep's budget (defaults: budget.SweepBudget), checked before anything starts."""
 
-    points: int | None = Field(None, ge=1, le=MAX_SWEEP_POINTS,
-                               description="Most configurations (default 64).")
-    seeds: int | None = Field(None, ge=1, le=MAX_SWEEP_SEEDS,
-                              description="Most seeds per configuration (default 10).")
-    epochs: int | None = Field(None, ge=1, le=MAX_SWEEP_EPOCHS,
-                               description="Most epochs summed over every run (default 2000).")
+    points: int | None = Field(
+        None, ge=1, le=MAX_SWEEP_POINTS, description="Most configurations (default 64)."
+    )
+    seeds: int | None = Field(
+        None, ge=1, le=MAX_SWEEP_SEEDS, description="Most seeds per configuration (default 10)."
+    )
+    epochs: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_SWEEP_EPOCHS,
+        description="Most epochs summed over every run (default 2000).",
+    )
 
 
 class SweepFile(_Model):
@@ -164,12 +184,15 @@ class SweepFile(_Model):
     description: str = Field("", max_length=10_000)
     spec: dict[str, Any] = Field(
         description="The template: a spec as in a spec file (`extends:` names a spec file "
-        "relative to this one; other fields override it).")
+        "relative to this one; other fields override it)."
+    )
     axes: Axes = Axes()
     seeds: int | list[int] = Field(
-        1, description="Seeds per point: a count (0, 1, ...) or a list of seeds.")
-    data: str | None = Field(None, max_length=4096,
-                             description="Data folder (train --data), relative to this file.")
+        1, description="Seeds per point: a count (0, 1, ...) or a list of seeds."
+    )
+    data: str | None = Field(
+        None, max_length=4096, description="Data folder (train --data), relative to this file."
+    )
     run: RunSettings = RunSettings()
     limits: SweepLimits = SweepLimits()
 
@@ -193,10 +216,18 @@ class Point:
     def record(self) -> dict[str, Any]:
         """What the sweep folder's plan.json keeps of this point (for reports)."""
         stage = self.spec.resolved_stages()[0]
-        return {"key": self.key, "label": self.label, "seed": self.seed, "spec": self.spec.name,
-                "cardinality": stage.cardinality, "base_width": stage.base_width,
-                "axes": self.axes, "params": self.params, "macs": self.macs,
-                "epochs": self.epochs}
+        return {
+            "key": self.key,
+            "label": self.label,
+            "seed": self.seed,
+            "spec": self.spec.name,
+            "cardinality": stage.cardinality,
+            "base_width": stage.base_width,
+            "axes": self.axes,
+            "params": self.params,
+            "macs": self.macs,
+            "epochs": self.epochs,
+        }
 
 
 @dataclass(frozen=True)
@@ -211,10 +242,16 @@ class SweepPlan:
 
     def to_json(self) -> str:
         axes = self.sweep.axes
-        return json.dumps({"sweep": self.sweep.name, "file": str(self.path),
-                           "match": axes.match if axes.cardinality else None,
-                           "sampled": self.sampled,
-                           "points": [p.record() for p in self.points]}, indent=2)
+        return json.dumps(
+            {
+                "sweep": self.sweep.name,
+                "file": str(self.path),
+                "match": axes.match if axes.cardinality else None,
+                "sampled": self.sampled,
+                "points": [p.record() for p in self.points],
+            },
+            indent=2,
+        )
 
 
 # --- reading -----------------------------------------------------------------------------
@@ -225,28 +262,43 @@ def load_sweep(path: str | Path) -> tuple[SweepFile, Spec, SourceMap, str]:
     file = Path(path)
     data, source = read_yaml_file(file)
     if not isinstance(data, dict):
-        raise SpecError([Diagnostic(f"a sweep file must be a YAML mapping, got "
-                                    f"{type(data).__name__}", "", source.locate(()))])
+        raise SpecError(
+            [
+                Diagnostic(
+                    f"a sweep file must be a YAML mapping, got {type(data).__name__}",
+                    "",
+                    source.locate(()),
+                )
+            ]
+        )
     try:
         sweep = SweepFile.model_validate(data)
     except ValidationError as exc:
         raise SpecError(model_diagnostics(exc, source, SweepFile)) from None
-    problems = [Diagnostic(f"{text!r} is not a spec field path like train.lr or "
-                           "stages[1].depth", format_field_path(where), source.locate(where))
-                for where, text in _axis_fields(sweep)
-                if not _FIELD_PATH.fullmatch(text)]
+    problems = [
+        Diagnostic(
+            f"{text!r} is not a spec field path like train.lr or stages[1].depth",
+            format_field_path(where),
+            source.locate(where),
+        )
+        for where, text in _axis_fields(sweep)
+        if not _FIELD_PATH.fullmatch(text)
+    ]
     if problems:
         raise SpecError(problems)
-    inner = SourceMap({key[1:]: loc for key, loc in source.locations.items()
-                       if key[:1] == ("spec",)}, list(source.files))
+    inner = SourceMap(
+        {key[1:]: loc for key, loc in source.locations.items() if key[:1] == ("spec",)},
+        list(source.files),
+    )
     template = spec_from_data(sweep.spec, inner, file)
     return sweep, template, source, file.read_text(encoding="utf-8")
 
 
 def _axis_fields(sweep: SweepFile) -> list[tuple[FieldPath, str]]:
     axes = sweep.axes
-    out: list[tuple[FieldPath, str]] = [(("axes", "values", name), name)
-                                        for name in axes.values or {}]
+    out: list[tuple[FieldPath, str]] = [
+        (("axes", "values", name), name) for name in axes.values or {}
+    ]
     if axes.sample is not None:
         out += [(("axes", "sample", "ranges", name), name) for name in axes.sample.ranges]
     return out
@@ -292,8 +344,10 @@ def plan_sweep(path: str | Path) -> SweepPlan:
     its budget first. Raises SpecError (located) or UserError. Writes nothing."""
     sweep, template, source, text = load_sweep(path)
     file = Path(path)
-    budget = replace(SweepBudget(), **{name: value for name, value in
-                                       sweep.limits.model_dump().items() if value is not None})
+    budget = replace(
+        SweepBudget(),
+        **{name: value for name, value in sweep.limits.model_dump().items() if value is not None},
+    )
 
     def refuse(where: FieldPath, message: str) -> SpecError:
         return SpecError([Diagnostic(message, format_field_path(where), source.locate(where))])
@@ -304,15 +358,21 @@ def plan_sweep(path: str | Path) -> SweepPlan:
     if not seeds or len(set(seeds)) != len(seeds) or any(not 0 <= s < 2**63 for s in seeds):
         raise refuse(("seeds",), "seeds must be distinct non-negative integers")
     if len(seeds) > budget.seeds:
-        raise refuse(("seeds",), f"{len(seeds)} seeds per point, over the sweep's limit of "
-                     f"{budget.seeds} (raise limits.seeds)")
+        raise refuse(
+            ("seeds",),
+            f"{len(seeds)} seeds per point, over the sweep's limit of "
+            f"{budget.seeds} (raise limits.seeds)",
+        )
     factors = _axis_sizes(sweep)
     configurations = math.prod(size for _, size in factors)
     if configurations > budget.points:  # counted, not built: a 100^3 grid costs nothing
         where = max(factors, key=lambda f: f[1])[0]
         sizes = " x ".join(str(size) for _, size in factors)
-        raise refuse(where, f"the axes make {sizes} = {configurations:,} points, over the "
-                     f"sweep's limit of {budget.points} (raise limits.points)")
+        raise refuse(
+            where,
+            f"the axes make {sizes} = {configurations:,} points, over the "
+            f"sweep's limit of {budget.points} (raise limits.points)",
+        )
     cells = [(cell, _variant(template, cell.overrides, source)) for cell in _grid(sweep)]
     per_cell = len(seeds) * len(sweep.axes.cardinality or [1])
     epochs = sum(spec.train.epochs for _, spec in cells) * per_cell
@@ -320,9 +380,12 @@ def plan_sweep(path: str | Path) -> SweepPlan:
         where = ("spec", "train", "epochs")
         if source.locations.get(where) is None:
             where = ("seeds",)
-        raise refuse(where, f"{configurations:,} point(s) x {len(seeds)} seed(s) would train "
-                     f"{epochs:,} epochs, over the sweep's limit of {budget.epochs:,} "
-                     "(raise limits.epochs)")
+        raise refuse(
+            where,
+            f"{configurations:,} point(s) x {len(seeds)} seed(s) would train "
+            f"{epochs:,} epochs, over the sweep's limit of {budget.epochs:,} "
+            "(raise limits.epochs)",
+        )
     data_dir = None
     if sweep.data is not None:
         data_dir = str((file.parent / sweep.data).resolve())
@@ -336,10 +399,20 @@ def plan_sweep(path: str | Path) -> SweepPlan:
             named = spec.model_copy(update={"name": f"{template.name}-{label}"})
             named._source = spec._source
             for seed in seeds:
-                points.append(Point(_key(label, seed, named, sweep), label, seed, named,
-                                    {**axes, **cell.axes}, cost.params, cost.macs))
-    return SweepPlan(file, sweep, text, tuple(points), data_dir, budget,
-                     sampled=sweep.axes.sample is not None)
+                points.append(
+                    Point(
+                        _key(label, seed, named, sweep),
+                        label,
+                        seed,
+                        named,
+                        {**axes, **cell.axes},
+                        cost.params,
+                        cost.macs,
+                    )
+                )
+    return SweepPlan(
+        file, sweep, text, tuple(points), data_dir, budget, sampled=sweep.axes.sample is not None
+    )
 
 
 def _axis_sizes(sweep: SweepFile) -> list[tuple[FieldPath, int]]:
@@ -347,8 +420,9 @@ def _axis_sizes(sweep: SweepFile) -> list[tuple[FieldPath, int]]:
     sizes: list[tuple[FieldPath, int]] = [(("axes",), 1)]
     if axes.cardinality:
         sizes.append((("axes", "cardinality"), len(axes.cardinality)))
-    sizes += [(("axes", "values", name), len(values)) for name, values in
-              (axes.values or {}).items()]
+    sizes += [
+        (("axes", "values", name), len(values)) for name, values in (axes.values or {}).items()
+    ]
     if axes.sample is not None:
         sizes.append((("axes", "sample", "count"), axes.sample.count))
     return sizes
@@ -357,26 +431,32 @@ def _axis_sizes(sweep: SweepFile) -> list[tuple[FieldPath, int]]:
 def _grid(sweep: SweepFile) -> list[_Cell]:
     """Every combination of the explicit values with every sampled point."""
     axes = sweep.axes
-    columns = [[(name, index, value) for index, value in enumerate(values)]
-               for name, values in (axes.values or {}).items()]
+    columns = [
+        [(name, index, value) for index, value in enumerate(values)]
+        for name, values in (axes.values or {}).items()
+    ]
     draws: list[list[tuple[str, Any]] | None] = [None]
     if axes.sample is not None:
         rng = random.Random(axes.sample.seed)
-        draws = [[(name, r.draw(rng)) for name, r in axes.sample.ranges.items()]
-                 for _ in range(axes.sample.count)]
+        draws = [
+            [(name, r.draw(rng)) for name, r in axes.sample.ranges.items()]
+            for _ in range(axes.sample.count)
+        ]
     cells = []
     for combination in itertools.product(*columns):
         for number, drawn in enumerate(draws):
-            parts = [f"{name.rsplit('.', 1)[-1]}{_short(value)}"
-                     for name, _, value in combination]
-            overrides = [_Override(parse_field_path(name), value, ("axes", "values", name, i))
-                         for name, i, value in combination]
+            parts = [f"{name.rsplit('.', 1)[-1]}{_short(value)}" for name, _, value in combination]
+            overrides = [
+                _Override(parse_field_path(name), value, ("axes", "values", name, i))
+                for name, i, value in combination
+            ]
             values = {name: value for name, _, value in combination}
             if drawn is not None:
                 parts.append(f"sample{number:03d}")
-                overrides += [_Override(parse_field_path(name), value,
-                                        ("axes", "sample", "ranges", name))
-                              for name, value in drawn]
+                overrides += [
+                    _Override(parse_field_path(name), value, ("axes", "sample", "ranges", name))
+                    for name, value in drawn
+                ]
                 values.update(drawn)
             cells.append(_Cell(tuple(parts), values, tuple(overrides)))
     return cells
@@ -432,8 +512,9 @@ def _assign(data: dict[str, Any], path: FieldPath, value: Any) -> str | None:
     return None
 
 
-def _cardinalities(sweep: SweepFile, variant: Spec, refuse: Any
-                   ) -> list[tuple[list[str], Spec, dict[str, Any]]]:
+def _cardinalities(
+    sweep: SweepFile, variant: Spec, refuse: Any
+) -> list[tuple[list[str], Spec, dict[str, Any]]]:
     """The variant at each cardinality of the axis, d solved at its complexity (or itself)."""
     from resnext_compiler.design import redesign, solve
 
@@ -444,14 +525,24 @@ def _cardinalities(sweep: SweepFile, variant: Spec, refuse: Any
         try:
             design = solve(variant, cardinality, sweep.axes.match)
         except UserError as exc:
-            raise refuse(("axes", "cardinality", index),
-                         f"cardinality {cardinality}: {str(exc).splitlines()[-1]}") from None
+            raise refuse(
+                ("axes", "cardinality", index),
+                f"cardinality {cardinality}: {str(exc).splitlines()[-1]}",
+            ) from None
         width = design.base_width
         spec = redesign(variant, cardinality, width)
         spec._source = variant._source
-        out.append(([f"C{cardinality}x{width}d"], spec,
-                    {"cardinality": cardinality, "base_width": width,
-                     f"template_{design.criterion}": design.target}))
+        out.append(
+            (
+                [f"C{cardinality}x{width}d"],
+                spec,
+                {
+                    "cardinality": cardinality,
+                    "base_width": width,
+                    f"template_{design.criterion}": design.target,
+                },
+            )
+        )
     return out
 
 

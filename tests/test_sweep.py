@@ -39,7 +39,11 @@ def test_cardinality_axis_solves_the_width_at_the_templates_complexity():
     first_seed = [p for p in plan.points if p.seed == 0]
     # the digits ResNeXt-11 family, as `resnext-compile design --table` solves it
     assert [(p.axes["cardinality"], p.axes["base_width"]) for p in first_seed] == [
-        (1, 64), (2, 41), (4, 25), (8, 15)]
+        (1, 64),
+        (2, 41),
+        (4, 25),
+        (8, 15),
+    ]
     assert [p.params for p in first_seed] == [127_498, 127_452, 126_254, 126_978]
     assert {p.axes["template_params"] for p in first_seed} == {127_498}
     assert [p.spec.resolved_stages()[1].group_width for p in first_seed] == [32, 40, 48, 56]
@@ -50,13 +54,16 @@ def test_cardinality_axis_solves_the_width_at_the_templates_complexity():
 def test_values_axis_sets_any_spec_field_and_keys_are_stable(tmp_path):
     from resnext_compiler.sweep import plan_sweep
 
-    path = write_sweep(tmp_path, "axes:\n  values:\n    train.lr: [0.05, 0.2]\n"
-                                 "    stages[1].depth: [1, 2]\nseeds: [3, 7]\n")
+    path = write_sweep(
+        tmp_path,
+        "axes:\n  values:\n    train.lr: [0.05, 0.2]\n    stages[1].depth: [1, 2]\nseeds: [3, 7]\n",
+    )
     plan = plan_sweep(path)
     assert len(plan.points) == 8
     chosen = {(p.spec.train.lr, p.spec.stages[1].depth, p.seed) for p in plan.points}
-    assert chosen == {(lr, depth, seed) for lr in (0.05, 0.2) for depth in (1, 2)
-                      for seed in (3, 7)}
+    assert chosen == {
+        (lr, depth, seed) for lr in (0.05, 0.2) for depth in (1, 2) for seed in (3, 7)
+    }
     assert plan.points[0].label == "lr0.05-depth1"
     assert [p.key for p in plan_sweep(path).points] == [p.key for p in plan.points]
     path.write_text(path.read_text().replace("epochs: 1", "epochs: 2"))
@@ -66,9 +73,12 @@ def test_values_axis_sets_any_spec_field_and_keys_are_stable(tmp_path):
 def test_sample_axis_draws_log_uniform_and_integer_values_from_its_seed(tmp_path):
     from resnext_compiler.sweep import plan_sweep
 
-    path = write_sweep(tmp_path, "axes:\n  sample:\n    count: 6\n    seed: 1\n    ranges:\n"
-                                 "      train.lr: {low: 0.01, high: 1.0, log: true}\n"
-                                 "      stages[0].width: {low: 8, high: 32, quantum: 8}\n")
+    path = write_sweep(
+        tmp_path,
+        "axes:\n  sample:\n    count: 6\n    seed: 1\n    ranges:\n"
+        "      train.lr: {low: 0.01, high: 1.0, log: true}\n"
+        "      stages[0].width: {low: 8, high: 32, quantum: 8}\n",
+    )
     plan = plan_sweep(path)
     rates = [p.spec.train.lr for p in plan.points]
     widths = [p.spec.stages[0].width for p in plan.points]
@@ -79,21 +89,49 @@ def test_sample_axis_draws_log_uniform_and_integer_values_from_its_seed(tmp_path
 
 
 BAD = [
-    ("unknown field", "axis:\n  cardinality: [1]\n", "unknown field 'axis'; did you mean 'axes'?",
-     "sweep.yaml:11:1"),
+    (
+        "unknown field",
+        "axis:\n  cardinality: [1]\n",
+        "unknown field 'axis'; did you mean 'axes'?",
+        "sweep.yaml:11:1",
+    ),
     ("unknown spec field in the template", "", "unknown field 'cardinalty'", "sweep.yaml:7:"),
-    ("not a field path", "axes:\n  values:\n    'train lr': [1]\n", "not a spec field path",
-     "sweep.yaml:13:5"),
-    ("unknown field set by an axis", "axes:\n  values:\n    block.widht: [1, 2]\n",
-     "unknown field 'widht'", "sweep.yaml:13:19"),
-    ("a value the spec refuses", "axes:\n  values:\n    train.lr: [0.1, -1.0]\n",
-     "greater than 0", "sweep.yaml:13:"),
-    ("a stage the template lacks", "axes:\n  values:\n    stages[4].depth: [2]\n",
-     "the template has 2 item(s) there", "sweep.yaml:13:23"),
-    ("repeated cardinality", "axes:\n  cardinality: [2, 2]\n", "cardinality lists a value twice",
-     "sweep.yaml:12:3"),
-    ("a range upside down", "axes:\n  sample:\n    count: 2\n    ranges:\n"
-     "      train.lr: {low: 1.0, high: 0.1}\n", "must be below high", "sweep.yaml:15:7"),
+    (
+        "not a field path",
+        "axes:\n  values:\n    'train lr': [1]\n",
+        "not a spec field path",
+        "sweep.yaml:13:5",
+    ),
+    (
+        "unknown field set by an axis",
+        "axes:\n  values:\n    block.widht: [1, 2]\n",
+        "unknown field 'widht'",
+        "sweep.yaml:13:19",
+    ),
+    (
+        "a value the spec refuses",
+        "axes:\n  values:\n    train.lr: [0.1, -1.0]\n",
+        "greater than 0",
+        "sweep.yaml:13:",
+    ),
+    (
+        "a stage the template lacks",
+        "axes:\n  values:\n    stages[4].depth: [2]\n",
+        "the template has 2 item(s) there",
+        "sweep.yaml:13:23",
+    ),
+    (
+        "repeated cardinality",
+        "axes:\n  cardinality: [2, 2]\n",
+        "cardinality lists a value twice",
+        "sweep.yaml:12:3",
+    ),
+    (
+        "a range upside down",
+        "axes:\n  sample:\n    count: 2\n    ranges:\n      train.lr: {low: 1.0, high: 0.1}\n",
+        "must be below high",
+        "sweep.yaml:15:7",
+    ),
     ("missing data folder", "data: nowhere\n", "data folder not found", "sweep.yaml:11:1"),
     ("missing template", "", "base spec not found", "sweep.yaml:4:"),
 ]
@@ -119,24 +157,34 @@ def test_cardinality_axis_needs_a_bottleneck_template(tmp_path, run_cli):
     path = write_sweep(tmp_path, "axes:\n  cardinality: [1, 2]\n", head)
     result = run_cli("sweep", path, "--dry-run")
     assert result.code == 2
-    assert "sweep.yaml:12:17: axes.cardinality[0]: cardinality 1: design needs a bottleneck" \
+    assert (
+        "sweep.yaml:12:17: axes.cardinality[0]: cardinality 1: design needs a bottleneck"
         in result.err.replace(str(tmp_path) + "/", "")
+    )
 
 
 OVER = [
-    ("points", "axes:\n  values:\n    train.lr: [{v}]\n    head.dropout: [{v}]\n"
-     "    train.weight_decay: [{v}]\n", "the axes make 1 x 100 x 100 x 100 = 1,000,000 points, "
-     "over the sweep's limit of 64", "axes.values.train.lr"),
+    (
+        "points",
+        "axes:\n  values:\n    train.lr: [{v}]\n    head.dropout: [{v}]\n"
+        "    train.weight_decay: [{v}]\n",
+        "the axes make 1 x 100 x 100 x 100 = 1,000,000 points, over the sweep's limit of 64",
+        "axes.values.train.lr",
+    ),
     ("seeds", "seeds: 1000\n", "1000 seeds per point, over the sweep's limit of 10", "seeds"),
-    ("epochs", "axes:\n  cardinality: [1, 2, 4, 8]\nseeds: 5\nlimits: {epochs: 10}\n",
-     "4 point(s) x 5 seed(s) would train 20 epochs, over the sweep's limit of 10",
-     "spec.train.epochs"),
+    (
+        "epochs",
+        "axes:\n  cardinality: [1, 2, 4, 8]\nseeds: 5\nlimits: {epochs: 10}\n",
+        "4 point(s) x 5 seed(s) would train 20 epochs, over the sweep's limit of 10",
+        "spec.train.epochs",
+    ),
 ]
 
 
 @pytest.mark.parametrize("case,tail,message,field", OVER, ids=[o[0] for o in OVER])
-def test_sweep_over_budget_is_refused_located_before_any_work(case, tail, message, field,
-                                                              tmp_path, run_cli):
+def test_sweep_over_budget_is_refused_located_before_any_work(
+    case, tail, message, field, tmp_path, run_cli
+):
     values = ", ".join(f"0.{i:03d}" for i in range(1, 101))
     path = write_sweep(tmp_path, tail.replace("{v}", values))
     assert run_cli("check", REPO / "specs/resnet18.yaml").code == 0  # imports warmed
@@ -160,15 +208,18 @@ def test_limits_section_raises_the_budget(tmp_path, run_cli):
     path = write_sweep(tmp_path, "seeds: 12\nlimits: {seeds: 12}\n")
     result = run_cli("sweep", path, "--dry-run")
     assert result.code == 0, result
-    assert "1 point(s) x 12 seed(s) = 12 run(s), 12 epochs in all (limits: 64 points, " \
-           "12 seeds, 2,000 epochs)" in result.out
+    assert (
+        "1 point(s) x 12 seed(s) = 12 run(s), 12 epochs in all (limits: 64 points, "
+        "12 seeds, 2,000 epochs)" in result.out
+    )
 
 
 def test_committed_schema_is_the_schema_command_output(run_cli):
     result = run_cli("schema", "--sweep")
     assert result.code == 0
     assert json.loads(result.out) == json.loads(
-        (REPO / "specs/sweeps/sweep.schema.json").read_text())
+        (REPO / "specs/sweeps/sweep.schema.json").read_text()
+    )
     assert "cardinality" in json.loads(result.out)["$defs"]["Axes"]["properties"]
 
 
@@ -187,9 +238,19 @@ def _fake_finished_run(run_dir: Path, spec, errors: list[float]) -> None:
     (run_dir / "spec.yaml").write_text(spec.to_yaml())
     (run_dir / CHECKPOINT).parent.mkdir()
     (run_dir / CHECKPOINT).write_bytes(b"")
-    write_metrics(run_dir, [{"epoch": i + 1, "train_top1_error": e + 5, "val_top1_error": e,
-                             "val_top5_error": 0.0, "epoch_time_s": 1.5}
-                            for i, e in enumerate(errors)])
+    write_metrics(
+        run_dir,
+        [
+            {
+                "epoch": i + 1,
+                "train_top1_error": e + 5,
+                "val_top1_error": e,
+                "val_top5_error": 0.0,
+                "epoch_time_s": 1.5,
+            }
+            for i, e in enumerate(errors)
+        ],
+    )
     (run_dir / "sweep_point.json").write_text('{"status": "finished", "wall_s": 3.25}')
 
 
@@ -197,8 +258,11 @@ def test_report_rebuilds_table_and_figures_from_finished_runs(tmp_path, run_cli)
     from resnext_compiler.runtimes.sweep.launch import POINTS, write_sweep_folder
     from resnext_compiler.sweep import plan_sweep
 
-    path = write_sweep(tmp_path, "axes:\n  cardinality: [1, 2]\n  sample:\n    count: 2\n"
-                                 "    ranges: {train.lr: {low: 0.01, high: 0.1}}\nseeds: 2\n")
+    path = write_sweep(
+        tmp_path,
+        "axes:\n  cardinality: [1, 2]\n  sample:\n    count: 2\n"
+        "    ranges: {train.lr: {low: 0.01, high: 0.1}}\nseeds: 2\n",
+    )
     plan = plan_sweep(path)
     out = tmp_path / "out"
     write_sweep_folder(plan, out, jobs=1)
@@ -207,15 +271,16 @@ def test_report_rebuilds_table_and_figures_from_finished_runs(tmp_path, run_cli)
     result = run_cli("sweep", "--report", out)
     assert result.code == 0, result
     lines = (out / "results.csv").read_text().splitlines()
-    assert lines[0] == ("point,seed,status,C,d,params,MACs,epochs,top1_error,time_s,train.lr,"
-                        "error")
+    assert lines[0] == ("point,seed,status,C,d,params,MACs,epochs,top1_error,time_s,train.lr,error")
     first = plan.points[0]
-    assert lines[1].startswith(f"C1x64d-sample000,0,finished,1,64,{first.params},{first.macs},2,"
-                               "40.0000,3.2,")
+    assert lines[1].startswith(
+        f"C1x64d-sample000,0,finished,1,64,{first.params},{first.macs},2,40.0000,3.2,"
+    )
     assert lines[-1].startswith(f"{plan.points[-1].label},1,not run,2,43,")
     summary = (out / "results.md").read_text()
-    assert "| C1x64d-sample000 | 1 | 64 | 11,114 | 2 of 2 | 39.50 ± 0.71 | 39.00 | 40.00 |" \
-        in summary
+    assert (
+        "| C1x64d-sample000 | 1 | 64 | 11,114 | 2 of 2 | 39.50 ± 0.71 | 39.00 | 40.00 |" in summary
+    )
     for name in ("error_vs_cardinality.png", "curves.png", "edf.png"):
         assert (out / name).read_bytes()[:4] == b"\x89PNG", name
         assert f"wrote {out / name}" in result.out
@@ -244,9 +309,12 @@ def test_slurm_sweep_submits_one_array_with_the_files_settings_and_collects_it(t
     from resnext_compiler.runtimes.sweep.report import build_report
     from resnext_compiler.sweep import plan_sweep
 
-    path = write_sweep(tmp_path, "axes:\n  cardinality: [1, 2]\nrun:\n  executor: slurm\n"
-                                 "  jobs: 2\n  time_limit_min: 90\n  slurm: {partition: dev, "
-                                 "cpus_per_point: 4, mem_gb: 16, account: lab}\n")
+    path = write_sweep(
+        tmp_path,
+        "axes:\n  cardinality: [1, 2]\nrun:\n  executor: slurm\n"
+        "  jobs: 2\n  time_limit_min: 90\n  slurm: {partition: dev, "
+        "cpus_per_point: 4, mem_gb: 16, account: lab}\n",
+    )
     plan = plan_sweep(path)
     out = tmp_path / "out"
     with mocked_slurm() as mock:
@@ -254,9 +322,15 @@ def test_slurm_sweep_submits_one_array_with_the_files_settings_and_collects_it(t
         assert skipped == [] and {t.threads for t in tasks} == {4}
         jobs = submit_slurm(plan, out, tasks, jobs=2)
         sbatch = jobs[0].paths.submission_file.read_text()
-        for line in ("#SBATCH --array=0-1%2", "#SBATCH --partition=dev", "#SBATCH --time=90",
-                     "#SBATCH --cpus-per-task=4", "#SBATCH --mem=16GB", "#SBATCH --account=lab",
-                     "#SBATCH --ntasks-per-node=1"):
+        for line in (
+            "#SBATCH --array=0-1%2",
+            "#SBATCH --partition=dev",
+            "#SBATCH --time=90",
+            "#SBATCH --cpus-per-task=4",
+            "#SBATCH --mem=16GB",
+            "#SBATCH --account=lab",
+            "#SBATCH --ntasks-per-node=1",
+        ):
             assert line in sbatch, (line, sbatch)
         assert "gpus" not in sbatch
         with pytest.raises(UserError, match="still RUNNING"):  # a re-run does not resubmit

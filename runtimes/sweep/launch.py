@@ -36,8 +36,15 @@ from resnext_compiler.sweep import SweepPlan
 
 PLAN_FILE, SWEEP_FILE, SLURM_JOBS = "plan.json", "sweep.yaml", "slurm_jobs.json"
 POINTS, SPECS, LOGS = "points", "specs", "submitit"
-ACTIVE_SLURM_STATES = ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING",
-                       "SUSPENDED", "RESIZING")
+ACTIVE_SLURM_STATES = (
+    "PENDING",
+    "RUNNING",
+    "REQUEUED",
+    "CONFIGURING",
+    "COMPLETING",
+    "SUSPENDED",
+    "RESIZING",
+)
 STOP_WAIT_S = 60  # how long an interrupted sweep waits for its points to save and stop
 
 
@@ -75,8 +82,7 @@ def run_sweep(plan: SweepPlan, out: Path, jobs: int, echo: Callable[[str], None]
         return SweepRun(tuple(outcomes), tuple(skipped))
 
 
-def write_sweep_folder(plan: SweepPlan, out: Path, jobs: int
-                       ) -> tuple[list[PointTask], list[str]]:
+def write_sweep_folder(plan: SweepPlan, out: Path, jobs: int) -> tuple[list[PointTask], list[str]]:
     """Write the sweep file, plan and point specs; the tasks of the unfinished points and the
     keys of the finished ones."""
     run = plan.sweep.run
@@ -90,8 +96,18 @@ def write_sweep_folder(plan: SweepPlan, out: Path, jobs: int
             continue
         spec_file = out / SPECS / f"{point.key}.yaml"
         write_text_atomic(spec_file, point.spec.to_yaml())
-        tasks.append(PointTask(point.key, str(run_dir.resolve()), str(spec_file.resolve()),
-                               plan.data_dir, point.seed, 0, run.workers, run.gpus_per_point))
+        tasks.append(
+            PointTask(
+                point.key,
+                str(run_dir.resolve()),
+                str(spec_file.resolve()),
+                plan.data_dir,
+                point.seed,
+                0,
+                run.workers,
+                run.gpus_per_point,
+            )
+        )
     if run.executor == "slurm":
         threads = run.slurm.cpus_per_point
     else:
@@ -108,8 +124,9 @@ def _sweep_lock(out: Path) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise UserError(f"another sweep is running in {out}; wait for it or stop it "
-                            "first") from None
+            raise UserError(
+                f"another sweep is running in {out}; wait for it or stop it first"
+            ) from None
         yield
     finally:
         os.close(fd)
@@ -155,15 +172,23 @@ def _outcome(job: Any, task: PointTask) -> PointOutcome:
         return job.result()
     except submitit.core.utils.FailedJobError as exc:
         first = next((line for line in reversed(str(exc).splitlines()) if line.strip()), "")
-        return PointOutcome(task.key, FAILED, f"internal error in the worker ({first[:300]}); "
-                            f"log: {job.paths.stderr}")
+        return PointOutcome(
+            task.key,
+            FAILED,
+            f"internal error in the worker ({first[:300]}); log: {job.paths.stderr}",
+        )
     except submitit.core.utils.UncompletedJobError:
-        return PointOutcome(task.key, FAILED, "the worker ended without an answer (killed, "
-                            f"out of memory or over its time limit); log: {job.paths.stderr}")
+        return PointOutcome(
+            task.key,
+            FAILED,
+            "the worker ended without an answer (killed, "
+            f"out of memory or over its time limit); log: {job.paths.stderr}",
+        )
 
 
-def _run_local(plan: SweepPlan, out: Path, tasks: list[PointTask], jobs: int,
-               echo: Callable[[str], None]) -> list[PointOutcome]:
+def _run_local(
+    plan: SweepPlan, out: Path, tasks: list[PointTask], jobs: int, echo: Callable[[str], None]
+) -> list[PointOutcome]:
     import submitit
 
     run = plan.sweep.run
@@ -175,16 +200,18 @@ def _run_local(plan: SweepPlan, out: Path, tasks: list[PointTask], jobs: int,
     running: dict[Any, tuple[PointTask, int]] = {}
     outcomes: list[PointOutcome] = []
     total = len(tasks)
-    echo(f"{total} point(s) to train, {min(jobs, total)} at a time, "
-         f"{tasks[0].threads} thread(s) each; logs in {out / LOGS}")
+    echo(
+        f"{total} point(s) to train, {min(jobs, total)} at a time, "
+        f"{tasks[0].threads} thread(s) each; logs in {out / LOGS}"
+    )
     try:
         while pending or running:
             while pending and free_slots:
                 task, slot = pending.pop(), free_slots.pop(0)
                 # each point in flight gets its own GPUs (CUDA_VISIBLE_DEVICES)
-                executor.update_parameters(gpus_per_node=gpus,
-                                           visible_gpus=list(range(slot * gpus,
-                                                                   (slot + 1) * gpus)))
+                executor.update_parameters(
+                    gpus_per_node=gpus, visible_gpus=list(range(slot * gpus, (slot + 1) * gpus))
+                )
                 running[executor.submit(run_point, task)] = (task, slot)
             ended = [job for job in running if job.done()]
             for job in ended:
@@ -219,10 +246,15 @@ def slurm_executor(plan: SweepPlan, out: Path, jobs: int) -> Any:
     run = plan.sweep.run
     settings = run.slurm
     parameters: dict[str, Any] = {
-        "job_name": file_stem(f"sweep-{plan.sweep.name}"), "time": run.time_limit_min,
-        "nodes": 1, "ntasks_per_node": 1, "cpus_per_task": settings.cpus_per_point,
-        "array_parallelism": jobs, "partition": settings.partition,
-        "account": settings.account, "constraint": settings.constraint,
+        "job_name": file_stem(f"sweep-{plan.sweep.name}"),
+        "time": run.time_limit_min,
+        "nodes": 1,
+        "ntasks_per_node": 1,
+        "cpus_per_task": settings.cpus_per_point,
+        "array_parallelism": jobs,
+        "partition": settings.partition,
+        "account": settings.account,
+        "constraint": settings.constraint,
         "mem": f"{settings.mem_gb}GB" if settings.mem_gb else None,
         # one task per point: `train --gpus N` starts its own processes (torchrun)
         "gpus_per_node": run.gpus_per_point or None,
@@ -242,15 +274,22 @@ def submit_slurm(plan: SweepPlan, out: Path, tasks: list[PointTask], jobs: int) 
             for job_id in json.loads(recorded.read_text()):
                 state = submitit.SlurmJob(out / LOGS, str(job_id)).state
                 if state in ACTIVE_SLURM_STATES:
-                    raise UserError(f"Slurm job {job_id} of this sweep is still {state}; re-run "
-                                    "when it has ended (or scancel it)")
+                    raise UserError(
+                        f"Slurm job {job_id} of this sweep is still {state}; re-run "
+                        "when it has ended (or scancel it)"
+                    )
     submitted = slurm_executor(plan, out, jobs).map_array(run_point, tasks)
     write_text_atomic(recorded, json.dumps([job.job_id for job in submitted]))
     return submitted
 
 
-def collect(plan: SweepPlan, out: Path, pairs: list[tuple[Any, PointTask]],
-            echo: Callable[[str], None], poll_s: float = 10.0) -> list[PointOutcome]:
+def collect(
+    plan: SweepPlan,
+    out: Path,
+    pairs: list[tuple[Any, PointTask]],
+    echo: Callable[[str], None],
+    poll_s: float = 10.0,
+) -> list[PointOutcome]:
     """Wait for submitted jobs, reporting each as it ends."""
     waiting = list(pairs)
     outcomes: list[PointOutcome] = []
@@ -265,11 +304,14 @@ def collect(plan: SweepPlan, out: Path, pairs: list[tuple[Any, PointTask]],
     return outcomes
 
 
-def _run_slurm(plan: SweepPlan, out: Path, tasks: list[PointTask], jobs: int,
-               echo: Callable[[str], None]) -> list[PointOutcome]:
+def _run_slurm(
+    plan: SweepPlan, out: Path, tasks: list[PointTask], jobs: int, echo: Callable[[str], None]
+) -> list[PointOutcome]:
     submitted = submit_slurm(plan, out, tasks, jobs)
-    echo(f"submitted {len(tasks)} point(s) as Slurm array {submitted[0].job_id.split('_')[0]} "
-         f"({jobs} at a time); logs in {out / LOGS}. Ctrl-C stops waiting, not the jobs.")
+    echo(
+        f"submitted {len(tasks)} point(s) as Slurm array {submitted[0].job_id.split('_')[0]} "
+        f"({jobs} at a time); logs in {out / LOGS}. Ctrl-C stops waiting, not the jobs."
+    )
     try:
         return collect(plan, out, list(zip(submitted, tasks, strict=True)), echo)
     except KeyboardInterrupt:

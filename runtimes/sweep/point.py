@@ -97,8 +97,11 @@ def run_point(task: PointTask) -> PointOutcome:
     run_dir = Path(task.run_dir)
     with _exclusive(run_dir) as mine:
         if not mine:
-            return PointOutcome(task.key, FAILED, f"{run_dir} is being trained by another "
-                                "process (an earlier sweep still running?)")
+            return PointOutcome(
+                task.key,
+                FAILED,
+                f"{run_dir} is being trained by another process (an earlier sweep still running?)",
+            )
         started = time.monotonic()
         previous = float(read_status(run_dir).get("wall_s", 0.0) or 0.0)
         state = point_state(run_dir)
@@ -108,11 +111,16 @@ def run_point(task: PointTask) -> PointOutcome:
         try:
             interrupted = _train(task, run_dir, resume=state == INTERRUPTED)
         except ResnextError as exc:
-            outcome = PointOutcome(task.key, FAILED, error_text(exc),
-                                   previous + time.monotonic() - started)
+            outcome = PointOutcome(
+                task.key, FAILED, error_text(exc), previous + time.monotonic() - started
+            )
         else:
-            outcome = PointOutcome(task.key, INTERRUPTED if interrupted else FINISHED, "",
-                                   previous + time.monotonic() - started)
+            outcome = PointOutcome(
+                task.key,
+                INTERRUPTED if interrupted else FINISHED,
+                "",
+                previous + time.monotonic() - started,
+            )
         _record(run_dir, outcome.status, outcome.message, outcome.wall_s)
         if outcome.status == FINISHED:
             from resnext_compiler.runtimes.train.plot import plot_runs
@@ -130,9 +138,13 @@ def _train(task: PointTask, run_dir: Path, resume: bool) -> bool:
         summary = execute(resume_config(run_dir), resume=True)
     else:
         overrides = TrainOverrides(
-            data_dir=task.data_dir, nproc=max(1, task.gpus),
-            device="cuda" if task.gpus else "cpu", seed=task.seed, workers=task.workers,
-            threads=task.threads)
+            data_dir=task.data_dir,
+            nproc=max(1, task.gpus),
+            device="cuda" if task.gpus else "cpu",
+            seed=task.seed,
+            workers=task.workers,
+            threads=task.threads,
+        )
         config, data = prepare_run(Path(task.spec_file), overrides, run_dir)
         summary = execute(config, data=data)
     for line in summary.lines():
@@ -142,5 +154,7 @@ def _train(task: PointTask, run_dir: Path, resume: bool) -> bool:
 
 def _record(run_dir: Path, status: str, message: str, wall_s: float) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(run_dir / STATUS_FILE, json.dumps(
-        {"status": status, "error": message, "wall_s": round(wall_s, 3)}, indent=2))
+    write_text_atomic(
+        run_dir / STATUS_FILE,
+        json.dumps({"status": status, "error": message, "wall_s": round(wall_s, 3)}, indent=2),
+    )

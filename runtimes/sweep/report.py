@@ -22,8 +22,7 @@ from resnext_compiler.runtimes.sweep.point import FAILED, FINISHED, point_state,
 
 RESULTS_CSV, RESULTS_MD = "results.csv", "results.md"
 ERROR_FIGURE, CURVES_FIGURE, EDF_FIGURE = "error_vs_cardinality.png", "curves.png", "edf.png"
-COLUMNS = ("point", "seed", "status", "C", "d", "params", "MACs", "epochs", "top1_error",
-           "time_s")
+COLUMNS = ("point", "seed", "status", "C", "d", "params", "MACs", "epochs", "top1_error", "time_s")
 # what the cardinality axis records besides C and d (not a separate axis in the table)
 _DESIGN_KEYS = ("cardinality", "base_width", "template_params", "template_macs")
 
@@ -61,16 +60,19 @@ class Report:
 def read_plan(out: Path) -> dict[str, Any]:
     path = out / PLAN_FILE
     if not path.is_file():
-        raise UserError(f"{out} is not a sweep folder (no {PLAN_FILE}; `resnext-compile sweep "
-                        "SWEEP.yaml` makes one)")
+        raise UserError(
+            f"{out} is not a sweep folder (no {PLAN_FILE}; `resnext-compile sweep "
+            "SWEEP.yaml` makes one)"
+        )
     try:
         plan = json.loads(path.read_text())
         points = plan["points"]
         if not isinstance(points, list):
             raise TypeError("points is not a list")
     except (ValueError, TypeError, KeyError, RecursionError) as exc:
-        raise UserError(f"{path}: corrupt sweep plan ({type(exc).__name__}: "
-                        f"{str(exc)[:200]})") from None
+        raise UserError(
+            f"{path}: corrupt sweep plan ({type(exc).__name__}: {str(exc)[:200]})"
+        ) from None
     return plan
 
 
@@ -89,14 +91,23 @@ def collect_rows(out: Path, plan: dict[str, Any]) -> list[Row]:
             status = FAILED
         else:
             status = state if state != "new" else "not run"
-        rows.append(Row(
-            key=str(point["key"]), label=str(point["label"]), seed=int(point["seed"]),
-            status=status, cardinality=int(point["cardinality"]),
-            base_width=int(point["base_width"]), params=int(point["params"]),
-            macs=int(point["macs"]), epochs=len(history),
-            top1_error=float(history[-1]["val_top1_error"]) if state == FINISHED else None,
-            time_s=float(record["wall_s"]) if record.get("wall_s") else None,
-            axes=dict(point.get("axes") or {}), error=str(record.get("error") or "")))
+        rows.append(
+            Row(
+                key=str(point["key"]),
+                label=str(point["label"]),
+                seed=int(point["seed"]),
+                status=status,
+                cardinality=int(point["cardinality"]),
+                base_width=int(point["base_width"]),
+                params=int(point["params"]),
+                macs=int(point["macs"]),
+                epochs=len(history),
+                top1_error=float(history[-1]["val_top1_error"]) if state == FINISHED else None,
+                time_s=float(record["wall_s"]) if record.get("wall_s") else None,
+                axes=dict(point.get("axes") or {}),
+                error=str(record.get("error") or ""),
+            )
+        )
     return rows
 
 
@@ -104,8 +115,10 @@ def build_report(out: Path) -> Report:
     """Write the table and figures into the sweep folder `out` from what is on disk."""
     plan = read_plan(out)
     rows = collect_rows(out, plan)
-    files = [write_text_atomic(out / RESULTS_CSV, results_csv(rows)),
-             write_text_atomic(out / RESULTS_MD, results_markdown(rows))]
+    files = [
+        write_text_atomic(out / RESULTS_CSV, results_csv(rows)),
+        write_text_atomic(out / RESULTS_MD, results_markdown(rows)),
+    ]
     finished = [row for row in rows if row.status == FINISHED]
     if finished and plan.get("match"):
         files.append(plot_error_vs_cardinality(finished, out / ERROR_FIGURE, plan["match"]))
@@ -114,8 +127,7 @@ def build_report(out: Path) -> Report:
 
         first_seed = min(row.seed for row in finished)
         runs = [out / POINTS / row.key for row in finished if row.seed == first_seed]
-        files.append(plot_runs(runs, out / CURVES_FIGURE,
-                               f"training curves (seed {first_seed})"))
+        files.append(plot_runs(runs, out / CURVES_FIGURE, f"training curves (seed {first_seed})"))
     if finished and plan.get("sampled"):
         files.append(plot_edf(finished, out / EDF_FIGURE))
     return Report(rows, files)
@@ -131,42 +143,102 @@ def results_csv(rows: list[Row]) -> str:
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow([*COLUMNS, *extra, "error"])
     for row in rows:
-        writer.writerow([row.label, row.seed, row.status, row.cardinality, row.base_width,
-                         row.params, row.macs, row.epochs,
-                         "" if row.top1_error is None else f"{row.top1_error:.4f}",
-                         "" if row.time_s is None else f"{row.time_s:.1f}",
-                         *(json.dumps(row.axes.get(name)) if name in row.axes else ""
-                           for name in extra), row.error])
+        writer.writerow(
+            [
+                row.label,
+                row.seed,
+                row.status,
+                row.cardinality,
+                row.base_width,
+                row.params,
+                row.macs,
+                row.epochs,
+                "" if row.top1_error is None else f"{row.top1_error:.4f}",
+                "" if row.time_s is None else f"{row.time_s:.1f}",
+                *(json.dumps(row.axes.get(name)) if name in row.axes else "" for name in extra),
+                row.error,
+            ]
+        )
     return buffer.getvalue()
 
 
 def results_markdown(rows: list[Row]) -> str:
     """One line per run, then one per point with the spread over seeds."""
     extra = _axis_columns(rows)
-    head = ["point", "seed", "C", "d", "params", "MMACs", "epochs", "top-1 error (%)",
-            "time (s)", *extra, "status"]
+    head = [
+        "point",
+        "seed",
+        "C",
+        "d",
+        "params",
+        "MMACs",
+        "epochs",
+        "top-1 error (%)",
+        "time (s)",
+        *extra,
+        "status",
+    ]
     lines = [_md_row(head), _md_row(["---"] * len(head))]
     for row in rows:
-        lines.append(_md_row([row.label, row.seed, row.cardinality, row.base_width,
-                              f"{row.params:,}", f"{row.macs / 1e6:.2f}", row.epochs,
-                              _number(row.top1_error), _number(row.time_s, 0),
-                              *(_cell(row.axes.get(name)) for name in extra),
-                              row.status if not row.error else f"{row.status}: {row.error}"]))
+        lines.append(
+            _md_row(
+                [
+                    row.label,
+                    row.seed,
+                    row.cardinality,
+                    row.base_width,
+                    f"{row.params:,}",
+                    f"{row.macs / 1e6:.2f}",
+                    row.epochs,
+                    _number(row.top1_error),
+                    _number(row.time_s, 0),
+                    *(_cell(row.axes.get(name)) for name in extra),
+                    row.status if not row.error else f"{row.status}: {row.error}",
+                ]
+            )
+        )
     by_point: dict[str, list[Row]] = {}
     for row in rows:
         by_point.setdefault(row.label, []).append(row)
-    lines += ["", _md_row(["point", "C", "d", "params", "finished seeds",
-                           "top-1 error (%) mean ± sd", "min", "max"]),
-              _md_row(["---"] * 8)]
+    lines += [
+        "",
+        _md_row(
+            [
+                "point",
+                "C",
+                "d",
+                "params",
+                "finished seeds",
+                "top-1 error (%) mean ± sd",
+                "min",
+                "max",
+            ]
+        ),
+        _md_row(["---"] * 8),
+    ]
     for label, group in by_point.items():
         errors = [row.top1_error for row in group if row.top1_error is not None]
-        spread = (f"{statistics.mean(errors):.2f} ± "
-                  f"{statistics.stdev(errors) if len(errors) > 1 else 0:.2f}" if errors else "-")
+        spread = (
+            f"{statistics.mean(errors):.2f} ± "
+            f"{statistics.stdev(errors) if len(errors) > 1 else 0:.2f}"
+            if errors
+            else "-"
+        )
         first = group[0]
-        lines.append(_md_row([label, first.cardinality, first.base_width, f"{first.params:,}",
-                              f"{len(errors)} of {len(group)}", spread,
-                              _number(min(errors, default=None)),
-                              _number(max(errors, default=None))]))
+        lines.append(
+            _md_row(
+                [
+                    label,
+                    first.cardinality,
+                    first.base_width,
+                    f"{first.params:,}",
+                    f"{len(errors)} of {len(group)}",
+                    spread,
+                    _number(min(errors, default=None)),
+                    _number(max(errors, default=None)),
+                ]
+            )
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -200,19 +272,38 @@ def plot_error_vs_cardinality(rows: list[Row], output: Path, match: str) -> Path
             by_c.setdefault(row.cardinality, []).append(row.top1_error)  # type: ignore[arg-type]
             ticks[row.cardinality] = f"{row.cardinality}x{row.base_width}d"
         cs = sorted(by_c)
-        axes.scatter([c for c in cs for _ in by_c[c]], [e for c in cs for e in by_c[c]],
-                     color=colour, alpha=0.5, s=16)
-        axes.plot(cs, [statistics.mean(by_c[c]) for c in cs], "-o", color=colour,
-                  label=f"{name or 'mean'} (mean of {max(len(v) for v in by_c.values())} "
-                  "seed(s))")
-        axes.fill_between(cs, [min(by_c[c]) for c in cs], [max(by_c[c]) for c in cs],
-                          color=colour, alpha=0.15)
+        axes.scatter(
+            [c for c in cs for _ in by_c[c]],
+            [e for c in cs for e in by_c[c]],
+            color=colour,
+            alpha=0.5,
+            s=16,
+        )
+        seeds = max(len(v) for v in by_c.values())
+        axes.plot(
+            cs,
+            [statistics.mean(by_c[c]) for c in cs],
+            "-o",
+            color=colour,
+            label=f"{name + ': ' if name else ''}mean of {seeds} seed(s), band min-max",
+        )
+        axes.fill_between(
+            cs, [min(by_c[c]) for c in cs], [max(by_c[c]) for c in cs], color=colour, alpha=0.15
+        )
     axes.set_xscale("log", base=2)
     axes.set_xticks(sorted(ticks), [ticks[c] for c in sorted(ticks)])
     axes.minorticks_off()
     what = "parameters" if match == "params" else "multiply-accumulates"
-    return save_figure(figure, axes, output, f"top-1 error vs cardinality at fixed {what}",
-                       "cardinality C x bottleneck width d")
+    targets = {row.axes.get(f"template_{match}") for row in rows} - {None}
+    if len(targets) == 1:
+        what = f"{what} ({targets.pop():,})"
+    return save_figure(
+        figure,
+        axes,
+        output,
+        f"top-1 error vs cardinality at fixed {what}",
+        "cardinality C x bottleneck width d",
+    )
 
 
 def plot_edf(rows: list[Row], output: Path) -> Path:
@@ -229,8 +320,19 @@ def plot_edf(rows: list[Row], output: Path) -> Path:
     for index, (name, errors) in enumerate(groups.items()):
         errors = sorted(errors)
         fractions = [(i + 1) / len(errors) for i in range(len(errors))]
-        axes.step(errors, fractions, where="post", color=colour_cycle(index),
-                  label=f"{name} (n={len(errors)})")
+        axes.step(
+            errors,
+            fractions,
+            where="post",
+            color=colour_cycle(index),
+            label=f"{name} (n={len(errors)})",
+        )
     axes.set_ylim(0, 1.02)
-    return save_figure(figure, axes, output, "error distribution function",
-                       "top-1 error (%)", "fraction of runs with lower error")
+    return save_figure(
+        figure,
+        axes,
+        output,
+        "error distribution function",
+        "top-1 error (%)",
+        "fraction of runs with lower error",
+    )
