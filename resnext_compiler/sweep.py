@@ -291,6 +291,12 @@ def load_sweep(path: str | Path) -> tuple[SweepFile, Spec, SourceMap, str]:
         list(source.files),
     )
     template = spec_from_data(sweep.spec, inner, file)
+    if template.preprocess is not None and isinstance(template.preprocess.labels, str):
+        # class names read once, from the file the template names: point specs live elsewhere
+        preprocess = template.preprocess.model_copy(update={"labels": list(template.labels or ())})
+        named = template.model_copy(update={"preprocess": preprocess})
+        named._source, named._labels = template._source, template._labels
+        template = named
     return sweep, template, source, file.read_text(encoding="utf-8")
 
 
@@ -473,8 +479,6 @@ def _variant(template: Spec, overrides: tuple[_Override, ...], sweep_source: Sou
     if not overrides:
         return template
     data = template.model_dump(mode="json", exclude={"extends"}, exclude_none=True)
-    if isinstance(template.preprocess and template.preprocess.labels, str):
-        data["preprocess"]["labels"] = list(template.labels or ())  # read once, from its file
     source = SourceMap(dict(template.source.locations), list(template.source.files))
     problems = []
     for override in overrides:

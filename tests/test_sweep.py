@@ -347,3 +347,19 @@ def test_slurm_sweep_submits_one_array_with_the_files_settings_and_collects_it(t
         executor = slurm_executor(gpu_plan, tmp_path / "gpu", jobs=3)
         job = executor.submit(print, "x")
         assert "#SBATCH --gpus-per-node=2" in job.paths.submission_file.read_text()
+
+
+def test_point_specs_carry_the_class_names_of_a_labels_file_the_template_names(tmp_path):
+    from resnext_compiler.spec import parse_spec
+    from resnext_compiler.sweep import plan_sweep
+
+    (tmp_path / "labels.txt").write_text("".join(f"digit {i}\n" for i in range(10)))
+    head = SWEEP_HEAD.replace(
+        "  head: {num_classes: 10}\n",
+        "  head: {num_classes: 10}\n  preprocess: {labels: labels.txt}\n",
+    )
+    plan = plan_sweep(write_sweep(tmp_path, "axes:\n  cardinality: [2]\n", head))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    point = parse_spec(plan.points[0].spec.to_yaml(), "point.yaml", elsewhere)
+    assert point.labels == tuple(f"digit {i}" for i in range(10))
