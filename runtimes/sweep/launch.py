@@ -202,7 +202,7 @@ def _run_local(
     total = len(tasks)
     echo(
         f"{total} point(s) to train, {min(jobs, total)} at a time, "
-        f"{tasks[0].threads} thread(s) each; logs in {out / LOGS}"
+        f"at most {tasks[0].threads} thread(s) each; logs in {out / LOGS}"
     )
     try:
         while pending or running:

@@ -131,22 +131,30 @@ def run_point(task: PointTask) -> PointOutcome:
 
 def _train(task: PointTask, run_dir: Path, resume: bool) -> bool:
     """Run the train runner on the point; True when it stopped early (a signal)."""
+    import torch
+
     from resnext_compiler.runtimes.train.config import TrainOverrides
     from resnext_compiler.runtimes.train.runner import execute, prepare_run, resume_config
 
-    if resume:
-        summary = execute(resume_config(run_dir), resume=True)
-    else:
-        overrides = TrainOverrides(
-            data_dir=task.data_dir,
-            nproc=max(1, task.gpus),
-            device="cuda" if task.gpus else "cpu",
-            seed=task.seed,
-            workers=task.workers,
-            threads=task.threads,
-        )
-        config, data = prepare_run(Path(task.spec_file), overrides, run_dir)
-        summary = execute(config, data=data)
+    # The point's share of the cores is the most it uses: the runner still picks one thread
+    # for networks too small to gain from more (runtimes/train/loop.cpu_threads).
+    previous = torch.get_num_threads()
+    torch.set_num_threads(task.threads)
+    try:
+        if resume:
+            summary = execute(resume_config(run_dir), resume=True)
+        else:
+            overrides = TrainOverrides(
+                data_dir=task.data_dir,
+                nproc=max(1, task.gpus),
+                device="cuda" if task.gpus else "cpu",
+                seed=task.seed,
+                workers=task.workers,
+            )
+            config, data = prepare_run(Path(task.spec_file), overrides, run_dir)
+            summary = execute(config, data=data)
+    finally:
+        torch.set_num_threads(previous)
     for line in summary.lines():
         print(line, flush=True)
     return summary.interrupted
