@@ -191,7 +191,9 @@ class SweepFile(_Model):
         1, description="Seeds per point: a count (0, 1, ...) or a list of seeds."
     )
     data: str | None = Field(
-        None, max_length=4096, description="Data folder (train --data), relative to this file."
+        None,
+        max_length=4096,
+        description="Data folder (train --data), relative to this file; ~ is your home.",
     )
     run: RunSettings = RunSettings()
     limits: SweepLimits = SweepLimits()
@@ -394,7 +396,7 @@ def plan_sweep(path: str | Path) -> SweepPlan:
         )
     data_dir = None
     if sweep.data is not None:
-        data_dir = str((file.parent / sweep.data).resolve())
+        data_dir = str((file.parent / Path(sweep.data).expanduser()).resolve())
         if not Path(data_dir).is_dir():
             raise refuse(("data",), f"data folder not found: {data_dir}")
     points: list[Point] = []
