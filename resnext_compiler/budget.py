@@ -23,8 +23,26 @@ from resnext_compiler.spec import ResolvedStage, Spec
 GiB = 1024**3
 
 
+class Limits:
+    """A set of named integer limits that `NAME=VALUE` assignments raise or lower (the
+    `--budget` option of specs; the `limits:` section of a sweep file)."""
+
+    def raised(self, assignments: list[str]) -> Limits:
+        """These limits with `NAME=VALUE` assignments applied."""
+        names = [f.name for f in fields(self)]  # type: ignore[arg-type]
+        changes: dict[str, int] = {}
+        for text in assignments:
+            name, _, value = text.partition("=")
+            name = name.strip()
+            if name not in names or not value:
+                raise UserError(f"--budget {text!r}: expected NAME=VALUE with NAME one of "
+                                f"{', '.join(names)}")
+            changes[name] = _parse_amount(value, f"--budget {name}")
+        return replace(self, **changes)  # type: ignore[type-var]
+
+
 @dataclass(frozen=True)
-class Budget:
+class Budget(Limits):
     """Most a spec may cost. `memory` is the float32 activations of every node at the batch
     (what a training step keeps for the backward pass), in bytes."""
 
@@ -34,18 +52,15 @@ class Budget:
     macs: int = 2_000_000_000_000  # per sample; ResNeXt-101 64x4d at 224 px needs 15.5e9
     memory: int = MAX_ACTIVATION_BYTES
 
-    def raised(self, assignments: list[str]) -> Budget:
-        """This budget with `NAME=VALUE` assignments applied (the `--budget` option)."""
-        names = [f.name for f in fields(self)]
-        changes: dict[str, int] = {}
-        for text in assignments:
-            name, _, value = text.partition("=")
-            name = name.strip()
-            if name not in names or not value:
-                raise UserError(f"--budget {text!r}: expected NAME=VALUE with NAME one of "
-                                f"{', '.join(names)}")
-            changes[name] = _parse_amount(value, f"--budget {name}")
-        return replace(self, **changes)
+
+@dataclass(frozen=True)
+class SweepBudget(Limits):
+    """Most a sweep file may ask for, checked before any point is built or trained: distinct
+    points (configurations), seeds per point, and epochs summed over every run."""
+
+    points: int = 64
+    seeds: int = 10
+    epochs: int = 2_000
 
 
 DEFAULT_BUDGET = Budget()

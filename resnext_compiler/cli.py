@@ -72,7 +72,7 @@ def _root(
 compile_commands.register(app)
 
 # Other command families register themselves here (each module has `register(app)`).
-for _module_name in ("serve", "design", "import_weights", "train"):
+for _module_name in ("serve", "design", "import_weights", "train", "sweep"):
     __import__(f"resnext_compiler.commands.{_module_name}", fromlist=["register"]).register(app)
 
 

@@ -130,7 +130,8 @@ def solve(template: Spec, cardinality: int, match: Criterion = "params") -> Desi
     measure = _measure(template, cardinality)
     # The narrowest stage must keep at least one channel per path (the width rule inverted).
     narrowest = min(stage.width for stage in template.resolved_stages())
-    low = next(d for d in itertools.count(1) if bottleneck_path_width(narrowest, d) >= 1)
+    low_bound = low = next(d for d in itertools.count(1)
+                           if bottleneck_path_width(narrowest, d) >= 1)
     high = low
     while measure(high).value(match) < target:
         high *= 2
@@ -144,10 +145,10 @@ def solve(template: Spec, cardinality: int, match: Criterion = "params") -> Desi
         else:
             high = mid
     best = low
-    if best > 1 and (abs(measure(best - 1).value(match) - target)
+    if best > low_bound and (abs(measure(best - 1).value(match) - target)
                      <= abs(measure(best).value(match) - target)):
         best -= 1
-    neighbours = tuple(measure(d) for d in (best - 1, best, best + 1) if d >= 1)
+    neighbours = tuple(measure(d) for d in (best - 1, best, best + 1) if d >= low_bound)
     return Design(template.name, cardinality, match, reference.params, reference.macs,
                   measure(best), neighbours)
 

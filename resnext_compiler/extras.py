@@ -3,7 +3,7 @@
 The base install plus `[cpu]` or `[gpu]` is the deploy install: it compiles to every backend
 that does not run torch, inspects, checks, designs, serves and evaluates ONNX files. The
 `train` extra adds torch (training, the in-memory torch module, PyTorch checkpoints, evaluate
-SPEC --weights) and matplotlib (`plot`). A command that needs a module its install lacks is a
+SPEC --weights), matplotlib (`plot`) and submitit (`sweep`). A command that needs a module its install lacks is a
 user error (exit 2) that names the extra, never an ImportError traceback. onnxruntime has its
 own check (`onnxruntime_install`), since there the problem can also be two builds at once.
 """
@@ -17,7 +17,9 @@ from resnext_compiler.errors import UserError
 
 TRAIN_EXTRA = "train"
 # module -> (extra, what the module is for in this project)
-EXTRA_OF_MODULE: dict[str, str] = {"torch": TRAIN_EXTRA, "matplotlib": TRAIN_EXTRA}
+EXTRA_OF_MODULE: dict[str, str] = {
+    "torch": TRAIN_EXTRA, "matplotlib": TRAIN_EXTRA, "submitit": TRAIN_EXTRA,
+}
 CPU_TORCH_INDEX = "https://download.pytorch.org/whl/cpu"
 
 

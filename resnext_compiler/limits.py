@@ -34,3 +34,10 @@ def image_pixels_problem(source: tuple[int, int], target: tuple[int, int] | None
         if width * height > max_pixels:
             return f"{what} is {width}x{height}, more than {max_pixels} pixels"
     return None
+
+# Sweep files (`resnext-compile sweep`): hard ranges of the schema. The default budget
+# (`budget.SweepBudget`, raised in a sweep's `limits:`) is far lower.
+MAX_SWEEP_POINTS = 10_000  # configurations in one sweep
+MAX_SWEEP_SEEDS = 1_000  # seeds per configuration
+MAX_SWEEP_EPOCHS = 10_000_000  # epochs summed over every run of a sweep
+MAX_SWEEP_FIELDS = 32  # spec fields one axis may vary

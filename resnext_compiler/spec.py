@@ -430,7 +430,10 @@ def _model_in(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
-def _diagnostics(exc: ValidationError, source: SourceMap) -> list[Diagnostic]:
+def model_diagnostics(exc: ValidationError, source: SourceMap,
+                      model: type[BaseModel]) -> list[Diagnostic]:
+    """Located problems of a document that pydantic `model` refused, in file order: unknown
+    fields with 'did you mean', missing ones, wrong values with what was given."""
     out = []
     for err in exc.errors(include_url=False):
         loc = tuple(err["loc"])
@@ -439,7 +442,7 @@ def _diagnostics(exc: ValidationError, source: SourceMap) -> list[Diagnostic]:
         message = err["msg"]
         if err["type"] == "extra_forbidden":
             key = clean[-1]
-            allowed = _field_names(Spec, clean[:-1])
+            allowed = _field_names(model, clean[:-1])
             message = f"unknown field {key!r}"
             close = difflib.get_close_matches(str(key), allowed, n=1)
             if close:
@@ -460,8 +463,9 @@ def _position(diagnostic: Diagnostic) -> tuple[str, int, int]:
 
 
 def _is_branch_tag(part: str) -> bool:
-    return part in ("int", "StageSpec", "function-before[_stage_shorthand(), list[StageSpec]]") or (
-        part.startswith(("function-", "literal[", "list[", "json-or-python["))
+    return part in ("int", "float", "str", "bool", "StageSpec",
+                    "function-before[_stage_shorthand(), list[StageSpec]]") or (
+        part.startswith(("function-", "literal[", "list[", "dict[", "json-or-python["))
     )
 
 
@@ -483,7 +487,7 @@ def _validate(data: Any, source: SourceMap) -> Spec:
     try:
         spec = Spec.model_validate(data)
     except ValidationError as exc:
-        raise SpecError(_diagnostics(exc, source)) from None
+        raise SpecError(model_diagnostics(exc, source, Spec)) from None
     spec._source = source
     spec._labels, problems = _preprocess_problems(spec)
     if problems:
@@ -553,6 +557,19 @@ def parse_spec(text: str, filename: str = "<string>", base_dir: str | Path = "."
     """Like `load_spec`, from text; `extends` paths are relative to `base_dir`."""
     data, source = read_yaml(text, filename)
     data, source = _resolve_extends(data, source, Path(base_dir) / filename, ())
+    return _validate(data, source)
+
+
+def spec_from_data(data: Any, source: SourceMap, filename: Path) -> Spec:
+    """A spec held inside another YAML document (a sweep file's `spec:`): `extends` is
+    resolved relative to `filename`, and problems are located by `source`."""
+    data, source = _resolve_extends(data, source, filename, (filename.resolve(),))
+    return _validate(data, source)
+
+
+def validate_spec(data: Any, source: SourceMap) -> Spec:
+    """Validate spec data (no `extends` left) whose locations `source` holds. Raises
+    SpecError."""
     return _validate(data, source)
 
 

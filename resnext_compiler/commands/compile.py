@@ -303,9 +303,14 @@ def onnx_summary(path: Path) -> dict:
     }
 
 
-def schema_command() -> None:
+def schema_command(
+    sweep: bool = typer.Option(False, "--sweep", help="The schema of sweep files instead."),
+) -> None:
     """Print the JSON Schema of spec v1 (for yaml-language-server completion)."""
-    from resnext_compiler.spec import json_schema
+    if sweep:
+        from resnext_compiler.sweep import json_schema
+    else:
+        from resnext_compiler.spec import json_schema
 
     typer.echo(json.dumps(json_schema(), indent=2))
 

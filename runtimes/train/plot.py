@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Any
 
 from resnext_compiler.artifacts import write_bytes_atomic
 from resnext_compiler.errors import UserError
@@ -45,15 +46,9 @@ def plot_runs(runs: list[Path], output: Path, title: str | None = None) -> Path:
                             " written by `resnext-compile train`)")
         curves.append(rows)
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(6.4, 4.8), dpi=120)
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    figure, axes = new_figure()
     for i, (label, rows) in enumerate(zip(run_labels(runs), curves, strict=True)):
-        colour = colours[i % len(colours)]
+        colour = colour_cycle(i)
         epochs = [row["epoch"] for row in rows]
         # a line needs two points: short runs (one epoch above all) get a marker per epoch
         marker = {"marker": "o", "markersize": 4} if len(epochs) <= MARKED_EPOCHS else {}
@@ -61,13 +56,39 @@ def plot_runs(runs: list[Path], output: Path, title: str | None = None) -> Path:
                   label=f"{label} (train)", **marker)
         axes.plot(epochs, [row["val_top1_error"] for row in rows], "-", color=colour,
                   label=f"{label} (val)", **marker)
-    axes.set_xlabel("epochs")
-    axes.set_ylabel("top-1 error (%)")
-    axes.set_title(title or "training curves")
+    return save_figure(figure, axes, output, title or "training curves", "epochs")
+
+
+def new_figure() -> tuple[Any, Any]:
+    """A figure and axes in the project's style (also used by sweep reports)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=(6.4, 4.8), dpi=120)
+
+
+def colour_cycle(index: int) -> str:
+    import matplotlib.pyplot as plt
+
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    return colours[index % len(colours)]
+
+
+def save_figure(figure: Any, axes: Any, output: Path, title: str, xlabel: str,
+                ylabel: str = "top-1 error (%)") -> Path:
+    """Label, grid and legend the axes, then write the PNG atomically; returns its path."""
+    import matplotlib.pyplot as plt
+
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    axes.set_title(title)
     axes.grid(True, alpha=0.3)
-    # beside the axes, never over the curves, however long the run names are
-    axes.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0),
-                borderaxespad=0.0)
+    if axes.get_legend_handles_labels()[0]:
+        # beside the axes, never over the curves, however long the run names are
+        axes.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0),
+                    borderaxespad=0.0)
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", bbox_inches="tight")
     plt.close(figure)
