@@ -3,9 +3,10 @@
 The base install plus `[cpu]` or `[gpu]` is the deploy install: it compiles to every backend
 that does not run torch, inspects, checks, designs, serves and evaluates ONNX files. The
 `train` extra adds torch (training, the in-memory torch module, PyTorch checkpoints, evaluate
-SPEC --weights), matplotlib (`plot`) and submitit (`sweep`). A command that needs a module its install lacks is a
-user error (exit 2) that names the extra, never an ImportError traceback. onnxruntime has its
-own check (`onnxruntime_install`), since there the problem can also be two builds at once.
+SPEC --weights), matplotlib (`plot`) and submitit (`sweep`). A command that needs a module its
+install lacks is a user error (exit 2) that names the extra, never an ImportError traceback.
+onnxruntime has its own check (`onnxruntime_install`), since there the problem can also be two
+builds at once.
 """
 
 from __future__ import annotations
