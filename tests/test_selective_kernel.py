@@ -155,3 +155,55 @@ def test_bad_selective_kernel_options_are_located(text, field, message, tmp_path
     (problem,) = error.value.diagnostics
     assert problem.field == field and message in problem.message
     assert problem.format().startswith(f"{spec_path}:4:")
+
+
+SK_DIGITS = """\
+spec_version: 1
+name: tiny_sk_digits
+input: {channels: 1, height: 8, width: 8}
+stem: cifar
+block: {type: selective_kernel, cardinality: 2, base_width: 16, attention_divisor: 8}
+stages: [{depth: 1, width: 8}, {depth: 1, width: 16, stride: 2}]
+head: {num_classes: 10}
+train: {dataset: digits, epochs: 3, batch_size: 32, lr: 0.1, schedule: cosine}
+"""
+
+
+def test_train_evaluate_int8_and_serve_need_no_block_specific_code(tmp_path, run_cli):
+    """The runtimes see only a graph, weights and an ONNX file: a selective-kernel network
+    trains, evaluates (torch and onnxruntime agree), quantizes and serves like any other."""
+    import json
+
+    import httpx
+    from test_int8 import write_split
+    from test_serve_helpers import running_server
+
+    from resnext_compiler.runtimes.serve.config import ServeConfig
+    from resnext_compiler.runtimes.serve.server import load_models
+    from resnext_compiler.runtimes.train.datasets import open_dataset
+
+    (tmp_path / "sk.yaml").write_text(SK_DIGITS)
+    run = tmp_path / "run"
+    assert run_cli("train", tmp_path / "sk.yaml", "--run-dir", run, "--threads", "1").code == 0
+    data = open_dataset(load_spec(tmp_path / "sk.yaml"), "digits", None, augment="none")
+    write_split(data.train, tmp_path / "train")
+    write_split(data.val, tmp_path / "val")
+    spec, weights = run / "spec.yaml", run / "model.safetensors"
+    errors = {}
+    for name, extra in (("fp32", ()), ("int8", ("--dtype", "int8", "--calibrate",
+                                                tmp_path / "train"))):
+        result = run_cli(spec, "--weights", weights, "-o", tmp_path / f"{name}.onnx", *extra)
+        assert result.code == 0, result.err
+    for name, model in (("torch", (spec, "--weights", weights)),
+                        ("fp32", (tmp_path / "fp32.onnx",)), ("int8", (tmp_path / "int8.onnx",))):
+        result = run_cli("evaluate", *model, "--data", tmp_path / "val", "--json")
+        assert result.code == 0, result.err
+        errors[name] = json.loads(result.out)["top1_error"]
+    assert errors["torch"] == errors["fp32"] < 50  # it learned, and ONNX computes the same
+    assert abs(errors["int8"] - errors["fp32"]) <= 2
+    models, _ = load_models(tmp_path / "int8.onnx", ServeConfig(device="cpu", max_batch=8))
+    png = next((tmp_path / "val" / "3").iterdir()).read_bytes()
+    with running_server(models) as server:
+        answer = httpx.post(f"{server.url}/v1/classify?top_k=3",
+                            files={"file": ("x.png", png, "image/png")})
+    assert answer.status_code == 200 and len(answer.json()["predictions"]) == 3
