@@ -6,7 +6,7 @@ A plugin package names its objects in its own metadata, e.g. in its pyproject.to
     my_block = "my_package.my_block:BLOCK_TYPE"
 
 and every registry (`blocks.block_types`, `stems.stem_types`, the data sets) adds them after
-its built-ins. The installed distributions are scanned once per process (a few milliseconds);
+its built-ins. The installed distributions are scanned once per process, for all groups at once;
 backends use the same mechanism (`backends/registry.py`) but load theirs only when asked.
 """
 
@@ -16,7 +16,7 @@ import functools
 import warnings
 from collections.abc import Callable
 from importlib.metadata import EntryPoint, entry_points
-from typing import TypeVar
+from typing import Any, TypeVar
 
 BLOCKS_GROUP = "resnext_compiler.blocks"
 STEMS_GROUP = "resnext_compiler.stems"
@@ -26,8 +26,13 @@ T = TypeVar("T")
 
 
 @functools.cache
-def _entry_points(group: str) -> tuple[EntryPoint, ...]:
-    return tuple(sorted(entry_points(group=group), key=lambda ep: ep.name))
+def _all_entry_points() -> Any:
+    """One scan of the installed distributions for every group (each scan costs ~5 ms)."""
+    return entry_points()
+
+
+def _entry_points(group: str) -> list[EntryPoint]:
+    return sorted(_all_entry_points().select(group=group), key=lambda ep: ep.name)
 
 
 def load_plugins(group: str, kind: type[T], builtins: dict[str, T],
