@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 from resnext_compiler.blocks import BlockType, block_options, block_type, block_types
+from resnext_compiler.dataset_types import dataset_types
 from resnext_compiler.errors import Diagnostic, Location, SpecError, format_field_path
 from resnext_compiler.input_contract import parse_labels
 from resnext_compiler.limits import (
@@ -133,8 +134,9 @@ class HeadSpec(_Model):
 class TrainSpec(_Model):
     """Defaults for `resnext-compile train`; CLI flags override."""
 
-    dataset: Literal["imagenet", "cifar10", "cifar100", "imagefolder", "digits", "synthetic"] = (
-        "imagenet"
+    dataset: _choice(dataset_types()) = Field(  # type: ignore[valid-type]
+        "imagenet",
+        description="; ".join(f"{d.name}: {d.description}" for d in dataset_types().values()),
     )
     epochs: int = Field(100, ge=1, le=MAX_EPOCHS)
     batch_size: int = Field(256, ge=1, le=MAX_BATCH,

@@ -12,13 +12,13 @@ import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from resnext_compiler.dataset_types import dataset_type, dataset_types
 from resnext_compiler.errors import UserError
 from resnext_compiler.input_contract import InputContract
 from resnext_compiler.spec import Spec
 
 SCHEDULES = ("step", "cosine")
 AUGMENTS = ("auto", "none", "crop", "crop-flip", "rrc-flip")
-DATASETS = ("imagenet", "cifar10", "cifar100", "imagefolder", "digits", "synthetic")
 AMP_DTYPES = ("bf16", "fp16")
 
 
@@ -152,7 +152,8 @@ def scaled_lr(reference_lr: float, reference_batch: int, batch_size: int) -> flo
 
 def default_milestones(dataset: str, epochs: int) -> tuple[int, ...]:
     """ImageNet: x0.1 every 30 epochs (seed, He et al. 2016); CIFAR-style: at 50% and 75%."""
-    if dataset in ("imagenet", "imagefolder"):
+    known = dataset_type(dataset)
+    if known is not None and known.image_folders:
         return tuple(range(30, epochs, 30))
     return tuple(sorted({max(1, math.ceil(epochs * 0.5)), max(1, math.ceil(epochs * 0.75))}))
 
@@ -167,7 +168,7 @@ def resolve_config(spec: Spec, overrides: TrainOverrides, run_dir: Path) -> Trai
     train = spec.train
     o = overrides
     dataset = o.dataset or train.dataset
-    _check_choice("--dataset", dataset, DATASETS)
+    _check_choice("--dataset", dataset, tuple(dataset_types()))
     schedule = o.schedule or train.schedule
     _check_choice("--schedule", schedule, SCHEDULES)
     augment = o.augment or train.augment
@@ -205,7 +206,7 @@ def resolve_config(spec: Spec, overrides: TrainOverrides, run_dir: Path) -> Trai
         _check_choice("--amp-dtype", amp_dtype, AMP_DTYPES)
         if amp_dtype == "fp16" and o.device == "cpu":
             raise UserError("fp16 autocast needs a GPU; on CPU use --amp-dtype bf16")
-    if o.data_dir is None and dataset in ("imagenet", "imagefolder", "cifar10", "cifar100"):
+    if o.data_dir is None and dataset_types()[dataset].needs_data_dir:
         raise UserError(f"the {dataset} data set needs --data DIR (nothing is downloaded); "
                         "run `resnext-compile train` with no arguments for the embedded digits")
     lr = o.lr if o.lr is not None else scaled_lr(train.lr, train.batch_size, batch_size)
