@@ -179,6 +179,10 @@ class _NetBuilder:
                 self.refuse(node, f"a network ending in {op.kind} has no Caffe output layer")
             return
         top = self.top(node)
+        if isinstance(op, ops.Conv) and op.dilation != 1:
+            self.refuse(node, f"the Caffe backend writes no dilated convolution (dilation "
+                        f"{op.dilation}); compile this network to ONNX instead")
+            return
         if isinstance(op, ops.Conv):
             blobs = [self.param(f"{name}.weight")] + ([self.param(f"{name}.bias")]
                                                        if op.bias else [])

@@ -17,6 +17,7 @@ from pathlib import Path
 from resnext_compiler import ops
 from resnext_compiler.artifacts import write_bytes_atomic, write_text_atomic
 from resnext_compiler.backends.base import CompileOptions, SingleFileBackend
+from resnext_compiler.blocks import block_type
 from resnext_compiler.errors import ResnextError, UserError
 from resnext_compiler.ir import INPUT, BlockRecord, Graph, Node
 from resnext_compiler.spec import Spec
@@ -43,6 +44,7 @@ def _op_text(op: ops.Op) -> str:
     if isinstance(op, ops.Conv):
         groups = f" g{op.groups}" if op.groups > 1 else ""
         stride = f"/{op.stride}" if op.stride > 1 else ""
+        stride += f" dilation {op.dilation}" if op.dilation > 1 else ""
         return (f"conv {op.kernel_size}x{op.kernel_size}{stride}{groups} "
                 f"{op.in_channels}->{op.out_channels}")
     if isinstance(op, (ops.MaxPool, ops.AvgPool)):
@@ -62,12 +64,9 @@ def _op_text(op: ops.Op) -> str:
 
 def describe_block(block: BlockRecord) -> str:
     """One line for a residual block, read from the graph's record of it."""
-    if block.type == "basic":
-        text = f"{block.prefix}  basic w={block.path_width} stride {block.stride}"
-    else:
-        form = "" if block.form == "C" else f" (form {block.form})"
-        text = (f"{block.prefix}  bottleneck C={block.cardinality} d={block.path_width} "
-                f"stride {block.stride}{form}")
+    form = "" if block.form == "C" else f" (form {block.form})"
+    summary = block_type(block.type).summary(block)
+    text = f"{block.prefix}  {summary} stride {block.stride}{form}"
     extras = []
     if block.preact:
         extras.append("pre-activation")

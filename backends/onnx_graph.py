@@ -101,7 +101,7 @@ class _Emitter:
             params = [f"{name}.weight"] + ([f"{name}.bias"] if op.bias else [])
             k, p = op.kernel_size, op.padding
             self.add("Conv", name, xs + params, out, kernel_shape=[k, k], strides=[op.stride] * 2,
-                     pads=[p] * 4, group=op.groups, dilations=[1, 1])
+                     pads=[p] * 4, group=op.groups, dilations=[op.dilation] * 2)
         elif isinstance(op, ops.BatchNorm):
             params = [f"{name}.{s}" for s in ("weight", "bias", "running_mean", "running_var")]
             self.add("BatchNormalization", name, xs + params, out, epsilon=op.eps)
@@ -132,6 +132,15 @@ class _Emitter:
             self.add("Mul", name, xs, out)
         elif isinstance(op, ops.Concat):
             self.add("Concat", name, xs, out, axis=1)
+        elif isinstance(op, ops.PathSoftmax):  # [N, M*C, H, W] -> [N, M, C, H, W], softmax, back
+            shape = self.graph.shape_of(name)
+            split = self.constant(f"{name}.split_shape",
+                                  [0, op.paths, shape.channels // op.paths, shape.height,
+                                   shape.width])
+            joined = self.constant(f"{name}.joined_shape", [0, *shape.as_list()])
+            self.add("Reshape", f"{name}.split", [*xs, split], f"{name}.split")
+            self.add("Softmax", f"{name}.softmax", [f"{name}.split"], f"{name}.softmax", axis=1)
+            self.add("Reshape", name, [f"{name}.softmax", joined], out)
         elif isinstance(op, ops.Slice):
             args = [self.constant(f"{name}.{key}", value) for key, value in
                     (("starts", [op.start]), ("ends", [op.stop]), ("axes", [1]))]

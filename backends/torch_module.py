@@ -31,6 +31,7 @@ def make_module(op: ops.Op) -> nn.Module | None:
             op.kernel_size,
             op.stride,
             op.padding,
+            dilation=op.dilation,
             groups=op.groups,
             bias=op.bias,
         )
@@ -55,6 +56,12 @@ def _channel_slice(x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
     return x[:, start:stop]
 
 
+def _path_softmax(x: torch.Tensor, paths: int) -> torch.Tensor:
+    """Softmax across `paths` blocks of channels (ops.PathSoftmax)."""
+    return x.unflatten(1, (paths, -1)).softmax(1).flatten(1, 2)
+
+
+fx.wrap("_path_softmax")
 fx.wrap("_pad_channels")
 fx.wrap("_subsample")
 fx.wrap("_channel_slice")
@@ -87,6 +94,8 @@ def _emit_function(g: fx.Graph, node: Node, args: list[fx.Node]) -> fx.Node:
         return g.call_function(operator.mul, (args[0], args[1]))
     if kind == "concat":
         return g.call_function(torch.cat, (list(args), 1))
+    if kind == "path_softmax":
+        return g.call_function(_path_softmax, (args[0], op.paths))
     if kind == "slice":
         return g.call_function(_channel_slice, (args[0], op.start, op.stop))
     if kind == "pad_channels":

@@ -16,6 +16,7 @@ import jinja2
 from resnext_compiler import __version__, ops
 from resnext_compiler.artifacts import write_text_atomic
 from resnext_compiler.backends.base import CompileOptions, SingleFileBackend
+from resnext_compiler.blocks import block_type
 from resnext_compiler.errors import UserError
 from resnext_compiler.input_contract import resolve_contract
 from resnext_compiler.ir import INPUT, BlockRecord, Graph
@@ -30,6 +31,7 @@ def _module_expr(op: ops.Op) -> str | None:
     if isinstance(op, ops.Conv):
         extra = f", stride={op.stride}" if op.stride != 1 else ""
         extra += f", padding={op.padding}" if op.padding else ""
+        extra += f", dilation={op.dilation}" if op.dilation != 1 else ""
         extra += f", groups={op.groups}" if op.groups != 1 else ""
         extra += f", bias={op.bias}"
         return f"nn.Conv2d({op.in_channels}, {op.out_channels}, {op.kernel_size}{extra})"
@@ -71,6 +73,8 @@ def _function_expr(op: ops.Op, args: list[str]) -> str:
             return f"{args[0]} * {args[1]}"
         case ops.Concat():
             return f"torch.cat([{', '.join(args)}], dim=1)"
+        case ops.PathSoftmax():
+            return f"{a}.unflatten(1, ({op.paths}, -1)).softmax(1).flatten(1, 2)"
         case ops.Slice():
             return f"{a}[:, {op.start}:{op.stop}]"
         case ops.PadChannels():
@@ -167,10 +171,9 @@ def _forward_lines(graph: Graph) -> list[str]:
 
 
 def _block_summary(block: BlockRecord) -> str:
-    """`bottleneck 32x4d (form C), stride 2`: the paper's C x d, from the block record."""
-    if block.type == "basic":
-        return f"basic, width {block.path_width}, stride {block.stride}"
-    return f"bottleneck {block.cxd} (form {block.form}), stride {block.stride}"
+    """`bottleneck C=32 d=4 (form C), stride 2`: the block type's summary of the record."""
+    form = f" (form {block.form})" if block_type(block.type).forms else ""
+    return f"{block_type(block.type).summary(block)}{form}, stride {block.stride}"
 
 
 def _chunks(text: str, size: int = 60) -> list[str]:

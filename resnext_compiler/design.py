@@ -17,8 +17,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal
 
+from resnext_compiler.blocks.grouped import bottleneck_path_width
 from resnext_compiler.errors import UserError
-from resnext_compiler.spec import Spec, StageSpec, bottleneck_path_width, parse_spec
+from resnext_compiler.spec import Spec, StageSpec, parse_spec
 
 Criterion = Literal["params", "macs"]
 CRITERIA: tuple[str, ...] = ("params", "macs")
@@ -106,8 +107,10 @@ def _measure(template: Spec, cardinality: int) -> Callable[[int], Candidate]:
 
 
 def _check_template(template: Spec) -> None:
-    if any(stage.type != "bottleneck" for stage in template.resolved_stages()):
-        raise UserError(f"design needs a bottleneck template; {template.name} has basic blocks "
+    flat = sorted({s.type for s in template.resolved_stages() if not s.block_type.grouped})
+    if flat:
+        raise UserError(f"design needs a bottleneck template (blocks of C paths of width d); "
+                        f"{template.name} has {', '.join(flat)} blocks "
                         "(the 1x-complexity rule varies the bottleneck width d)")
 
 

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from resnext_compiler.dataset_types import IMAGENET_MEAN, IMAGENET_STD, dataset_type
 from resnext_compiler.errors import UserError
 
 if TYPE_CHECKING:  # spec.py imports this module (parse_labels)
@@ -34,15 +35,6 @@ SCALES = ("0-1", "0-255")
 FLOAT_NCHW, UINT8_NHWC = "float32_nchw", "uint8_nhwc"
 INPUT_FORMATS = (FLOAT_NCHW, UINT8_NHWC)
 
-# Per-channel (mean, std) in 0-1 units: the usual published values.
-DATASET_STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
-    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
-    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-    "digits": ((0.3053,), (0.3759,)),  # measured over the 1797 images
-    "synthetic": ((0.5,), (0.25,)),
-}
-IMAGE_FOLDER_SETS = ("imagenet", "imagefolder")
 
 # ONNX metadata_props / Triton parameter keys (docs/onnx.md).
 KEY_PREFIX = "preprocess."
@@ -58,8 +50,8 @@ class InputContract:
     width: int
     resize: str = "crop"
     crop_fraction: float = IMAGENET_CROP_FRACTION
-    mean: tuple[float, ...] = DATASET_STATS["imagenet"][0]
-    std: tuple[float, ...] = DATASET_STATS["imagenet"][1]
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
     scale: str = "0-1"
     labels: tuple[str, ...] | None = None
     input_format: str = FLOAT_NCHW  # uint8_nhwc: normalisation happens inside the graph
@@ -155,8 +147,9 @@ def _floats(values: tuple[float, ...]) -> str:
 
 
 def dataset_stats(dataset: str, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel (mean, std), 0-1 units, for a data set (ImageNet's for image folders)."""
-    mean, std = DATASET_STATS.get(dataset, DATASET_STATS["imagenet"])
+    """Per-channel (mean, std), 0-1 units, for a data set (ImageNet's for an unknown one)."""
+    known = dataset_type(dataset)
+    mean, std = (known.mean, known.std) if known is not None else (IMAGENET_MEAN, IMAGENET_STD)
     if len(mean) == channels:
         return mean, std
     # A grey-scale view of a colour recipe (or the reverse): average / repeat the values.
@@ -169,7 +162,8 @@ def default_contract(channels: int, height: int, width: int,
     """The documented default for a data set: ImageNet-style folders above 64 px crop 0.875,
     everything else resizes directly; mean/std are the data set's published values."""
     mean, std = dataset_stats(dataset, channels)
-    crops = dataset in IMAGE_FOLDER_SETS and min(height, width) > SMALL_INPUT
+    known = dataset_type(dataset)
+    crops = known is not None and known.image_folders and min(height, width) > SMALL_INPUT
     return InputContract(channels, height, width, "crop" if crops else "direct",
                          IMAGENET_CROP_FRACTION if crops else 1.0, mean, std)
 

@@ -63,11 +63,13 @@ class BlockRecord:
     `shortcut` is `identity`, `subsample` (shortcut A, strided), `zero-pad` (shortcut A,
     widening), `projection` or `avg-pool + projection` (ResNet-D). `cardinality_origin` and
     `stride_origin` are the spec field paths that set C and the stride, for located errors.
+    `options` holds the block type's own options beyond C, d and the form (a selective-kernel
+    block's path dilations), as (name, value) pairs.
     """
 
     prefix: str  # module path of the block, e.g. "layer2.0"
     stage: str
-    type: str  # "bottleneck" | "basic"
+    type: str  # a registered block type: "bottleneck", "basic", "selective_kernel", ...
     form: str  # "A" | "B" | "C" (Fig. 3)
     cardinality: int
     path_width: int
@@ -80,6 +82,11 @@ class BlockRecord:
     origin: str = ""
     cardinality_origin: str = ""
     stride_origin: str = ""
+    options: tuple[tuple[str, object], ...] = ()
+
+    def option(self, name: str) -> object:
+        """The value of one of the block type's own options."""
+        return dict(self.options)[name]
 
     @property
     def group_width(self) -> int:

@@ -7,7 +7,7 @@ Map sizes are left to shape inference, whose errors point back at spec lines via
 from __future__ import annotations
 
 from resnext_compiler import __version__
-from resnext_compiler.blocks import BLOCKS, BlockContext
+from resnext_compiler.blocks import BlockContext
 from resnext_compiler.errors import Diagnostic, SpecError
 from resnext_compiler.ir import Graph, GraphBuilder
 from resnext_compiler.ops import (
@@ -20,7 +20,7 @@ from resnext_compiler.ops import (
     TensorShape,
 )
 from resnext_compiler.spec import ResolvedStage, Spec
-from resnext_compiler.stems import STEMS
+from resnext_compiler.stems import stem_types
 
 
 def _field_tuple(path: str) -> tuple[str | int, ...]:
@@ -39,7 +39,7 @@ def diagnostic(spec: Spec, field: str, message: str) -> Diagnostic:
 
 
 def check_spec(spec: Spec) -> list[Diagnostic]:
-    """Problems of the stage fields themselves: block-type options, the width rule.
+    """Problems of the stage fields themselves: block-type options (the width rule, ...).
 
     Feature-map sizes are not checked here: shape inference (`passes.shapes`) does that on the
     lowered graph, and `pipeline.compile_spec` maps its errors back to spec lines.
@@ -51,50 +51,16 @@ def check_spec(spec: Spec) -> list[Diagnostic]:
 
 
 def _check_stage(spec: Spec, stage: ResolvedStage) -> list[Diagnostic]:
-    out: list[Diagnostic] = []
-    if stage.type == "basic":
-        if stage.cardinality != 1:
-            out.append(
-                diagnostic(
-                    spec,
-                    stage.origin("cardinality"),
-                    "the basic block has no grouped conv; cardinality must be 1 "
-                    "(use type: bottleneck for ResNeXt)",
-                )
-            )
-        if stage.explicit_group_width is not None:
-            out.append(
-                diagnostic(
-                    spec,
-                    stage.origin("group_width"),
-                    "group_width applies to bottleneck blocks only",
-                )
-            )
-        if stage.form != "C":
-            out.append(
-                diagnostic(
-                    spec, stage.origin("form"), "block forms A/B/C apply to bottleneck blocks only"
-                )
-            )
-    elif stage.explicit_group_width is not None:
-        if stage.explicit_group_width % stage.cardinality:
-            out.append(
-                diagnostic(
-                    spec,
-                    stage.origin("group_width"),
-                    f"group width {stage.explicit_group_width} is not divisible by cardinality "
-                    f"{stage.cardinality} (each of the C paths needs the same width)",
-                )
-            )
-    elif stage.path_width == 0:
-        out.append(
-            diagnostic(
-                spec,
-                stage.origin("base_width"),
-                f"bottleneck width floor({stage.width} * {stage.base_width} / 64) is 0; "
-                f"raise base_width or width",
-            )
-        )
+    """The block type's own checks, and options set that the block type does not read."""
+    block_type = stage.block_type
+    out = []
+    for name in stage.foreign_options():
+        reads = ", ".join(block_type.options) or "no block options"
+        out.append(diagnostic(spec, stage.origin(name),
+                              f"the {block_type.name} block has no {name} (it reads {reads}); "
+                              f"remove {name} or choose another block type"))
+    for name, message in block_type.check(stage):
+        out.append(diagnostic(spec, stage.origin(name), message))
     return out
 
 
@@ -115,13 +81,13 @@ def lower(spec: Spec) -> Graph:
     shape = TensorShape(spec.input.channels, spec.input.height, spec.input.width)
     b = GraphBuilder(spec.name, shape)
     b.stage, b.block, b.origin = "stem", "stem", "stem"
-    x, channels = STEMS[spec.stem](b, spec.input.channels)
+    x, channels = stem_types()[spec.stem].lower(b, spec.input.channels)
     preact = False
     for stage in spec.resolved_stages():
         problem = _shortcut_problem(spec, stage, channels)
         if problem is not None:
             problems.append(problem)
-        lower_block = BLOCKS[stage.type]
+        lower_block = stage.block_type.lower
         b.stage = stage.name
         for i in range(stage.depth):
             ctx = BlockContext(

@@ -59,7 +59,8 @@ def _conv_out(size: int, kernel: int, stride: int, padding: int, ceil: bool = Fa
 
 
 def _spatial(
-    op_name: str, shape: TensorShape, kernel: int, stride: int, padding: int, ceil: bool = False
+    op_name: str, shape: TensorShape, kernel: int, stride: int, padding: int, ceil: bool = False,
+    dilation: int = 1,
 ) -> tuple[int, int]:
     if stride > 1 and (shape.height < stride or shape.width < stride):
         raise ShapeError(
@@ -67,11 +68,13 @@ def _spatial(
             f"of at least {stride}x{stride} and receives {shape.height}x{shape.width}; "
             f"use a larger input or a smaller stride"
         )
-    height = _conv_out(shape.height, kernel, stride, padding, ceil)
-    width = _conv_out(shape.width, kernel, stride, padding, ceil)
+    span = dilation * (kernel - 1) + 1  # a dilated kernel's reach
+    height = _conv_out(shape.height, span, stride, padding, ceil)
+    width = _conv_out(shape.width, span, stride, padding, ceil)
     if height < 1 or width < 1:
+        reach = f", dilation {dilation}" if dilation != 1 else ""
         raise ShapeError(
-            f"{op_name} (kernel {kernel}, stride {stride}, padding {padding}) "
+            f"{op_name} (kernel {kernel}, stride {stride}, padding {padding}{reach}) "
             f"shrinks a {shape.height}x{shape.width} feature map below 1x1"
         )
     return height, width
@@ -100,6 +103,9 @@ class Op:
 
 @dataclass(frozen=True)
 class Conv(Op):
+    """2-D convolution; `dilation` > 1 spaces the kernel taps (Yu and Koltun 2016), as the
+    selective-kernel block's second path does."""
+
     kind: ClassVar[str] = "conv"
     in_channels: int
     out_channels: int
@@ -108,6 +114,7 @@ class Conv(Op):
     padding: int = 0
     groups: int = 1
     bias: bool = False
+    dilation: int = 1
 
     def infer(self, inputs: list[TensorShape]) -> TensorShape:
         (x,) = inputs
@@ -118,7 +125,8 @@ class Conv(Op):
                 raise ShapeError(
                     f"{name} channels {channels} are not divisible by {self.groups} groups"
                 )
-        height, width = _spatial("conv", x, self.kernel_size, self.stride, self.padding)
+        height, width = _spatial("conv", x, self.kernel_size, self.stride, self.padding,
+                                 dilation=self.dilation)
         return TensorShape(self.out_channels, height, width)
 
     def params(self) -> list[ParamSpec]:
@@ -287,6 +295,22 @@ class Mul(Op):
 
 
 @dataclass(frozen=True)
+class PathSoftmax(Op):
+    """Softmax across `paths` groups of channels, per channel and pixel: the input's channels
+    are `paths` blocks of C, and output channel (i, c) is exp(x[i, c]) / sum_j exp(x[j, c])
+    (the selective-kernel attention, Li et al. 2019, Eq. 5)."""
+
+    kind: ClassVar[str] = "path_softmax"
+    paths: int = 2
+
+    def infer(self, inputs: list[TensorShape]) -> TensorShape:
+        (x,) = inputs
+        if self.paths < 1 or x.channels % self.paths:
+            raise ShapeError(f"{x.channels} channels do not split into {self.paths} paths")
+        return x
+
+
+@dataclass(frozen=True)
 class Concat(Op):
     """Channel concatenation (block form B)."""
 
@@ -359,6 +383,7 @@ OPS: dict[str, type[Op]] = {
         Add,
         Mul,
         Concat,
+        PathSoftmax,
         Slice,
         PadChannels,
         Subsample,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from resnext_compiler.blocks import block_type
 from resnext_compiler.ir import Graph
 from resnext_compiler.ops import TensorShape
 from resnext_compiler.passes.complexity import Complexity
@@ -32,14 +33,14 @@ def report_dict(spec: Spec, graph: Graph, cost: Complexity) -> dict[str, Any]:
         }
         block = first_block.get(stage.name)
         if block is not None:
-            bottleneck = block.type == "bottleneck"
+            grouped = block_type(block.type).grouped
             width, base_width = widths[stage.name]
             entry.update(
                 block=block.type,
                 cardinality=block.cardinality,
                 base_width=base_width,
-                group_width=block.group_width if bottleneck else None,
-                path_width=block.path_width if bottleneck else None,
+                group_width=block.group_width if grouped else None,
+                path_width=block.path_width if grouped else None,
                 width=width,
                 stride=block.stride,
                 form=block.form,
@@ -67,11 +68,9 @@ def report_table(spec: Spec, graph: Graph, cost: Complexity) -> str:
     header = ["stage", "blocks", "C x d", "output", "params", "GMACs", "act. MiB"]
     rows = []
     for st in data["stages"]:
-        cxd = ""
-        if st.get("block") == "bottleneck":
+        cxd = st.get("block", "")
+        if st.get("path_width") is not None:  # a grouped block: the paper's C x d
             cxd = f"{st['cardinality']} x {st['path_width']}d"
-        elif st.get("block") == "basic":
-            cxd = "basic"
         rows.append(
             [
                 st["name"],

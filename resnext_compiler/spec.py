@@ -9,17 +9,27 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    create_model,
+)
 
+from resnext_compiler.blocks import BlockType, block_options, block_type, block_types
+from resnext_compiler.dataset_types import dataset_types
 from resnext_compiler.errors import Diagnostic, Location, SpecError, format_field_path
 from resnext_compiler.input_contract import parse_labels
 from resnext_compiler.limits import (
     MAX_BATCH,
-    MAX_CARDINALITY,
     MAX_CHANNELS,
     MAX_CLASSES,
     MAX_EPOCHS,
@@ -29,9 +39,9 @@ from resnext_compiler.limits import (
     MAX_STAGE_DEPTH,
     MAX_STAGES,
 )
+from resnext_compiler.stems import stem_types
 from resnext_compiler.yaml_source import FieldPath, SourceMap, read_yaml, read_yaml_file
 
-SPEC_VERSION = 1
 # First line of every spec the tool writes (and of specs/*.yaml): editors running the YAML
 # language server complete and check fields against `resnext-compile schema > spec.schema.json`.
 SCHEMA_COMMENT = "# yaml-language-server: $schema=spec.schema.json"
@@ -50,59 +60,70 @@ class InputSpec(_Model):
     width: int = Field(224, ge=1, le=MAX_IMAGE_SIDE)
 
 
-BlockType = Literal["bottleneck", "basic"]
-BlockForm = Literal["A", "B", "C"]
+def _choice(names: Iterable[str]) -> Any:
+    """A Literal of the registered names (the spec's allowed values come from the registry)."""
+    return Literal[tuple(names)]
 
 
-class BlockSpec(_Model):
-    """Defaults for every residual block; stages may override any of them."""
-
-    type: BlockType = Field(
-        "bottleneck", description="bottleneck (1x1-3x3-1x1) or basic (3x3-3x3)."
-    )
-    cardinality: int = Field(
-        1, ge=1, le=MAX_CARDINALITY,
-        description="Number of parallel paths C (the seed's -cardinality)."
-    )
-    base_width: int = Field(
-        64, ge=1, le=MAX_CHANNELS,
-        description="Bottleneck width d per path at width 64 (the seed's -baseWidth)."
-    )
-    form: BlockForm = Field(
-        "C",
-        description="A: explicit paths summed; B: paths concatenated; C: grouped conv (Fig. 3).",
-    )
-    expansion: int | None = Field(
-        None, ge=1, le=64,
-        description="Block output = width * expansion (default 4 bottleneck, 1 basic)."
-    )
-    group_width: int | None = Field(
-        None,
-        ge=1,
-        le=MAX_CHANNELS,
-        description="Explicit grouped-conv width (pycls); default floor(width*base_width/64)*C.",
-    )
-    preact: bool = Field(False, description="Pre-activation blocks (BN-ReLU-conv).")
-    se_ratio: float = Field(0.0, ge=0, lt=1, description=">0 adds squeeze-excitation.")
-    zero_init_last_bn: bool = False
+def _block_type_field(default: str | None) -> tuple[Any, Any]:
+    described = "; ".join(bt.description for bt in block_types().values())
+    choice = _choice(block_types())
+    if default is None:
+        return choice | None, Field(None, description=f"Block type of this stage: {described}.")
+    return choice, Field(default, description=f"{described}.")
 
 
-class StageSpec(_Model):
-    """One stage (torchvision's `layerN`): `depth` blocks; other fields override `block`."""
+def _option_fields(per_stage: bool) -> dict[str, Any]:
+    """Every block type's own options, as fields of `block:` (with their defaults) or of a
+    stage (unset: the `block:` value applies)."""
+    out: dict[str, Any] = {}
+    for name, (option, owners) in block_options().items():
+        description = f"{option.description} [{', '.join(owners)}]"
+        if per_stage:
+            out[name] = (option.annotation | None,
+                         Field(None, description=description, **option.constraints))
+        else:
+            default = option.default
+            factory = {"default_factory": lambda d=default: list(d)} if isinstance(
+                default, list) else {"default": default}
+            out[name] = (option.annotation, Field(description=description, **factory,
+                                                  **option.constraints))
+    return out
 
-    depth: int = Field(ge=1, le=MAX_STAGE_DEPTH, description="Number of blocks.")
-    width: int | None = Field(None, ge=1, le=MAX_CHANNELS, description="Default 64 * 2**index.")
-    stride: int | None = Field(None, ge=1, le=64,
-                               description="Default 1 for the first stage, else 2.")
-    type: BlockType | None = None
-    cardinality: int | None = Field(None, ge=1, le=MAX_CARDINALITY)
-    base_width: int | None = Field(None, ge=1, le=MAX_CHANNELS)
-    form: BlockForm | None = None
-    group_width: int | None = Field(None, ge=1, le=MAX_CHANNELS)
-    expansion: int | None = Field(None, ge=1, le=64)
-    preact: bool | None = None
-    se_ratio: float | None = Field(None, ge=0, lt=1)
-    zero_init_last_bn: bool | None = None
+
+# Fields of the residual frame every block type shares (blocks/residual.py).
+_EXPANSION = Field(None, ge=1, le=64, description="Block output = width * expansion (default: "
+                   "the block type's, 4 for bottlenecks, 1 for basic blocks).")
+_PREACT = "Pre-activation blocks (BN-ReLU-conv)."
+_SE_RATIO = ">0 adds squeeze-excitation."
+
+BlockSpec = create_model(
+    "BlockSpec",
+    __base__=_Model,
+    __doc__="Defaults for every residual block; stages may override any of them.",
+    type=_block_type_field("bottleneck"),
+    expansion=(int | None, _EXPANSION),
+    preact=(bool, Field(False, description=_PREACT)),
+    se_ratio=(float, Field(0.0, ge=0, lt=1, description=_SE_RATIO)),
+    zero_init_last_bn=(bool, False),
+    **_option_fields(per_stage=False),
+)
+
+StageSpec = create_model(
+    "StageSpec",
+    __base__=_Model,
+    __doc__="One stage (torchvision's `layerN`): `depth` blocks; other fields override `block`.",
+    depth=(int, Field(ge=1, le=MAX_STAGE_DEPTH, description="Number of blocks.")),
+    width=(int | None, Field(None, ge=1, le=MAX_CHANNELS, description="Default 64 * 2**index.")),
+    stride=(int | None, Field(None, ge=1, le=64,
+                              description="Default 1 for the first stage, else 2.")),
+    type=_block_type_field(None),
+    expansion=(int | None, _EXPANSION),
+    preact=(bool | None, Field(None, description=_PREACT)),
+    se_ratio=(float | None, Field(None, ge=0, lt=1, description=_SE_RATIO)),
+    zero_init_last_bn=(bool | None, None),
+    **_option_fields(per_stage=True),
+)
 
 
 class HeadSpec(_Model):
@@ -113,8 +134,9 @@ class HeadSpec(_Model):
 class TrainSpec(_Model):
     """Defaults for `resnext-compile train`; CLI flags override."""
 
-    dataset: Literal["imagenet", "cifar10", "cifar100", "imagefolder", "digits", "synthetic"] = (
-        "imagenet"
+    dataset: _choice(dataset_types()) = Field(  # type: ignore[valid-type]
+        "imagenet",
+        description="; ".join(f"{d.name}: {d.description}" for d in dataset_types().values()),
     )
     epochs: int = Field(100, ge=1, le=MAX_EPOCHS)
     batch_size: int = Field(256, ge=1, le=MAX_BATCH,
@@ -201,7 +223,10 @@ class Spec(_Model):
     name: str = Field(min_length=1, max_length=200)
     description: str = Field("", max_length=10_000)
     input: InputSpec = InputSpec()
-    stem: Literal["imagenet", "cifar", "deep"] = "imagenet"
+    stem: _choice(stem_types()) = Field(  # type: ignore[valid-type]
+        "imagenet",
+        description="; ".join(f"{s.name}: {s.description}" for s in stem_types().values()),
+    )
     block: BlockSpec = BlockSpec()
     shortcut: Literal["A", "B", "C"] = "B"
     avg_down: bool = False
@@ -247,15 +272,14 @@ class Spec(_Model):
         return SCHEMA_COMMENT + "\n" + yaml.safe_dump(data, sort_keys=False, width=100)
 
 
-def bottleneck_path_width(width: int, base_width: int) -> int:
-    """The ResNeXt width rule, d = floor(width * base_width / 64): `base_width` is d at the
-    first stage's width 64 and d grows with the stage (Xie et al. 2017, Table 1)."""
-    return width * base_width // 64
-
-
 @dataclass(frozen=True)
 class ResolvedStage:
-    """A stage with every default filled in; `origin(field)` is where a value came from."""
+    """A stage with every default filled in; `origin(field)` is where a value came from.
+
+    `options` holds every block option (the union over block types, so a stage of any type
+    reads C, d and the form); `given` names the fields the spec set for this stage (in
+    `block:` or in the stage itself).
+    """
 
     index: int
     name: str
@@ -263,30 +287,43 @@ class ResolvedStage:
     width: int
     stride: int
     type: str
-    cardinality: int
-    base_width: int
-    form: str
     expansion: int
-    explicit_group_width: int | None
     preact: bool
     se_ratio: float
     zero_init_last_bn: bool
+    options: Mapping[str, Any]
     overrides: frozenset[str]
+    given: frozenset[str] = frozenset()
+
+    @property
+    def block_type(self) -> BlockType:
+        return block_type(self.type)
+
+    @property
+    def cardinality(self) -> int:
+        return self.options["cardinality"]
+
+    @property
+    def base_width(self) -> int:
+        return self.options["base_width"]
+
+    @property
+    def form(self) -> str:
+        return self.options["form"]
+
+    @property
+    def explicit_group_width(self) -> int | None:
+        return self.options["group_width"]
 
     @property
     def path_width(self) -> int:
-        """d, the width of one path: floor(width * base_width / 64) (seed: resnext.lua),
-        or an explicit group width shared by the C paths. A basic block's conv width."""
-        if self.type == "basic":
-            return self.width
-        if self.explicit_group_width is not None:
-            return self.explicit_group_width // self.cardinality
-        return bottleneck_path_width(self.width, self.base_width)
+        """d, the width of one path (the block type's rule; a basic block's conv width)."""
+        return self.block_type.path_width(self)
 
     @property
     def group_width(self) -> int:
         """Grouped 3x3 conv channels: C x d."""
-        if self.explicit_group_width is not None:
+        if self.explicit_group_width is not None and self.block_type.grouped:
             return self.explicit_group_width
         return self.path_width * self.cardinality
 
@@ -300,6 +337,13 @@ class ResolvedStage:
             return f"stages[{self.index}].{field_name}"
         return f"block.{field_name}"
 
+    def foreign_options(self) -> list[str]:
+        """Options the spec set, away from their defaults, that this stage's block type does
+        not read (`cardinality: 32` on a basic block)."""
+        own = self.block_type.options
+        return [name for name, (option, _) in block_options().items()
+                if name not in own and name in self.given and self.options[name] != option.default]
+
     @classmethod
     def from_spec(cls, spec: Spec, index: int) -> ResolvedStage:
         stage = spec.stages[index]
@@ -309,26 +353,24 @@ class ResolvedStage:
         def pick(name: str) -> Any:
             return given[name] if name in given else getattr(block, name)
 
-        block_type = pick("type")
+        block_type_name = pick("type")
         expansion = pick("expansion")
         if expansion is None:
-            expansion = 4 if block_type == "bottleneck" else 1
+            expansion = block_type(block_type_name).expansion
         return cls(
             index=index,
             name=f"layer{index + 1}",
             depth=stage.depth,
             width=stage.width if stage.width is not None else 64 * 2**index,
             stride=stage.stride if stage.stride is not None else (1 if index == 0 else 2),
-            type=block_type,
-            cardinality=pick("cardinality"),
-            base_width=pick("base_width"),
-            form=pick("form"),
+            type=block_type_name,
             expansion=expansion,
-            explicit_group_width=pick("group_width"),
             preact=pick("preact"),
             se_ratio=pick("se_ratio"),
             zero_init_last_bn=pick("zero_init_last_bn"),
+            options={name: pick(name) for name in block_options()},
             overrides=frozenset(k for k in given if k not in ("depth", "width", "stride")),
+            given=frozenset(given) | frozenset(block.model_fields_set),
         )
 
 

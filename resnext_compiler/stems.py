@@ -1,4 +1,8 @@
-"""Network stems, registered in `STEMS`; each returns (output value, channels).
+"""Network stems: one registered `StemType` each, the only list of them (`stem_types()`).
+
+A stem appends its nodes to a `GraphBuilder` and returns (output value, channels); its
+`description` is what the spec's JSON Schema and error messages say about it. Third parties
+register theirs under the entry-point group `resnext_compiler.stems` (see `plugins.py`).
 
 imagenet: 7x7/2 conv + BN + ReLU + 3x3/2 max-pool (He et al. 2016, Table 1).
 cifar:    3x3 conv + BN + ReLU (the seed's CIFAR ResNeXt-29).
@@ -8,10 +12,13 @@ deep:     three 3x3 convs 32-32-64, the first strided, + BN + ReLU + max-pool
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from resnext_compiler.ir import INPUT, GraphBuilder
 from resnext_compiler.ops import BatchNorm, Conv, MaxPool, ReLU
+from resnext_compiler.plugins import STEMS_GROUP, load_plugins
 
 STEM_WIDTH = 64
 
@@ -45,5 +52,24 @@ def deep_stem(b: GraphBuilder, in_channels: int) -> tuple[str, int]:
 
 StemLowering = Callable[[GraphBuilder, int], tuple[str, int]]
 
-STEMS: dict[str, StemLowering] = {"imagenet": imagenet_stem, "cifar": cifar_stem, "deep": deep_stem}
+
+@dataclass(frozen=True)
+class StemType:
+    name: str
+    description: str
+    lower: StemLowering
+
+
+BUILTIN_STEMS = (
+    StemType("imagenet", "7x7/2 conv + 3x3/2 max-pool", imagenet_stem),
+    StemType("cifar", "3x3 conv", cifar_stem),
+    StemType("deep", "three 3x3 convs + max-pool (ResNet-C)", deep_stem),
+)
+
+
+@functools.cache
+def stem_types() -> dict[str, StemType]:
+    """Every stem by name: the built-ins, then plugins (entry points)."""
+    return load_plugins(STEMS_GROUP, StemType, {s.name: s for s in BUILTIN_STEMS},
+                        lambda s: s.name)
 

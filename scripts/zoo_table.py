@@ -25,16 +25,20 @@ ROOT = Path(__file__).resolve().parent.parent
 def _row(path: Path, relative_to: Path) -> tuple[tuple, list[str]]:
     from resnext_compiler.passes.complexity import analyse
     from resnext_compiler.pipeline import compile_spec
-    from resnext_compiler.spec import load_spec
+    from resnext_compiler.spec import BlockSpec, load_spec
 
     spec = load_spec(path)
     cost = analyse(compile_spec(spec))
     stages = spec.resolved_stages()
     blocks = sum(s.depth for s in stages)
-    bottleneck = stages[0].type == "bottleneck"
-    depth = 2 + (3 if bottleneck else 2) * blocks  # weighted layers, as the papers count
-    width = f"{stages[0].cardinality}x{stages[0].base_width}d" if bottleneck else "basic"
-    extras = [label for label, on in (("deep stem", spec.stem == "deep"),
+    block_type = stages[0].block_type
+    depth = 2 + block_type.layers * blocks  # weighted layers, as the papers count
+    grouped = block_type.grouped
+    width = f"{stages[0].cardinality}x{stages[0].base_width}d" if grouped else block_type.name
+    default_type = BlockSpec.model_fields["type"].default
+    extras = [label for label, on in ((block_type.name.replace("_", " "),
+                                       grouped and block_type.name != default_type),
+                                      ("deep stem", spec.stem == "deep"),
                                       ("avg-down", spec.avg_down),
                                       ("SE", stages[0].se_ratio > 0),
                                       ("pre-act", stages[0].preact)) if on]

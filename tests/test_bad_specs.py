@@ -84,7 +84,7 @@ CASES = [
         "name: n\nblock: {type: basic, cardinality: 32}\nstages: [2]\n",
         2,
         "block.cardinality",
-        "basic block has no grouped conv",
+        "the basic block has no cardinality (it reads no block options)",
     ),
     (
         "stride-too-large",

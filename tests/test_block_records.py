@@ -9,10 +9,9 @@ from __future__ import annotations
 import pytest
 from conftest import SPECS
 
-from resnext_compiler import spec as spec_module
 from resnext_compiler.backends.dot import to_dot
 from resnext_compiler.backends.torch_source import render_source
-from resnext_compiler.blocks import bottleneck
+from resnext_compiler.blocks import bottleneck, grouped
 from resnext_compiler.passes.complexity import analyse
 from resnext_compiler.passes.fold_bn import fold_batchnorm
 from resnext_compiler.passes.forms import rewrite_forms
@@ -55,8 +54,8 @@ def test_dot_and_torch_source_show_c_x_d_in_every_form(form):
     assert '"layer2.0" [label="layer2.0  bottleneck C=32 d=8 stride 2' in dot
     assert '"layer4.2" [label="layer4.2  bottleneck C=32 d=32 stride 1' in dot
     source = render_source(graph, spec)
-    assert f"# layer2.0: bottleneck 32x8d (form {form}), stride 2" in source
-    assert f"# layer1.1: bottleneck 32x4d (form {form}), stride 1" in source
+    assert f"# layer2.0: bottleneck C=32 d=8 (form {form}), stride 2" in source
+    assert f"# layer1.1: bottleneck C=32 d=4 (form {form}), stride 1" in source
 
 
 @pytest.mark.parametrize("form", ["A", "B"])
@@ -79,15 +78,15 @@ def test_report_reads_c_x_d_from_the_graph_after_a_form_rewrite():
 
 
 def test_the_width_rule_has_one_home(monkeypatch):
-    """Change the rule in spec.py and every view follows: no consumer keeps its own copy."""
+    """Change the rule in blocks/grouped.py and every view follows: no consumer copies it."""
     spec = parse_spec(TINY)
-    monkeypatch.setattr(spec_module, "bottleneck_path_width", lambda width, base: width // 4)
+    monkeypatch.setattr(grouped, "bottleneck_path_width", lambda width, base: width // 4)
     graph = compile_spec(spec)
     layer2 = graph.block_record("layer2.0")
     assert layer2.path_width == 8  # 32 // 4, not floor(32 * 8 / 64) = 4
     assert graph.shape_of("layer2.0.conv2").channels == 4 * 8
     assert "bottleneck C=4 d=8 stride 2" in to_dot(graph)
-    assert "# layer2.0: bottleneck 4x8d (form C)" in render_source(graph, spec)
+    assert "# layer2.0: bottleneck C=4 d=8 (form C)" in render_source(graph, spec)
     assert "4 x 8d" in report_table(spec, graph, analyse(graph))
     rewritten = rewrite_forms(graph, "B")
     assert rewritten.shape_of("layer2.0.paths.3.conv2").channels == 8

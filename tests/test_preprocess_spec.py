@@ -8,8 +8,8 @@ import re
 import pytest
 from conftest import tiny_digits_spec
 
+from resnext_compiler.dataset_types import dataset_types
 from resnext_compiler.input_contract import (
-    DATASET_STATS,
     default_contract,
     read_contract,
     resolve_contract,
@@ -56,11 +56,11 @@ def test_bad_preprocess_sections_are_located_user_errors(text, line, field, mess
 def test_defaults_follow_the_data_set():
     imagenet = resolve_contract(parse_spec("name: n\nstages: [1]\n"))
     assert (imagenet.resize, imagenet.crop_fraction, imagenet.colour) == ("crop", 0.875, "rgb")
-    assert imagenet.mean == DATASET_STATS["imagenet"][0] and imagenet.labels is None
+    assert imagenet.mean == dataset_types()["imagenet"].mean and imagenet.labels is None
     small = default_contract(3, 32, 32, "imagefolder")
     assert (small.resize, small.crop_fraction) == ("direct", 1.0)
     cifar = default_contract(3, 32, 32, "cifar10")
-    assert cifar.std == DATASET_STATS["cifar10"][1]
+    assert cifar.std == dataset_types()["cifar10"].std
     grey = default_contract(1, 224, 224, "imagenet")
     assert grey.colour == "grey" and grey.mean == (pytest.approx(sum((0.485, 0.456, 0.406)) / 3),)
 
@@ -70,7 +70,7 @@ def test_spec_values_override_the_defaults_and_0_255_scales_the_rest(tmp_path):
                       "  labels: [x, y, z]\n")
     contract = resolve_contract(spec)
     assert contract.scale == "0-255" and contract.labels == ("x", "y", "z")
-    assert contract.std == pytest.approx(tuple(255 * s for s in DATASET_STATS["imagenet"][1]))
+    assert contract.std == pytest.approx(tuple(255 * s for s in dataset_types()["imagenet"].std))
     multiplier, offset = contract.affine()  # the same numbers as the 0-1 recipe
     reference = default_contract(3, 32, 32, "imagenet").affine()
     assert multiplier == pytest.approx(reference[0], rel=1e-6)
@@ -109,7 +109,7 @@ def test_generated_torch_source_carries_the_contract_as_safe_constants(tmp_path,
                  for node in ast.parse(source).body
                  if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)
                  and node.targets[0].id in ("CLASS_NAMES", "MEAN", "RESIZE", "COLOUR")}
-    assert constants == {"CLASS_NAMES": tuple(names), "MEAN": DATASET_STATS["imagenet"][0],
+    assert constants == {"CLASS_NAMES": tuple(names), "MEAN": dataset_types()["imagenet"].mean,
                          "RESIZE": "direct", "COLOUR": "rgb"}
     assert "import os" not in source.replace("'); import os #", "")
 

@@ -12,10 +12,12 @@ import pytest
 from PIL import Image
 from test_serve_helpers import NUM_CLASSES, load_tiny, running_server, write_tiny_onnx
 
-from resnext_compiler.input_contract import DATASET_STATS, InputContract, default_contract
+from resnext_compiler.dataset_types import IMAGENET_MEAN as _MEAN
+from resnext_compiler.dataset_types import IMAGENET_STD as _STD
+from resnext_compiler.input_contract import InputContract, default_contract
 from resnext_compiler.runtimes.serve.images import preprocess
 
-IMAGENET_MEAN, IMAGENET_STD = (np.array(v) for v in DATASET_STATS["imagenet"])
+IMAGENET_MEAN, IMAGENET_STD = np.array(_MEAN), np.array(_STD)
 CONTRACT_32 = default_contract(3, 32, 32)  # what a model without a recorded contract gets
 
 LABELS = [f"class-{index}" for index in range(NUM_CLASSES)]

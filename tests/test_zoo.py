@@ -30,6 +30,7 @@ PARAMS = {
     "resnext29_16x64d": 68_155_210,
     "seresnext50_32x4d": 27_559_896,
     "resnext50d_32x4d": 25_048_136,
+    "skresnext50_32x4d": 27_479_784,
 }
 # torchvision's documented GFLOPS (multiply-accumulates at 224x224).
 GMACS = {"resnext101_32x8d": 16.41, "resnet101": 7.80, "resnet152": 11.51, "resnet50": 4.09,
@@ -41,8 +42,8 @@ def _cost(name: str):
     return analyse(compile_spec(load_spec(SPECS / f"{name}.yaml")))
 
 
-def test_the_zoo_has_all_fourteen_networks():
-    assert len(ZOO) == 14
+def test_the_zoo_has_all_fifteen_networks():
+    assert len(ZOO) == 15
     assert set(PARAMS) | {"resnext152_32x4d"} == set(ZOO)
 
 
@@ -111,7 +112,7 @@ def test_zoo_table_is_generated_from_the_specs(tmp_path, capsys):
     printed = capsys.readouterr().out
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
             for line in printed.splitlines() if line.startswith("| [")}
-    assert len(rows) == 14
+    assert len(rows) == 15
     r50 = next(cells for key, cells in rows.items() if key.startswith("[resnext50_32x4d]"))
     # depth, C x d, variant, input, params, GMACs, seed top-1 error
     assert r50 == ["50", "32x4d", "-", "224x224", "25,028,904", "4.23", "22.2"]

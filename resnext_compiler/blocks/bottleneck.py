@@ -14,14 +14,28 @@ stay equivalent). All three forms therefore have identical parameter counts.
 
 from __future__ import annotations
 
-from resnext_compiler.blocks import BlockContext
+from typing import Literal
+
+from resnext_compiler.blocks import BlockContext, BlockOption, BlockType
+from resnext_compiler.blocks.grouped import GROUPED_OPTIONS, check_grouped
 from resnext_compiler.blocks.residual import inner_norm_names, lower_residual
 from resnext_compiler.ir import BlockRecord, GraphBuilder
 from resnext_compiler.ops import Add, BatchNorm, Concat, Conv, ReLU
 
+FORMS = ("A", "B", "C")
+FORM = BlockOption(
+    Literal[FORMS], "C",
+    "A: explicit paths summed; B: paths concatenated; C: grouped conv (Fig. 3).",
+)
+
 
 def lower_bottleneck(b: GraphBuilder, x: str, ctx: BlockContext) -> str:
-    return lower_residual(b, x, ctx, emit_branch, convs=3)
+    return lower_residual(b, x, ctx, emit_branch, last_norm="bn3", activation="relu3")
+
+
+def summary(block: BlockRecord) -> str:
+    """`bottleneck C=32 d=4` (Xie et al. 2017, Table 1's `[..., C=32]`)."""
+    return f"bottleneck C={block.cardinality} d={block.path_width}"
 
 
 def emit_branch(b: GraphBuilder, x: str, block: BlockRecord) -> str:
@@ -63,3 +77,18 @@ def _path(b: GraphBuilder, x: str, q: str, block: BlockRecord, width: int, group
               origin=block.stride_origin)
     y = b.add(f"{q}.{bn_b}", BatchNorm(width), y)
     return b.add(f"{q}.{relu_b}", ReLU(), y)
+
+
+BLOCK_TYPE = BlockType(
+    name="bottleneck",
+    description="bottleneck (1x1-3x3-1x1; ResNet-50 and up, ResNeXt)",
+    lower=lower_bottleneck,
+    summary=summary,
+    expansion=4,
+    layers=3,
+    options={**GROUPED_OPTIONS, "form": FORM},
+    grouped=True,
+    forms=FORMS,
+    emit_branch=emit_branch,
+    check=check_grouped,
+)

@@ -6,10 +6,14 @@ from resnext_compiler.ir import GraphBuilder
 from resnext_compiler.ops import Conv, GlobalAvgPool, Mul, ReLU, Sigmoid
 
 
-def reduced_channels(channels: int, ratio: float, divisor: int = 8) -> int:
-    """timm's make_divisible(channels * ratio, 8) with no round-down limit."""
+def reduced_channels(channels: int, ratio: float, divisor: int = 8,
+                     round_limit: float = 0.0) -> int:
+    """timm's make_divisible(channels * ratio, divisor, round_limit): the nearest multiple of
+    `divisor` (at least `divisor`), one step up where rounding lost more than 1 - round_limit.
+    Squeeze-excitation uses no limit (0); the selective-kernel attention timm's 0.9."""
     value = channels * ratio
-    return max(divisor, int(value + divisor / 2) // divisor * divisor)
+    rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
+    return rounded + divisor if rounded < round_limit * value else rounded
 
 
 def lower_se(b: GraphBuilder, x: str, prefix: str, channels: int, ratio: float, origin: str) -> str:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from resnext_compiler.commands.options import choice, number_range
+from resnext_compiler.dataset_types import dataset_names_help
 from resnext_compiler.errors import UserError, sanitise
 from resnext_compiler.extras import require
 from resnext_compiler.limits import MAX_BATCH, MAX_EPOCHS, MAX_LR
@@ -84,7 +85,7 @@ def train_command(
         None, "--data", help="CIFAR batches folder, or an image folder with train/ and val/."),
     dataset: str | None = typer.Option(
         None, "--dataset",
-        help="digits | cifar10 | cifar100 | imagenet | imagefolder | synthetic (default: spec)."),
+        help=f"{dataset_names_help()} (default: spec)."),
     epochs: int | None = typer.Option(None, "--epochs", help="Epochs (default: spec).",
                                       callback=number_range(1, MAX_EPOCHS)),
     batch_size: int | None = typer.Option(

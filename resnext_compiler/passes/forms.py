@@ -23,23 +23,24 @@ from dataclasses import replace
 
 import numpy as np
 
-from resnext_compiler.blocks.bottleneck import branch_norm_names, emit_branch
+from resnext_compiler.blocks import block_type
+from resnext_compiler.blocks.bottleneck import FORMS, branch_norm_names
 from resnext_compiler.ir import BlockRecord, Graph, GraphBuilder, Node
 from resnext_compiler.ops import BN_STEP_COUNTER
 from resnext_compiler.passes.shapes import infer_shapes
 
-FORMS = ("A", "B", "C")
-
 
 def find_branches(graph: Graph) -> list[BlockRecord]:
-    """The records of every bottleneck block of `graph` (basic blocks have no branch forms)."""
-    return [record for record in graph.block_records if record.type == "bottleneck"]
+    """The records of every block of `graph` whose type has forms A/B/C (the bottleneck)."""
+    return [record for record in graph.block_records if block_type(record.type).forms == FORMS]
 
 
 def _emit(graph: Graph, block: BlockRecord, form: str, x: str) -> tuple[list[Node], str]:
     """The branch of `block` in `form` reading `x`, as lowering emits it, and its output."""
     b = GraphBuilder(graph.name, graph.input_shape)
     b.stage, b.block, b.origin = block.stage, block.prefix, block.origin
+    emit_branch = block_type(block.type).emit_branch
+    assert emit_branch is not None  # find_branches keeps only block types with forms
     output = emit_branch(b, x, replace(block, form=form))
     return b.nodes, output
 

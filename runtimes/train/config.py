@@ -12,13 +12,13 @@ import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from resnext_compiler.dataset_types import dataset_type, dataset_types
 from resnext_compiler.errors import UserError
 from resnext_compiler.input_contract import InputContract
 from resnext_compiler.spec import Spec
 
 SCHEDULES = ("step", "cosine")
 AUGMENTS = ("auto", "none", "crop", "crop-flip", "rrc-flip")
-DATASETS = ("imagenet", "cifar10", "cifar100", "imagefolder", "digits", "synthetic")
 AMP_DTYPES = ("bf16", "fp16")
 
 
@@ -154,7 +154,8 @@ def scaled_lr(reference_lr: float, reference_batch: int, batch_size: int) -> flo
 
 def default_milestones(dataset: str, epochs: int) -> tuple[int, ...]:
     """ImageNet: x0.1 every 30 epochs (seed, He et al. 2016); CIFAR-style: at 50% and 75%."""
-    if dataset in ("imagenet", "imagefolder"):
+    known = dataset_type(dataset)
+    if known is not None and known.image_folders:
         return tuple(range(30, epochs, 30))
     return tuple(sorted({max(1, math.ceil(epochs * 0.5)), max(1, math.ceil(epochs * 0.75))}))
 
@@ -164,16 +165,12 @@ def _check_choice(flag: str, value: str, choices: tuple[str, ...]) -> None:
         raise UserError(f"{flag} must be one of {', '.join(choices)}; got {value!r}")
 
 
-# the data sets read from --data DIR (the others are built in: digits, synthetic)
-FOLDER_DATASETS = ("imagenet", "imagefolder", "cifar10", "cifar100")
-
-
 def resolve_config(spec: Spec, overrides: TrainOverrides, run_dir: Path) -> TrainConfig:
     """Merge the spec's `train:` defaults with CLI overrides and check they fit together."""
     train = spec.train
     o = overrides
     dataset = o.dataset or train.dataset
-    _check_choice("--dataset", dataset, DATASETS)
+    _check_choice("--dataset", dataset, tuple(dataset_types()))
     schedule = o.schedule or train.schedule
     _check_choice("--schedule", schedule, SCHEDULES)
     augment = o.augment or train.augment
@@ -211,14 +208,15 @@ def resolve_config(spec: Spec, overrides: TrainOverrides, run_dir: Path) -> Trai
         _check_choice("--amp-dtype", amp_dtype, AMP_DTYPES)
         if amp_dtype == "fp16" and o.device == "cpu":
             raise UserError("fp16 autocast needs a GPU; on CPU use --amp-dtype bf16")
-    if o.data_dir is not None and dataset not in FOLDER_DATASETS:
+    kind = dataset_types()[dataset]
+    if o.data_dir is not None and not kind.needs_data_dir:
         # --data never goes unused: a spec whose data set is built in must be told what DIR is
         source = "--dataset" if o.dataset else "the spec's train.dataset"
+        readers = ", ".join(f"{d.name} ({d.description})" for d in dataset_types().values()
+                            if d.needs_data_dir)
         raise UserError(f"--data {o.data_dir} is not used by the {dataset} data set ({source}); "
-                        f"add --dataset {' or '.join(FOLDER_DATASETS[-2:])} (CIFAR batches) or "
-                        f"--dataset imagefolder (DIR/train/<class>/, DIR/val/<class>/) to train "
-                        "on it")
-    if o.data_dir is None and dataset in FOLDER_DATASETS:
+                        f"add --dataset NAME to train on it, one of: {readers}")
+    if o.data_dir is None and kind.needs_data_dir:
         raise UserError(f"the {dataset} data set needs --data DIR (nothing is downloaded); "
                         "run `resnext-compile train` with no arguments for the embedded digits")
     lr = o.lr if o.lr is not None else scaled_lr(train.lr, train.batch_size, batch_size)

@@ -1,4 +1,5 @@
-"""Open a data set by name as (train, val) image sets that fit a spec.
+"""Open a data set by name as (train, val) image sets that fit a spec: the built-in readers
+(the registry, `resnext_compiler/dataset_types.py`, names them).
 
 digits:      embedded UCI handwritten digits (1797 real 8x8 grey images, `data/digits.npz`);
              every fifth image of each digit is the validation split (355 images).
@@ -9,6 +10,7 @@ synthetic:   random images and labels at the spec's input size, for benchmarking
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -16,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from resnext_compiler.dataset_types import DatasetType, dataset_names_help, dataset_type
 from resnext_compiler.errors import Diagnostic, SpecError, UserError
 from resnext_compiler.input_contract import SMALL_INPUT, InputContract, resolve_contract
 from resnext_compiler.runtimes.image_folders import scan
@@ -35,17 +38,14 @@ class DataSplits:
 
 
 def resolve_augment(augment: str, dataset: str, size: int) -> str:
-    """`auto`: CIFAR pad crop + flip; ImageNet rrc + flip (pad crop + flip when <= 64 px);
-    digits pad crop without flip (a mirrored 2 is not a 2); synthetic none."""
+    """`auto`: the data set's recipe (CIFAR pad crop + flip; digits pad crop without flip;
+    synthetic none); ImageNet-style folders rrc + flip above 64 px."""
     if augment != "auto":
         return augment
-    if dataset == "digits":
-        return "crop"
-    if dataset == "synthetic":
-        return "none"
-    if dataset in ("imagenet", "imagefolder") and size > SMALL_INPUT:
-        return "rrc-flip"
-    return "crop-flip"
+    known = dataset_type(dataset)
+    if known is None:
+        return "crop-flip"
+    return "rrc-flip" if known.image_folders and size > SMALL_INPUT else known.augment
 
 
 def _spec_problem(spec: Spec, field: tuple[str, ...], message: str) -> SpecError:
@@ -102,58 +102,78 @@ def _in_memory(spec: Spec, name: str, dataset: str, splits: dict[str, tuple[torc
 
 def open_dataset(spec: Spec, dataset: str, data_dir: str | None, augment: str = "auto",
                  seed: int = 0, with_train: bool = True) -> DataSplits:
-    """Train and val splits of `dataset`, checked against the spec's classes and channels.
+    """Train and val splits of `dataset`, checked against the spec's classes and channels,
+    read by the data set's registered reader (`dataset_types.py`).
 
     `with_train=False` (evaluation) skips scanning an image folder's train/ split: the
     classes then come from val/, which must hold every class.
     """
+    known = dataset_type(dataset)
+    if known is None:
+        raise UserError(f"unknown data set {dataset!r} (known: {dataset_names_help()})")
     recipe = resolve_augment(augment, dataset, min(spec.input.height, spec.input.width))
-    if dataset == "digits":
-        images, labels = _digits()
-        _check_fit(spec, "digits", 10, 1)
-        val = _every_fifth_per_class(labels)
-        splits = {"train": (images[~val], labels[~val]), "val": (images[val], labels[val])}
-        return _in_memory(spec, "digits (embedded UCI handwritten digits)", "digits", splits,
-                          [str(i) for i in range(10)], recipe, seed)
-    if dataset == "synthetic":
-        c, h, w = spec.input.channels, spec.input.height, spec.input.width
-        k = spec.head.num_classes
-        g = torch.Generator().manual_seed(seed)
-        splits = {
-            split: (torch.randint(0, 256, (n, c, h, w), dtype=torch.uint8, generator=g),
-                    torch.randint(0, k, (n,), generator=g))
-            for split, n in (("train", SYNTHETIC_TRAIN), ("val", SYNTHETIC_VAL))
-        }
-        return _in_memory(spec, "synthetic (random images)", "synthetic", splits,
-                          [str(i) for i in range(k)], recipe, seed)
-    if data_dir is None:
-        raise UserError(f"the {dataset} data set needs --data DIR (nothing is downloaded)")
-    root = Path(data_dir)
-    if not root.is_dir():
-        raise UserError(f"--data {data_dir}: no such directory")
-    if dataset in ("cifar10", "cifar100"):
-        from resnext_compiler.runtimes.train.cifar import read_cifar
+    root = None
+    if known.needs_data_dir:
+        if data_dir is None:
+            raise UserError(f"the {dataset} data set needs --data DIR (nothing is downloaded)")
+        root = Path(data_dir)
+        if not root.is_dir():
+            raise UserError(f"--data {data_dir}: no such directory")
+    module, _, function = known.reader.partition(":")
+    reader = getattr(importlib.import_module(module), function)
+    return reader(spec, known, root, recipe, seed, with_train)
 
-        splits, classes = read_cifar(root, dataset)
-        _check_fit(spec, dataset, len(classes), 3)
-        return _in_memory(spec, dataset, dataset, splits, classes, recipe, seed)
-    if dataset in ("imagenet", "imagefolder"):
-        # The spec's class names, when it has them, fix the label order (a folder's label is
-        # its name's position); otherwise the folders sorted by name do.
-        named = list(spec.labels) if spec.labels is not None else None
-        if with_train:
-            train_samples, classes = scan(root / "train", named)
-            val_samples, _ = scan(root / "val", classes)
-        else:
-            val_samples, classes = scan(root / "val", named)
-            train_samples = []
-        _check_fit(spec, f"{dataset} folder {root}", len(classes), None)
-        contract = resolve_contract(spec, dataset, classes)
-        train = FolderImages(dataset, train_samples, classes, contract, recipe, seed)
-        val = FolderImages(dataset, val_samples, classes, contract, "none", seed)
-        counts = (f"{len(train)} train / {len(val)} val" if with_train
-                  else f"{len(val)} val")
-        return DataSplits(train, val, f"{dataset} {root}: {counts} images, {len(classes)} "
-                          f"classes, {contract.colour} {contract.height}x{contract.width}",
-                          contract)
-    raise UserError(f"unknown data set {dataset!r}")
+
+def read_digits(spec: Spec, known: DatasetType, root: Path | None, recipe: str, seed: int,
+                with_train: bool) -> DataSplits:
+    images, labels = _digits()
+    _check_fit(spec, known.name, 10, 1)
+    val = _every_fifth_per_class(labels)
+    splits = {"train": (images[~val], labels[~val]), "val": (images[val], labels[val])}
+    return _in_memory(spec, f"{known.name} ({known.description})", known.name, splits,
+                      [str(i) for i in range(10)], recipe, seed)
+
+
+def read_synthetic(spec: Spec, known: DatasetType, root: Path | None, recipe: str, seed: int,
+                   with_train: bool) -> DataSplits:
+    c, h, w = spec.input.channels, spec.input.height, spec.input.width
+    k = spec.head.num_classes
+    g = torch.Generator().manual_seed(seed)
+    splits = {
+        split: (torch.randint(0, 256, (n, c, h, w), dtype=torch.uint8, generator=g),
+                torch.randint(0, k, (n,), generator=g))
+        for split, n in (("train", SYNTHETIC_TRAIN), ("val", SYNTHETIC_VAL))
+    }
+    return _in_memory(spec, "synthetic (random images)", known.name, splits,
+                      [str(i) for i in range(k)], recipe, seed)
+
+
+def read_cifar(spec: Spec, known: DatasetType, root: Path, recipe: str, seed: int,
+               with_train: bool) -> DataSplits:
+    from resnext_compiler.runtimes.train.cifar import read_cifar as read_batches
+
+    splits, classes = read_batches(root, known.name)
+    _check_fit(spec, known.name, len(classes), 3)
+    return _in_memory(spec, known.name, known.name, splits, classes, recipe, seed)
+
+
+def read_folders(spec: Spec, known: DatasetType, root: Path, recipe: str, seed: int,
+                 with_train: bool) -> DataSplits:
+    dataset = known.name
+    # The spec's class names, when it has them, fix the label order (a folder's label is
+    # its name's position); otherwise the folders sorted by name do.
+    named = list(spec.labels) if spec.labels is not None else None
+    if with_train:
+        train_samples, classes = scan(root / "train", named)
+        val_samples, _ = scan(root / "val", classes)
+    else:
+        val_samples, classes = scan(root / "val", named)
+        train_samples = []
+    _check_fit(spec, f"{dataset} folder {root}", len(classes), None)
+    contract = resolve_contract(spec, dataset, classes)
+    train = FolderImages(dataset, train_samples, classes, contract, recipe, seed)
+    val = FolderImages(dataset, val_samples, classes, contract, "none", seed)
+    counts = f"{len(train)} train / {len(val)} val" if with_train else f"{len(val)} val"
+    return DataSplits(train, val, f"{dataset} {root}: {counts} images, {len(classes)} "
+                      f"classes, {contract.colour} {contract.height}x{contract.width}",
+                      contract)
