@@ -212,10 +212,10 @@ def resolve_config(spec: Spec, overrides: TrainOverrides, run_dir: Path) -> Trai
     if o.data_dir is not None and not kind.needs_data_dir:
         # --data never goes unused: a spec whose data set is built in must be told what DIR is
         source = "--dataset" if o.dataset else "the spec's train.dataset"
-        readers = ", ".join(f"{d.name} ({d.description})" for d in dataset_types().values()
-                            if d.needs_data_dir)
+        readers = "; ".join(f"--dataset {d.name} ({d.description})"
+                            for d in dataset_types().values() if d.needs_data_dir)
         raise UserError(f"--data {o.data_dir} is not used by the {dataset} data set ({source}); "
-                        f"add --dataset NAME to train on it, one of: {readers}")
+                        f"to train on it add one of: {readers}")
     if o.data_dir is None and kind.needs_data_dir:
         raise UserError(f"the {dataset} data set needs --data DIR (nothing is downloaded); "
                         "run `resnext-compile train` with no arguments for the embedded digits")
