@@ -27,6 +27,9 @@ MAX_ATTEMPTS = 4
 # accepted is what the installed onnx package knows (`onnx.max_opset()`).
 DEFAULT_OPSET = 18
 MIN_OPSET = 13  # Slice/Pad with tensor arguments, Sum/Add broadcasting as used here
+# Every --dtype a compile accepts; a backend lists the ones it writes in `dtypes` (fp32 only
+# when it lists none).
+DTYPES = ("fp32", "fp16", "int8")
 
 
 @dataclass(frozen=True)
@@ -36,7 +39,7 @@ class CompileOptions:
     weights: Path | None = None
     opset: int | None = None  # None: the backend's default
     batch: int | None = None  # None: symbolic batch dimension
-    dtype: str = "fp32"  # fp32 | fp16 | int8
+    dtype: str = "fp32"  # one of DTYPES
     calibrate: Path | None = None  # int8: folder of calibration images
     calibration_images: int = DEFAULT_CALIBRATION_IMAGES  # int8: how many images to use
     validate: Path | None = None  # int8: held-out images (default: half of --calibrate's)
@@ -50,7 +53,12 @@ class CompileOptions:
 
 
 class Backend(Protocol):
-    """`emit` writes the artifact(s) for `graph` under `output` and returns the paths written."""
+    """`emit` writes the artifact(s) for `graph` under `output` and returns the paths written.
+
+    `description` is `--backend`'s help for it; optional class attributes: `dtypes` (the
+    --dtype values it writes, default fp32 only) and `reads_max_batch` (its artifact batches
+    up to `--max-batch` when the batch is dynamic, so the cost budget is checked at it).
+    """
 
     name: str
     description: str

@@ -23,6 +23,7 @@ from onnx import ModelProto, OperatorSetIdProto, StringStringEntryProto, TensorP
 from resnext_compiler import __version__
 from resnext_compiler.backends.base import (
     DEFAULT_OPSET,
+    DTYPES,
     MIN_OPSET,
     CompileOptions,
     SingleFileBackend,
@@ -68,8 +69,8 @@ def export_onnx(graph: Graph, options: CompileOptions, output: str | Path,
     opset = options.opset if options.opset is not None else DEFAULT_OPSET
     if not MIN_OPSET <= opset <= max_opset():
         raise UserError(f"--opset must be between {MIN_OPSET} and {max_opset()}, got {opset}")
-    if options.dtype not in (*FLOAT_TYPES, "int8"):
-        raise UserError(f"--dtype must be fp32, fp16 or int8, got {options.dtype!r}")
+    if options.dtype not in DTYPES:
+        raise UserError(f"--dtype must be one of {', '.join(DTYPES)}, got {options.dtype!r}")
     if options.batch is not None and options.batch < 1:
         raise UserError(f"--batch must be a positive integer, got {options.batch}")
     if options.dtype == "int8":
@@ -140,6 +141,7 @@ class OnnxBackend(SingleFileBackend):
 
     name = "onnx"
     description = "ONNX model (input 'input' [N,C,H,W], output 'logits'), no torch needed"
+    dtypes = DTYPES
     suffix = ".onnx"
 
     def emit(self, graph: Graph, spec: Spec, options: CompileOptions, output: Path) -> list[Path]:

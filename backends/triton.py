@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from resnext_compiler.artifacts import write_text_atomic
-from resnext_compiler.backends.base import CompileOptions
+from resnext_compiler.backends.base import DTYPES, CompileOptions
 from resnext_compiler.backends.onnx import artifact_contract, export_onnx
 from resnext_compiler.backends.onnx_graph import OUTPUT
 from resnext_compiler.errors import UserError
@@ -126,6 +126,8 @@ class TritonBackend:
 
     name = "triton"
     description = "Triton Inference Server model repository (onnxruntime_onnx platform)"
+    dtypes = DTYPES
+    reads_max_batch = True
 
     def default_output(self, spec: Spec) -> Path:
         return Path("model_repository")

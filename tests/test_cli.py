@@ -104,6 +104,33 @@ def test_version_and_help(run_cli):
         assert command in help_text
 
 
+class _PlainBackend:
+    name = "plain"
+    description = "a backend known only to the registry"
+
+
+class _EntryPoint:
+    name = "plain"
+
+    def load(self) -> type:
+        return _PlainBackend
+
+
+def test_backend_help_and_int8_refusal_come_from_the_registry(run_cli, monkeypatch):
+    from resnext_compiler.backends import registry
+
+    installed = registry.available_backends()
+    monkeypatch.setattr(registry, "available_backends",
+                        lambda: {**installed, "plain": _EntryPoint()})
+    help_text = " ".join(run_cli("compile", "--help").out.split())
+    assert "plain (a backend known only to the registry)" in help_text
+    assert "triton (Triton Inference Server model repository" in help_text
+    refused = run_cli(SPECS / "resnet18.yaml", "--backend", "plain", "--dtype", "int8",
+                      "--calibrate", SPECS)
+    assert refused.code == 2
+    assert "--dtype int8 is for the onnx and triton backends, not 'plain'" in refused.err
+
+
 def _imported_modules(*args: str) -> set[str]:
     code = (
         "import sys, json\n"

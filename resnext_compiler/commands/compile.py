@@ -7,20 +7,30 @@ import sys
 from pathlib import Path
 
 import typer
+from typer.core import TyperCommand
 
 from resnext_compiler.backends.base import (
     DEFAULT_CALIBRATION_IMAGES,
     DEFAULT_MIN_AGREEMENT,
     DEFAULT_OPSET,
+    DTYPES,
     MIN_OPSET,
 )
 from resnext_compiler.commands.options import number_range
 from resnext_compiler.errors import SpecError, UserError, error_text, sanitise
 
-BACKEND_HELP = (
-    "onnx | torch (standalone source) | triton (model repository) | dot (picture) | "
-    "caffe (prototxt + caffemodel)"
-)
+
+class _CompileCommand(TyperCommand):
+    """`compile`, whose `--backend` help lists the installed backends when help is shown
+    (reading them imports every backend, which `resnext-compile SPEC` alone never needs)."""
+
+    def format_help(self, ctx, formatter):  # noqa: ANN001, ANN201 - click's signature
+        from resnext_compiler.backends.registry import backend_help
+
+        for param in self.params:
+            if param.name == "backend":
+                param.help = f"One of the installed backends: {backend_help()}."
+        return super().format_help(ctx, formatter)
 
 
 BUDGET_HELP = ("Raise a cost limit checked before compiling: NAME=VALUE with NAME blocks, "
@@ -63,7 +73,8 @@ def _load(spec_path: Path, form: str | None = None, budget: list[str] | None = N
 
 def compile_command(
     spec: Path = typer.Argument(..., metavar="SPEC", help="Spec file (YAML).", show_default=False),
-    backend: str = typer.Option("onnx", "--backend", "-b", help=BACKEND_HELP),
+    backend: str = typer.Option("onnx", "--backend", "-b",
+                                help="Backend (the list: resnext-compile compile --help)."),
     output: Path | None = typer.Option(None, "--output", "-o", help="Output file or directory."),
     weights: Path | None = typer.Option(
         None,
@@ -79,7 +90,8 @@ def compile_command(
         f"(default {DEFAULT_OPSET})."),
     batch: str = typer.Option("dynamic", "--batch", help="Static batch size, or 'dynamic'."),
     dtype: str = typer.Option(
-        "fp32", "--dtype", help="fp32 | fp16 | int8 (onnx and triton; needs --calibrate)."
+        "fp32", "--dtype", help=f"{' | '.join(DTYPES)} (what each backend writes: its "
+        "dtypes; int8 needs --calibrate)."
     ),
     calibrate: Path | None = typer.Option(
         None,
@@ -121,10 +133,11 @@ def compile_command(
     from resnext_compiler.backends.base import CompileOptions
     from resnext_compiler.backends.registry import load_backend
 
-    if dtype not in ("fp32", "fp16", "int8"):
-        raise UserError(f"--dtype must be fp32, fp16 or int8, got {dtype!r}")
+    if dtype not in DTYPES:
+        raise UserError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    chosen = load_backend(backend)
     if dtype == "int8":
-        _check_int8(backend, calibrate)
+        _check_int8(chosen, calibrate)
     elif (calibrate is not None or calibration_images is not None or validate is not None
           or accept_int8_loss or int8_min_agreement != DEFAULT_MIN_AGREEMENT):
         raise UserError("--calibrate, --calibration-images, --validate, --int8-min-agreement "
@@ -133,10 +146,11 @@ def compile_command(
         raise UserError(f"--form must be A, B or C, got {form!r}")
     from resnext_compiler.pretrained import weights_source, with_class_names
 
-    chosen = load_backend(backend)
     static_batch = _parse_batch(batch)
-    # memory is budgeted at the batch the artifact will run: the static one, else triton's max
-    budget_batch = static_batch or (max_batch if backend == "triton" else 1)
+    # memory is budgeted at the batch the artifact will run: the static one, else the most a
+    # batching artifact (triton's) accepts
+    budget_batch = static_batch or (max_batch if getattr(chosen, "reads_max_batch", False)
+                                    else 1)
     parsed_spec, graph = _load(spec, form, budget, budget_batch)
     weights, pretrained = weights_source(weights)
     if weights is not None and not weights.is_file():
@@ -188,10 +202,13 @@ def _int8_lines(path: Path) -> list[str]:
     return describe_int8_report(report) if report else []
 
 
-def _check_int8(backend: str, calibrate: Path | None) -> None:
+def _check_int8(backend, calibrate: Path | None) -> None:  # noqa: ANN001 - a Backend
     """Refuse an int8 compile that could only calibrate on made-up data, before any work."""
-    if backend not in ("onnx", "triton"):
-        raise UserError(f"--dtype int8 is for the onnx and triton backends, not {backend!r}")
+    from resnext_compiler.backends.registry import backends_writing, writes_dtype
+
+    if not writes_dtype(backend, "int8"):
+        raise UserError(f"--dtype int8 is for the {' and '.join(backends_writing('int8'))} "
+                        f"backends, not {backend.name!r}")
     if calibrate is None:
         raise UserError("--dtype int8 needs --calibrate DIR: a folder of images like the ones "
                         "the model will see (a few dozen are enough); int8 ranges are measured "
@@ -316,7 +333,7 @@ def schema_command(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("compile")(compile_command)
+    app.command("compile", cls=_CompileCommand)(compile_command)
     app.command("check")(check_command)
     app.command("inspect")(inspect_command)
     app.command("schema")(schema_command)
