@@ -42,7 +42,8 @@ from resnext_compiler.ir import INPUT, Graph
 from resnext_compiler.naming import one_line
 from resnext_compiler.onnxruntime_install import import_onnxruntime
 from resnext_compiler.passes.complexity import analyse
-from resnext_compiler.passes.fold_bn import fold_batchnorm
+from resnext_compiler.passes.fold_bn import FOLD_BN
+from resnext_compiler.passes.manager import LOWERED_FACTS, PassState, run_passes
 from resnext_compiler.spec import Spec
 from resnext_compiler.weights import check_weights, model_weights
 
@@ -89,8 +90,10 @@ def export_onnx(graph: Graph, options: CompileOptions, output: str | Path,
     else:
         weights = model_weights(graph, None, options.seed)
         source = f"initialised, seed {options.seed}"
-    if options.fold_bn:
-        graph, weights = fold_batchnorm(graph, weights)
+    if options.fold_bn:  # the graph arrives as compiled: shaped, its branches as lowered
+        state = run_passes(PassState(graph, weights, LOWERED_FACTS | {"shaped", "weights"}),
+                           [FOLD_BN])
+        graph, weights = state.graph, state.weights
     model = _model_proto(graph, opset, float_type, options, description, source, contract)
     initializers = [Initializer(s.name, s.shape, s.elem_type)
                     for s in weight_specs(graph, float_type)]

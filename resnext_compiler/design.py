@@ -92,14 +92,14 @@ def redesign(template: Spec, cardinality: int, base_width: int, name: str | None
 
 
 def _measure(template: Spec, cardinality: int) -> Callable[[int], Candidate]:
-    from resnext_compiler.passes.complexity import analyse
-    from resnext_compiler.pipeline import compile_spec
+    from resnext_compiler.pipeline import estimate_cost
 
     cache: dict[int, Candidate] = {}
 
     def measure(base_width: int) -> Candidate:
+        # costed once, by the budget's reduced spec (exact), not lowered again in full
         if base_width not in cache:
-            cost = analyse(compile_spec(redesign(template, cardinality, base_width)))
+            cost = estimate_cost(redesign(template, cardinality, base_width))
             cache[base_width] = Candidate(base_width, cost.params, cost.macs)
         return cache[base_width]
 
@@ -125,10 +125,9 @@ def solve(template: Spec, cardinality: int, match: Criterion = "params") -> Desi
     if cardinality < 1:
         raise UserError(f"cardinality must be at least 1, got {cardinality}")
     _check_template(template)
-    from resnext_compiler.passes.complexity import analyse
-    from resnext_compiler.pipeline import compile_spec
+    from resnext_compiler.pipeline import compile_model
 
-    reference = analyse(compile_spec(template))
+    reference = compile_model(template).estimate  # the template compiled (checked) once
     target = reference.params if match == "params" else reference.macs
     measure = _measure(template, cardinality)
     # The narrowest stage must keep at least one channel per path (the width rule inverted).

@@ -127,3 +127,22 @@ def test_design_from_a_cifar_template(write_spec, run_cli, tmp_path):
     template_params = analyse(compile_spec(load_spec(path))).params
     designed_params = analyse(compile_spec(spec)).params
     assert abs(designed_params / template_params - 1) < 0.1
+
+
+def test_design_costs_each_candidate_once(resnet50, monkeypatch):
+    import resnext_compiler.lower as lowering
+    import resnext_compiler.pipeline as pipeline
+
+    calls = []
+    real = lowering.lower
+
+    def counting(spec):  # noqa: ANN001, ANN202
+        calls.append(spec.block.base_width)
+        return real(spec)
+
+    monkeypatch.setattr(lowering, "lower", counting)
+    monkeypatch.setattr(pipeline, "lower", counting)
+    design = solve(resnet50, 8)
+    assert design.base_width == 14
+    candidates = calls[2:]  # the template: its budget estimate, then its one full compile
+    assert len(candidates) == len(set(candidates))

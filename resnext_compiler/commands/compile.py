@@ -55,9 +55,9 @@ def _parse_batch(value: str) -> int | None:
 
 
 def _load(spec_path: Path, form: str | None = None, budget: list[str] | None = None,
-          batch: int = 1):  # noqa: ANN202 - (Spec, Graph)
+          batch: int = 1):  # noqa: ANN202 - (Spec, CompiledModel)
     from resnext_compiler.budget import DEFAULT_BUDGET
-    from resnext_compiler.pipeline import compile_spec
+    from resnext_compiler.pipeline import compile_model
     from resnext_compiler.spec import load_spec, with_form
 
     if spec_path.suffix.lower() == ".onnx":
@@ -68,7 +68,7 @@ def _load(spec_path: Path, form: str | None = None, budget: list[str] | None = N
     spec = load_spec(spec_path)
     if form is not None:
         spec = with_form(spec, form)
-    return spec, compile_spec(spec, limits, batch)
+    return spec, compile_model(spec, limits, batch)
 
 
 def compile_command(
@@ -151,7 +151,7 @@ def compile_command(
     # batching artifact (triton's) accepts
     budget_batch = static_batch or (max_batch if getattr(chosen, "reads_max_batch", False)
                                     else 1)
-    parsed_spec, graph = _load(spec, form, budget, budget_batch)
+    parsed_spec, model = _load(spec, form, budget, budget_batch)
     weights, pretrained = weights_source(weights)
     if weights is not None and not weights.is_file():
         raise UserError(f"weights file not found: {weights}")
@@ -176,7 +176,7 @@ def compile_command(
     target = output if output is not None else chosen.default_output(parsed_spec)
     if output is None and form is not None:  # another form never overwrites the spec's own
         target = target.with_name(f"{target.stem}_form{form}{target.suffix}")
-    written = chosen.emit(graph, parsed_spec, options, target)
+    written = chosen.emit(model.graph, parsed_spec, options, target)
     for path in written:
         typer.echo(sanitise(f"wrote {path}"))
     if dtype == "int8":
@@ -222,17 +222,15 @@ def check_command(
     budget: list[str] = budget_option(),
 ) -> None:
     """Validate specs: schema, shapes, groups. Exit 2 with FILE:LINE:COL messages on problems."""
-    from resnext_compiler.passes.complexity import analyse
-
     failed = 0
     for path in specs:
         try:
-            _, graph = _load(path, budget=budget)
+            _, model = _load(path, budget=budget)
         except SpecError as exc:
             failed += 1
             print(error_text(exc), file=sys.stderr)
             continue
-        cost = analyse(graph)
+        cost = model.cost
         typer.echo(sanitise(f"ok {path}: {cost.params:,} params, {cost.macs / 1e9:.2f} GMACs"))
     if failed:
         print(f"{failed} of {len(specs)} spec(s) have problems", file=sys.stderr)
@@ -247,18 +245,17 @@ def inspect_command(
 ) -> None:
     """Per-stage shapes, parameters, MACs and memory of a spec; a compiled model's input
     contract (preprocessing and class names)."""
-    from resnext_compiler.passes.complexity import analyse
     from resnext_compiler.report import report_dict, report_table
 
     if spec.is_dir() or spec.suffix.lower() == ".onnx":
         _inspect_artifact(spec, as_json)
         return
-    parsed_spec, graph = _load(spec, budget=budget)
-    cost = analyse(graph)
+    parsed_spec, model = _load(spec, budget=budget)
     if as_json:
-        typer.echo(json.dumps(report_dict(parsed_spec, graph, cost), indent=2))
+        typer.echo(json.dumps(report_dict(parsed_spec, model.graph, model.cost), indent=2))
     else:
-        typer.echo(sanitise(report_table(parsed_spec, graph, cost), keep_newlines=True))
+        typer.echo(sanitise(report_table(parsed_spec, model.graph, model.cost),
+                            keep_newlines=True))
 
 
 def _inspect_artifact(path: Path, as_json: bool) -> None:

@@ -33,7 +33,7 @@ def import_weights(source: str | Path, spec: Spec, allow_partial: bool = False) 
     if path.suffix.lower() in TORCH7_SUFFIXES:
         from resnext_compiler.importers.torch7 import read_torch7_model
 
-        tensors, detail = read_torch7_model(path, spec)
+        tensors, detail = read_torch7_model(path, graph)
         source_format = f"Torch7 ({detail})"
     elif path.suffix.lower() in CAFFE_SUFFIXES:
         from resnext_compiler.importers.caffe import read_caffemodel

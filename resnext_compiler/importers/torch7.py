@@ -22,10 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from resnext_compiler.errors import SpecError, UserError
+from resnext_compiler.errors import UserError
 from resnext_compiler.ir import Graph, Node
 from resnext_compiler.ops import BN_STEP_COUNTER, Add, BatchNorm, Conv, Linear
-from resnext_compiler.spec import Spec
 from resnext_compiler.weights import list_problems
 
 LAYER_KINDS = {
@@ -221,30 +220,31 @@ def layers_to_tensors(layers: list[Torch7Layer], graph: Graph) -> dict[str, np.n
     return out
 
 
-def read_torch7_model(path: str | Path, spec: Spec) -> tuple[dict[str, np.ndarray], str]:
-    """IR-named tensors of a `.t7` model for `spec`, in the form whose layout the file has.
+def read_torch7_model(path: str | Path, graph: Graph) -> tuple[dict[str, np.ndarray], str]:
+    """IR-named tensors of a `.t7` model for the compiled `graph`, in the form whose layout
+    the file has.
 
-    Returns the tensors (form conversion to the spec's form is left to `passes.forms`) and a
-    short description (`form B, 161 layers`). Raises UserError listing the first mismatches.
+    The graph as compiled is tried first, then its bottlenecks in the other forms by the
+    form-rewrite pass (no second compile). Returns the tensors (form conversion to the graph's
+    form is left to `passes.forms`) and a short description (`form B, 161 layers`). Raises
+    UserError listing the first mismatches.
     """
-    from resnext_compiler.pipeline import compile_spec
-    from resnext_compiler.spec import with_form
+    from resnext_compiler.passes.forms import find_branches, rewrite_forms
 
     layers = read_torch7(path)
-    forms = [spec.block.form] + [f for f in "CBA" if f != spec.block.form]
+    branches = find_branches(graph)
+    own = branches[0].form if branches else ""
+    candidates = [(own, graph)] + [(form, rewrite_forms(graph, form))
+                                   for form in "CBA" if branches and form != own]
     first_problems: list[str] = []
-    tried: list[str] = []
-    for form in forms:
-        try:
-            graph = compile_spec(with_form(spec, form))
-        except SpecError:  # basic blocks have no forms A/B
-            continue
-        tried.append(form)
-        problems = _match(layers, graph)
+    for form, candidate in candidates:
+        problems = _match(layers, candidate)
         if not problems:
-            return layers_to_tensors(layers, graph), f"form {form}, {len(layers)} layers"
+            what = f"form {form}, " if form else ""
+            return layers_to_tensors(layers, candidate), f"{what}{len(layers)} layers"
         if not first_problems:
             first_problems = problems
+    tried = [form for form, _ in candidates]
     where = f"in block forms {', '.join(tried)}" if len(tried) > 1 else "(layers in order)"
-    raise UserError(f"{Path(path).name} does not fit {spec.name} {where}:\n"
+    raise UserError(f"{Path(path).name} does not fit {graph.name} {where}:\n"
                     f"{list_problems(first_problems)}")

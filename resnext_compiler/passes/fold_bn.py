@@ -22,6 +22,7 @@ import numpy as np
 
 from resnext_compiler import ops
 from resnext_compiler.ir import Graph, Node
+from resnext_compiler.passes.manager import Pass, Weights
 
 
 def foldable_batchnorms(graph: Graph) -> dict[str, str]:
@@ -62,6 +63,16 @@ def fold_batchnorm(graph: Graph, weights: Mapping[str, np.ndarray]
                      shapes=shapes)
     eps = {bn: graph.node(bn).op.eps for bn in folds}
     return folded, FoldedWeights(folded, weights, bn_of_conv, eps)
+
+
+def _fold_pass(graph: Graph, weights: Weights) -> tuple[Graph, Weights]:
+    assert weights is not None  # required by the pass declaration
+    return fold_batchnorm(graph, weights)
+
+
+# Folding needs the weights (it rewrites them) and changes the branches lowering wrote.
+FOLD_BN = Pass("fold_batchnorm", _fold_pass, requires=frozenset({"shaped", "weights"}),
+               ensures=frozenset({"bn_folded"}), invalidates=frozenset({"lowered_branches"}))
 
 
 class FoldedWeights(Mapping[str, np.ndarray]):

@@ -27,6 +27,7 @@ from resnext_compiler.blocks import block_type
 from resnext_compiler.blocks.bottleneck import FORMS, branch_norm_names
 from resnext_compiler.ir import BlockRecord, Graph, GraphBuilder, Node
 from resnext_compiler.ops import BN_STEP_COUNTER
+from resnext_compiler.passes.manager import Pass, Weights
 from resnext_compiler.passes.shapes import infer_shapes
 
 
@@ -82,6 +83,19 @@ def rewrite_forms(graph: Graph, form: str) -> Graph:
     rewritten = replace(graph, nodes=tuple(nodes), shapes={}, block_records=records,
                         output=renamed.get(graph.output, graph.output))
     return infer_shapes(rewritten) if graph.shapes else rewritten
+
+
+def form_pass(form: str) -> Pass:
+    """The form rewrite as a pass: every bottleneck branch in `form`, weights (if attached)
+    converted with it. It reads the branches as lowering wrote them, so it runs before BN
+    folding."""
+
+    def rewrite(graph: Graph, weights: Weights) -> tuple[Graph, Weights]:
+        rewritten = rewrite_forms(graph, form)
+        return rewritten, None if weights is None else convert_weights(weights, rewritten)
+
+    return Pass(f"rewrite_forms({form})", rewrite, requires=frozenset({"lowered_branches"}),
+                ensures=frozenset({f"form_{form}"}))
 
 
 # --- weights ------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ from dataclasses import replace
 
 from resnext_compiler.ir import INPUT, Graph
 from resnext_compiler.ops import ShapeError, TensorShape
+from resnext_compiler.passes.manager import Pass
 
 
 class ShapeProblem(ValueError):
@@ -24,3 +25,7 @@ def infer_shapes(graph: Graph) -> Graph:
         except ShapeError as exc:
             raise ShapeProblem(node.name, str(exc)) from None
     return replace(graph, shapes=shapes)
+
+
+SHAPES = Pass("infer_shapes", lambda graph, weights: (infer_shapes(graph), weights),
+              ensures=frozenset({"shaped"}))
