@@ -92,11 +92,6 @@ WEIGHT_REDUCE_RANGE = True
 MIN_HELD_OUT_IMAGES = 4
 # Activations whose surrounding nodes one fallback round keeps in float, worst first.
 FALLBACK_TENSORS_PER_ROUND = 2
-# Operators that do arithmetic. Once onnxruntime has fused a QDQ model, one of these that
-# reads a DequantizeLinear's output (or the float input) runs in float.
-FLOAT_COMPUTE_OPS = ("Conv", "Gemm", "MatMul", "Add", "Sum", "Mul", "Sigmoid", "Relu",
-                     "BatchNormalization", "GlobalAveragePool", "AveragePool", "MaxPool",
-                     "ReduceMean", "Concat", "FusedConv", "FusedGemm", "NhwcMaxPool")
 
 
 @dataclass(frozen=True)
@@ -516,22 +511,3 @@ def calibration_metadata(calibration: CalibrationSet, images: int,
 def _default_contract(model: onnx.ModelProto, default_contract):  # noqa: ANN001, ANN202
     dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
     return default_contract(dims[1], dims[2], dims[3])
-
-
-def runtime_float_nodes(path: Path) -> list[str]:
-    """`op_type name` of the compute nodes that onnxruntime's CPU provider runs in float in
-    the int8 model at `path`, after it fused the QDQ pairs into integer kernels."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-    options.intra_op_num_threads = 1
-    with tempfile.TemporaryDirectory(prefix=".int8-") as work:
-        options.optimized_model_filepath = str(Path(work) / "optimized.onnx")
-        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        optimized = onnx.load(options.optimized_model_filepath)
-    dequantized = {out for node in optimized.graph.node if node.op_type == "DequantizeLinear"
-                   for out in node.output}
-    dequantized |= {value.name for value in optimized.graph.input}
-    return [f"{node.op_type} {node.name}" for node in optimized.graph.node
-            if node.op_type in FLOAT_COMPUTE_OPS and dequantized.intersection(node.input)]

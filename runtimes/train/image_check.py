@@ -43,7 +43,3 @@ def dataset_files(*splits: object) -> list[str]:
     """The image files behind data set splits (folder sets; in-memory sets have none)."""
     return [path for split in splits for path, _ in getattr(split, "samples", [])]
 
-
-def describe_scan(count: int, seconds: float) -> str:
-    return f"data scan: {count} image files readable ({seconds:.1f} s; --no-scan-data skips it)"
-
