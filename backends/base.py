@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Protocol
 
+from resnext_compiler.limits import DEFAULT_MAX_BATCH
 from resnext_compiler.naming import file_stem
 
 if TYPE_CHECKING:  # the CLI reads this module's defaults without loading the compiler
@@ -47,7 +48,7 @@ class CompileOptions:
     accept_int8_loss: bool = False  # int8: write the best attempt even below the threshold
     fold_bn: bool = True
     expand: bool = False  # dot: draw every node instead of collapsed blocks
-    max_batch: int = 32  # triton: max_batch_size
+    max_batch: int = DEFAULT_MAX_BATCH  # triton: max_batch_size
     seed: int = 0  # deterministic initialisation when no weights are given
     image_input: bool = False  # onnx/triton: uint8 NHWC input, normalised inside the graph
 

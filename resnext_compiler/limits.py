@@ -14,6 +14,10 @@ MAX_STAGES = 64
 MAX_CLASSES = 1 << 20
 MAX_EPOCHS = 100_000
 MAX_BATCH = 1 << 20  # samples in one global batch
+# rows per model call of a served (or Triton) model: `--max-batch` of compile and serve
+DEFAULT_MAX_BATCH = 32
+MAX_SERVE_BATCH = 1 << 16
+DEFAULT_WORKERS, MAX_WORKERS = 2, 256  # data loader processes (train and evaluate)
 MAX_LR = 1e30  # any finite rate: a huge one diverges, and training says so
 MAX_IMAGE_PIXELS = 50_000_000  # decoded pixels of one image (source or resize target)
 # float32 activations of every node at the batch: the compile budget's and serve's default

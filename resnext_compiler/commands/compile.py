@@ -16,7 +16,7 @@ from resnext_compiler.backends.base import (
     DTYPES,
     MIN_OPSET,
 )
-from resnext_compiler.commands.options import number_range
+from resnext_compiler.commands.options import MAX_BATCH, number_range
 from resnext_compiler.errors import SpecError, UserError, error_text, sanitise
 
 
@@ -119,8 +119,7 @@ def compile_command(
     form: str | None = typer.Option(None, "--form", help="Rewrite every block to form A, B or C."),
     fold_bn: bool = typer.Option(True, "--fold-bn/--no-fold-bn", help="Fold BatchNorm into convs."),
     expand: bool = typer.Option(False, "--expand", help="dot: draw every node, not blocks."),
-    max_batch: int = typer.Option(32, "--max-batch", min=1, max=1 << 20,
-                                  help="triton: max_batch_size."),
+    max_batch: int = MAX_BATCH.option("triton: max_batch_size (most rows per model call)."),
     seed: int = typer.Option(0, "--seed", min=0, max=2**63 - 1,
                              help="Seed of the initial weights without --weights."),
     image_input: bool = typer.Option(

@@ -1,16 +1,50 @@
-"""Option checks shared by the commands: ranges and finiteness, enforced by the option parser.
+"""Options shared by the commands, each declared once, and the checks behind them.
 
-Each check is a typer callback, so a bad value is one line of error naming the option and the
-allowed range (exit 2) before any command body runs.
+An option that more than one command has (`--max-batch`, `--workers`) is a `Declared`: its
+flag, default, range and help in one place; every command that has it calls `.option()`, so
+the same option has the same range everywhere. Range checks are typer callbacks, so a bad
+value is one line of error naming the option and the allowed range (exit 2) before any
+command body runs.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import typer
+
+from resnext_compiler.limits import (
+    DEFAULT_MAX_BATCH,
+    DEFAULT_WORKERS,
+    MAX_SERVE_BATCH,
+    MAX_WORKERS,
+)
+
+
+@dataclass(frozen=True)
+class Declared:
+    """One command-line option: flag, default, inclusive range and help."""
+
+    flag: str
+    default: Any
+    help: str
+    minimum: float | None = None
+    maximum: float | None = None
+
+    def option(self, help: str | None = None) -> Any:  # noqa: A002 - typer's word
+        """The typer option (a command may say what the option means to it in `help`)."""
+        return typer.Option(self.default, self.flag, help=help or self.help,
+                            callback=number_range(self.minimum, self.maximum))
+
+
+MAX_BATCH = Declared("--max-batch", DEFAULT_MAX_BATCH, "Most rows per model call.",
+                     1, MAX_SERVE_BATCH)
+WORKERS = Declared("--workers", DEFAULT_WORKERS, "Data loader workers (image folders).",
+                   0, MAX_WORKERS)
+DECLARED = (MAX_BATCH, WORKERS)
 
 
 def number_range(minimum: float | None = None, maximum: float | None = None, *,

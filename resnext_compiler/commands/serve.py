@@ -7,56 +7,65 @@ from pathlib import Path
 
 import typer
 
-from resnext_compiler.commands.options import number_range
+from resnext_compiler.commands.options import MAX_BATCH, number_range
 from resnext_compiler.errors import UserError
+from resnext_compiler.runtimes.serve.config import GiB, MiB, ServeConfig
+
+DEFAULTS = ServeConfig()  # the settings' one statement of every default
 
 
 def serve_command(
     model: Path = typer.Argument(..., help="model.onnx, a Triton model directory, or a Triton "
                                  "model repository (REPO/<name>/1/model.onnx).",
                                  show_default=False),
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (loopback by "
-                             "default; the server has no authentication)."),
-    port: int = typer.Option(8000, "--port", min=0, max=65535, help="TCP port (0: any free)."),
+    host: str = typer.Option(
+        DEFAULTS.host, "--host",
+        help="Address to listen on (loopback by default; the server has no authentication)."),
+    port: int = typer.Option(DEFAULTS.port, "--port", min=0, max=65535,
+                             help="TCP port (0: any free)."),
     grpc_port: int | None = typer.Option(
         None, "--grpc-port", min=0, max=65535,
         help="Also serve the Open Inference Protocol over gRPC on this port (Triton's 8001)."),
-    max_batch: int = typer.Option(32, "--max-batch", callback=number_range(1, 1 << 16),
-                                  help="Most rows per model call."),
-    max_delay_ms: float = typer.Option(5.0, "--max-delay-ms", callback=number_range(0, 60_000),
-                                       help="How long a batch waits to fill."),
-    max_queue: int = typer.Option(256, "--max-queue", callback=number_range(1, 1 << 20),
-                                  help="Waiting requests before 503 + Retry-After."),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda (cuda without the "
-                               "CUDA execution provider is an error)."),
+    max_batch: int = MAX_BATCH.option(),
+    max_delay_ms: float = typer.Option(
+        DEFAULTS.max_delay_ms, "--max-delay-ms", callback=number_range(0, 60_000),
+        help="How long a batch waits to fill."),
+    max_queue: int = typer.Option(
+        DEFAULTS.max_queue, "--max-queue", callback=number_range(1, 1 << 20),
+        help="Waiting requests before 503 + Retry-After."),
+    device: str = typer.Option(
+        DEFAULTS.device, "--device",
+        help="auto | cpu | cuda (cuda without the CUDA execution provider is an error)."),
     labels: Path | None = typer.Option(None, "--labels", help="Class names, one per line."),
-    max_body_mb: float = typer.Option(64.0, "--max-body-mb", callback=number_range(0.001, 1 << 20),
-                                      help="Largest request body (MiB), refused before reading."),
-    max_inflight_mb: float = typer.Option(256.0, "--max-inflight-mb",
-                                          callback=number_range(0.001, 1 << 20),
-                                          help="Request bodies buffered at once, all together "
-                                          "(MiB); more -> 503 + Retry-After."),
-    header_timeout_s: float = typer.Option(10.0, "--header-timeout-s",
-                                           callback=number_range(0.1, 3600),
-                                           help="Seconds a client has to send request headers."),
-    body_timeout_s: float = typer.Option(60.0, "--body-timeout-s",
-                                         callback=number_range(0.1, 3600),
-                                         help="Seconds a client has to send a request body."),
-    max_image_pixels: int = typer.Option(50_000_000, "--max-image-pixels",
-                                         callback=number_range(1, 1 << 40),
-                                         help="Most pixels /v1/classify decodes, for the "
-                                         "source image and its resize target alike."),
-    max_memory_gb: float = typer.Option(64.0, "--max-memory-gb",
-                                        callback=number_range(0.001, 1 << 20),
-                                        help="Refuse, before warm-up, a model whose activations "
-                                        "at --max-batch need more (GiB)."),
-    threads: int = typer.Option(0, "--threads", callback=number_range(0, 1024),
-                                help="onnxruntime intra-op threads (0: one per core)."),
-    log_level: str = typer.Option("info", "--log-level", help="debug | info | warning | error"),
+    max_body_mb: float = typer.Option(
+        DEFAULTS.max_body_bytes / MiB, "--max-body-mb", callback=number_range(0.001, 1 << 20),
+        help="Largest request body (MiB), refused before reading."),
+    max_inflight_mb: float = typer.Option(
+        DEFAULTS.max_inflight_bytes / MiB, "--max-inflight-mb",
+        callback=number_range(0.001, 1 << 20),
+        help="Request bodies buffered at once, all together (MiB); more -> 503 + Retry-After."),
+    header_timeout_s: float = typer.Option(
+        DEFAULTS.header_timeout_s, "--header-timeout-s", callback=number_range(0.1, 3600),
+        help="Seconds a client has to send request headers."),
+    body_timeout_s: float = typer.Option(
+        DEFAULTS.body_timeout_s, "--body-timeout-s", callback=number_range(0.1, 3600),
+        help="Seconds a client has to send a request body."),
+    max_image_pixels: int = typer.Option(
+        DEFAULTS.max_image_pixels, "--max-image-pixels", callback=number_range(1, 1 << 40),
+        help="Most pixels /v1/classify decodes, for the source image and its resize target "
+        "alike."),
+    max_memory_gb: float = typer.Option(
+        DEFAULTS.max_memory_bytes / GiB, "--max-memory-gb",
+        callback=number_range(0.001, 1 << 20),
+        help="Refuse, before warm-up, a model whose activations at --max-batch need more (GiB)."),
+    threads: int = typer.Option(
+        DEFAULTS.intra_op_threads, "--threads", callback=number_range(0, 1024),
+        help="onnxruntime intra-op threads (0: one per core)."),
+    log_level: str = typer.Option(DEFAULTS.log_level, "--log-level",
+                                  help="debug | info | warning | error"),
 ) -> None:
     """Serve an ONNX model over HTTP (and gRPC): KServe v2 / Triton protocol, /v1/classify,
     /metrics."""
-    from resnext_compiler.runtimes.serve.config import GiB, MiB, ServeConfig
     from resnext_compiler.runtimes.serve.model import DEVICES
 
     if device not in DEVICES:

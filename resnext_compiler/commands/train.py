@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from resnext_compiler.commands.options import choice, number_range
+from resnext_compiler.commands.options import WORKERS, choice, number_range
 from resnext_compiler.dataset_types import dataset_names_help
 from resnext_compiler.errors import UserError, sanitise
 from resnext_compiler.extras import require
@@ -125,8 +125,7 @@ def train_command(
                                          callback=choice("bf16", "fp16")),
     channels_last: bool = typer.Option(False, "--channels-last", help="NHWC memory format."),
     compile_model: bool = typer.Option(False, "--compile", help="Use torch.compile."),
-    workers: int = typer.Option(2, "--workers", help="Data loader workers (image folders).",
-                                callback=number_range(0, 256)),
+    workers: int = WORKERS.option(),
     seed: int = typer.Option(0, "--seed", help="Seed of weights, data order, augmentation.",
                              callback=number_range(0, 2**63 - 1)),
     threads: int = typer.Option(
@@ -223,7 +222,7 @@ def evaluate_command(
                                        "spec's."),
     batch_size: int = typer.Option(256, "--batch-size", callback=number_range(1, MAX_BATCH)),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
-    workers: int = typer.Option(2, "--workers", help="Data loader workers (image folders)."),
+    workers: int = WORKERS.option(),
     predictions: Path | None = typer.Option(
         None, "--predictions", help="Write each image's top-1 answer as CSV "
         "(image,target,predicted,label,logit)."),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from resnext_compiler.limits import MAX_ACTIVATION_BYTES, MAX_IMAGE_PIXELS
+from resnext_compiler.limits import DEFAULT_MAX_BATCH, MAX_ACTIVATION_BYTES, MAX_IMAGE_PIXELS
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -19,7 +19,7 @@ class ServeConfig:
     host: str = "127.0.0.1"
     port: int = 8000
     grpc_port: int | None = None  # the same service over gRPC too (0: any free port)
-    max_batch: int = 32  # rows per onnxruntime call (Triton's max_batch_size)
+    max_batch: int = DEFAULT_MAX_BATCH  # rows per onnxruntime call (Triton's max_batch_size)
     max_delay_ms: float = 5.0  # how long the first request of a batch waits for company
     max_queue: int = 256  # requests waiting for a batch; more -> 503 + Retry-After
     device: str = "auto"  # auto | cpu | cuda

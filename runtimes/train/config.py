@@ -15,6 +15,7 @@ from pathlib import Path
 from resnext_compiler.dataset_types import dataset_type, dataset_types
 from resnext_compiler.errors import UserError
 from resnext_compiler.input_contract import InputContract
+from resnext_compiler.limits import DEFAULT_WORKERS
 from resnext_compiler.spec import Spec
 
 SCHEDULES = ("step", "cosine")
@@ -46,7 +47,7 @@ class TrainOverrides:
     channels_last: bool = False
     compile: bool = False
     seed: int = 0
-    workers: int = 2
+    workers: int = DEFAULT_WORKERS
     threads: int = 0  # 0: PyTorch's default (one per core)
     init_weights: str | None = None  # a local file (a pretrained name is fetched by the CLI)
 
@@ -80,7 +81,7 @@ class TrainConfig:
     channels_last: bool = False
     compile: bool = False
     seed: int = 0
-    workers: int = 2
+    workers: int = DEFAULT_WORKERS
     threads: int = 0
     eval_batch_size: int = 256
     init_weights: str | None = None  # fine-tuning: the weights the run starts from
