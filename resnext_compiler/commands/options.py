@@ -19,6 +19,7 @@ import typer
 from resnext_compiler.limits import (
     DEFAULT_MAX_BATCH,
     DEFAULT_WORKERS,
+    DEVICES,
     MAX_SERVE_BATCH,
     MAX_WORKERS,
 )
@@ -26,25 +27,29 @@ from resnext_compiler.limits import (
 
 @dataclass(frozen=True)
 class Declared:
-    """One command-line option: flag, default, inclusive range and help."""
+    """One command-line option: flag, default, inclusive range (or the words it accepts)
+    and help."""
 
     flag: str
     default: Any
     help: str
     minimum: float | None = None
     maximum: float | None = None
+    choices: tuple[str, ...] = ()
 
     def option(self, help: str | None = None) -> Any:  # noqa: A002 - typer's word
         """The typer option (a command may say what the option means to it in `help`)."""
-        return typer.Option(self.default, self.flag, help=help or self.help,
-                            callback=number_range(self.minimum, self.maximum))
+        check = (choice(*self.choices) if self.choices
+                 else number_range(self.minimum, self.maximum))
+        return typer.Option(self.default, self.flag, help=help or self.help, callback=check)
 
 
 MAX_BATCH = Declared("--max-batch", DEFAULT_MAX_BATCH, "Most rows per model call.",
                      1, MAX_SERVE_BATCH)
 WORKERS = Declared("--workers", DEFAULT_WORKERS, "Data loader workers (image folders).",
                    0, MAX_WORKERS)
-DECLARED = (MAX_BATCH, WORKERS)
+DEVICE = Declared("--device", "auto", " | ".join(DEVICES), choices=DEVICES)
+DECLARED = (MAX_BATCH, WORKERS)  # numeric ones (tests/test_options.py checks their ranges)
 
 
 def number_range(minimum: float | None = None, maximum: float | None = None, *,

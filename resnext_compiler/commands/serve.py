@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from resnext_compiler.commands.options import MAX_BATCH, number_range
+from resnext_compiler.commands.options import DEVICE, MAX_BATCH, number_range
 from resnext_compiler.errors import UserError
 from resnext_compiler.runtimes.serve.config import GiB, MiB, ServeConfig
 
@@ -33,9 +33,8 @@ def serve_command(
     max_queue: int = typer.Option(
         DEFAULTS.max_queue, "--max-queue", callback=number_range(1, 1 << 20),
         help="Waiting requests before 503 + Retry-After."),
-    device: str = typer.Option(
-        DEFAULTS.device, "--device",
-        help="auto | cpu | cuda (cuda without the CUDA execution provider is an error)."),
+    device: str = DEVICE.option(f"{DEVICE.help} (cuda without the CUDA execution provider is "
+                                "an error)."),
     labels: Path | None = typer.Option(None, "--labels", help="Class names, one per line."),
     max_body_mb: float = typer.Option(
         DEFAULTS.max_body_bytes / MiB, "--max-body-mb", callback=number_range(0.001, 1 << 20),
@@ -66,10 +65,6 @@ def serve_command(
 ) -> None:
     """Serve an ONNX model over HTTP (and gRPC): KServe v2 / Triton protocol, /v1/classify,
     /metrics."""
-    from resnext_compiler.runtimes.serve.model import DEVICES
-
-    if device not in DEVICES:
-        raise UserError(f"--device must be one of {', '.join(DEVICES)}, got {device!r}")
     if log_level not in ("debug", "info", "warning", "error"):
         raise UserError(f"--log-level must be debug, info, warning or error, got {log_level!r}")
     if labels is not None and not labels.is_file():

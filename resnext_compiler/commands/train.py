@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from resnext_compiler.commands.options import WORKERS, choice, number_range
+from resnext_compiler.commands.options import DEVICE, WORKERS, choice, number_range
 from resnext_compiler.dataset_types import dataset_names_help
 from resnext_compiler.errors import UserError, sanitise
 from resnext_compiler.extras import require
@@ -34,8 +34,6 @@ def _milestones(value: str | None) -> tuple[int, ...] | None:
 
 
 def _device(device: str, gpus: int) -> str:
-    if device not in ("auto", "cpu", "cuda"):
-        raise UserError(f"--device must be auto, cpu or cuda; got {device!r}")
     if gpus > 0:
         device = "cuda"
     if device == "auto":
@@ -119,7 +117,7 @@ def train_command(
         callback=number_range(0, 1023)),
     rdzv_endpoint: str | None = typer.Option(
         None, "--rdzv-endpoint", help="HOST:PORT of node 0 for torchrun's c10d rendezvous."),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+    device: str = DEVICE.option(),
     amp: bool = typer.Option(False, "--amp", help="Mixed precision (bf16 on CPU, fp16 on GPU)."),
     amp_dtype: str | None = typer.Option(None, "--amp-dtype", help="bf16 | fp16",
                                          callback=choice("bf16", "fp16")),
@@ -221,7 +219,7 @@ def evaluate_command(
     dataset: str | None = typer.Option(None, "--dataset", help="With a SPEC; default: the "
                                        "spec's."),
     batch_size: int = typer.Option(256, "--batch-size", callback=number_range(1, MAX_BATCH)),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+    device: str = DEVICE.option(),
     workers: int = WORKERS.option(),
     predictions: Path | None = typer.Option(
         None, "--predictions", help="Write each image's top-1 answer as CSV "
@@ -241,8 +239,6 @@ def evaluate_command(
                             "preprocessing; drop --weights/--dataset")
         if data is None:
             raise UserError("evaluating a compiled model needs --data DIR (class folders)")
-        if device not in ("auto", "cpu", "cuda"):
-            raise UserError(f"--device must be auto, cpu or cuda; got {device!r}")
         result, answers, description, classes = evaluate_artifact(
             model, data, min(batch_size, 1024), device)
     else:

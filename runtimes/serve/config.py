@@ -22,7 +22,7 @@ class ServeConfig:
     max_batch: int = DEFAULT_MAX_BATCH  # rows per onnxruntime call (Triton's max_batch_size)
     max_delay_ms: float = 5.0  # how long the first request of a batch waits for company
     max_queue: int = 256  # requests waiting for a batch; more -> 503 + Retry-After
-    device: str = "auto"  # auto | cpu | cuda
+    device: str = "auto"  # one of limits.DEVICES
     labels: Path | None = None
     max_body_bytes: int = 64 * MiB  # refused with 413 before it is read
     max_inflight_bytes: int = 256 * MiB  # all buffered bodies together; more -> 503

@@ -23,6 +23,7 @@ from resnext_compiler.input_contract import (
     default_contract,
     onnx_input_layout,
 )
+from resnext_compiler.limits import DEVICES
 from resnext_compiler.onnxruntime_install import import_onnxruntime
 from resnext_compiler.runtimes.serve.config import DEFAULT_MAX_MEMORY
 from resnext_compiler.runtimes.serve.datatypes import ORT_TO_V2, V2_TO_NUMPY, TensorInfo
@@ -32,7 +33,6 @@ log = logging.getLogger("resnext_compiler.serve")
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
-DEVICES = ("auto", "cpu", "cuda")
 
 
 def choose_providers(device: str) -> list[str]:
