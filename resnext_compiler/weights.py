@@ -344,12 +344,23 @@ class _Overlay(Mapping[str, np.ndarray]):
         return self._extra[name].shape if name in self._extra else _shape(self._base, name)
 
 
+def _read_for(graph: Graph, path: str | Path) -> Mapping[str, np.ndarray]:
+    """Tensors of any importable file (`importers.read_tensors`: state dicts, safetensors,
+    Torch7, Caffe) keyed by `graph`'s names."""
+    from resnext_compiler.importers import read_tensors
+
+    file = Path(path)
+    if not file.is_file():
+        raise UserError(f"weights file not found: {file}")
+    return read_tensors(file, graph)[0]
+
+
 def model_weights(graph: Graph, path: str | Path | None, seed: int = 0) -> Mapping[str, np.ndarray]:
     """Weights for `graph`: read from `path`, fitted to its forms and checked, or initialised."""
     if path is None:
         return InitialWeights(graph, seed)
     source = f"weights {Path(path).name}"
-    weights = fill_step_counters(fit_form(read_weights(path), graph, source), graph)
+    weights = fill_step_counters(fit_form(_read_for(graph, path), graph, source), graph)
     check_weights(graph, weights, source=source)
     return weights
 
@@ -361,7 +372,7 @@ def fine_tune_weights(graph: Graph, path: str | Path, seed: int = 0
     Returns the weights and the names initialised afresh; anything else that does not fit is
     an error, as in `model_weights`."""
     source = f"weights {Path(path).name}"
-    weights = fill_step_counters(fit_form(read_weights(path), graph, source), graph)
+    weights = fill_step_counters(fit_form(_read_for(graph, path), graph, source), graph)
     classifier = {p.name for node in graph.nodes if isinstance(node.op, ops.Linear)
                   for p in graph.params() if p.node == node.name}
     report = compare_weights(graph_shapes(graph), weight_shapes(weights), graph.name)

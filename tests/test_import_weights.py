@@ -276,3 +276,21 @@ def test_opencv_runs_the_seed_torch7_model_to_our_logits(tmp_path, write_spec, r
     assert theirs.shape == ours.shape == (2, 10)
     assert np.abs(ours).max() > 0.1
     assert np.abs(theirs - ours).max() <= 1e-4 * np.abs(ours).max()
+
+
+def test_model_weights_reads_a_torch7_file_like_import_weights(tmp_path, write_spec, run_cli):
+    """Every importer has one signature and `weights.model_weights` reads through it, so
+    `--weights seed.t7` gives the tensors `import-weights` writes."""
+    from resnext_compiler.weights import model_weights
+
+    spec_path = write_spec(TINY_SEED)
+    _, weights = _tiny_seed_reference("B", spec_path)
+    rng = np.random.default_rng(3)
+    t7 = write_t7(tmp_path / "seed.t7", seed_model(weights, TINY_SEED_STAGES, "B", 4, rng))
+    out = tmp_path / "seed.safetensors"
+    assert run_cli("import-weights", t7, "--spec", spec_path, "-o", out).code == 0
+    imported = load_file(out)
+    loaded = model_weights(compile_spec(load_spec(spec_path)), t7)
+    assert set(loaded) == set(imported)
+    for name, value in imported.items():
+        np.testing.assert_allclose(np.asarray(loaded[name], value.dtype), value, rtol=1e-6)

@@ -10,10 +10,12 @@ names are mapped here. Reading uses `torch.load(weights_only=True)`: no pickled 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
+from resnext_compiler.ir import Graph
 from resnext_compiler.weights import read_weights, strip_wrapper_prefixes
 
 # (old prefix or infix, IR spelling), applied in order.
@@ -37,9 +39,16 @@ def rename(key: str) -> str:
     return key
 
 
-def read_state_dict(path: Path) -> tuple[dict[str, np.ndarray], str]:
-    """(tensors keyed by IR names, a description of the format)."""
+def read_state_dict(path: Path, graph: Graph | None = None
+                    ) -> tuple[Mapping[str, np.ndarray], str]:
+    """(tensors keyed by IR names, a description of the format). The names are already the
+    graph's (the importers' one signature passes it); a file that needs no renaming is
+    returned as read, lazily."""
+    del graph
     raw = read_weights(path)
-    tensors = {rename(key): np.asarray(raw[key]) for key in raw}
+    if all(rename(key) == key for key in raw):
+        tensors: Mapping[str, np.ndarray] = raw
+    else:
+        tensors = {rename(key): np.asarray(raw[key]) for key in raw}
     kind = "safetensors state dict" if path.suffix == ".safetensors" else "PyTorch state dict"
     return tensors, kind
