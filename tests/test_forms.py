@@ -169,7 +169,7 @@ def test_cli_moves_weights_between_forms_and_outputs_agree(run_cli, write_spec, 
     assert (outputs["B"] - outputs["C"]).abs().max().item() <= 1e-5
     bad = run_cli("import-weights", tmp_path / "c.pth", "--spec", path, "--form", "D",
                   "-o", tmp_path / "d.safetensors")
-    assert bad.code == 2 and "--form must be A, B or C" in bad.err
+    assert bad.code == 2 and "'--form': must be one of A, B, C, got 'D'" in bad.err
 
 
 def test_needs_conversion_reads_the_form_from_weight_names():

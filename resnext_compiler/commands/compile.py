@@ -16,7 +16,7 @@ from resnext_compiler.backends.base import (
     DTYPES,
     MIN_OPSET,
 )
-from resnext_compiler.commands.options import MAX_BATCH, number_range
+from resnext_compiler.commands.options import MAX_BATCH, form_option, number_range
 from resnext_compiler.errors import SpecError, UserError, error_text, sanitise
 
 
@@ -116,7 +116,7 @@ def compile_command(
     accept_int8_loss: bool = typer.Option(
         False, "--accept-int8-loss",
         help="int8: write the best attempt even when it stays below --int8-min-agreement."),
-    form: str | None = typer.Option(None, "--form", help="Rewrite every block to form A, B or C."),
+    form: str | None = form_option("Rewrite every bottleneck to block form A, B or C."),
     fold_bn: bool = typer.Option(True, "--fold-bn/--no-fold-bn", help="Fold BatchNorm into convs."),
     expand: bool = typer.Option(False, "--expand", help="dot: draw every node, not blocks."),
     max_batch: int = MAX_BATCH.option("triton: max_batch_size (most rows per model call)."),
@@ -141,8 +141,6 @@ def compile_command(
           or accept_int8_loss or int8_min_agreement != DEFAULT_MIN_AGREEMENT):
         raise UserError("--calibrate, --calibration-images, --validate, --int8-min-agreement "
                         "and --accept-int8-loss are for --dtype int8")
-    if form is not None and form not in ("A", "B", "C"):
-        raise UserError(f"--form must be A, B or C, got {form!r}")
     from resnext_compiler.pretrained import weights_source, with_class_names
 
     static_batch = _parse_batch(batch)

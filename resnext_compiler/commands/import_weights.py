@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from resnext_compiler.commands.options import form_option
 from resnext_compiler.errors import UserError, sanitise
 
 
@@ -16,9 +17,8 @@ def import_weights_command(
     spec_path: Path = typer.Option(..., "--spec", "-s", metavar="SPEC",
                                    help="Spec the weights belong to."),
     output: Path = typer.Option(..., "--output", "-o", help="Output .safetensors file."),
-    form: str | None = typer.Option(None, "--form",
-                                    help="Write the weights for block form A, B or C "
-                                         "(default: the spec's)."),
+    form: str | None = form_option("Write the weights for block form A, B or C (default: the "
+                                   "spec's)."),
     allow_partial: bool = typer.Option(
         False, "--allow-partial",
         help="Write only the tensors that fit instead of stopping at the first mismatches."),
@@ -31,8 +31,6 @@ def import_weights_command(
     from resnext_compiler.importers import import_weights, save_safetensors
     from resnext_compiler.spec import load_spec, with_form
 
-    if form is not None and form not in ("A", "B", "C"):
-        raise UserError(f"--form must be A, B or C, got {form!r}")
     if output.suffix != ".safetensors":
         raise UserError(f"--output must end in .safetensors, got {output}")
     spec = load_spec(spec_path)

@@ -48,6 +48,17 @@ MAX_BATCH = Declared("--max-batch", DEFAULT_MAX_BATCH, "Most rows per model call
                      1, MAX_SERVE_BATCH)
 WORKERS = Declared("--workers", DEFAULT_WORKERS, "Data loader workers (image folders).",
                    0, MAX_WORKERS)
+def form_option(help: str) -> Any:  # noqa: A002 - typer's word
+    """`--form` (compile, import-weights): a block form the bottleneck's registry entry has."""
+    return typer.Option(None, "--form", help=help, callback=_check_form)
+
+
+def _check_form(value: str | None) -> str | None:
+    from resnext_compiler.blocks.bottleneck import FORMS  # the blocks' own list, when used
+
+    return choice(*FORMS)(value)
+
+
 DEVICE = Declared("--device", "auto", " | ".join(DEVICES), choices=DEVICES)
 DECLARED = (MAX_BATCH, WORKERS)  # numeric ones (tests/test_options.py checks their ranges)
 
