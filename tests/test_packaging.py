@@ -97,7 +97,8 @@ def test_onnxruntime_builds_are_extras_never_a_base_dependency():
     extras = project["optional-dependencies"]
     assert extras["cpu"] == ["onnxruntime>=1.18"]
     assert extras["gpu"] == ["onnxruntime-gpu>=1.18"]
-    assert "resnext-compile[cpu,grpc]" in extras["dev"]  # README's dev install stays CPU
+    # README's dev install stays CPU and has everything: training (torch) and gRPC
+    assert "resnext-compile[cpu,grpc,train]" in extras["dev"]
 
 
 def test_compiling_to_onnx_needs_no_onnxruntime(tmp_path):
