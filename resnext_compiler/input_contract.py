@@ -295,6 +295,12 @@ def read_contract(path: str | Path) -> InputContract | None:
     return contract_from_metadata(metadata, channels, height, width)
 
 
+def version_number(name: str) -> bool:
+    """Whether a Triton version folder's name is a version: ASCII digits only (`²` is a digit
+    to `str.isdigit` but not to `int`), at most 18 of them."""
+    return name.isascii() and name.isdigit() and len(name) <= 18
+
+
 def find_onnx_file(path: Path) -> Path:
     """`path` itself, or the newest REPO[/<model>]/<version>/model.onnx under it."""
     if path.is_file():
@@ -307,7 +313,7 @@ def find_onnx_file(path: Path) -> Path:
         raise UserError(f"{path}: expected one ONNX file or one Triton model "
                         f"(found {len(model_dirs)} models)")
     versions = sorted((int(child.name), child) for child in model_dirs[0].iterdir()
-                      if child.name.isdigit() and (child / "model.onnx").is_file())
+                      if version_number(child.name) and (child / "model.onnx").is_file())
     if not versions:
         raise UserError(f"{model_dirs[0]}: no version directory with model.onnx")
     return versions[-1][1] / "model.onnx"

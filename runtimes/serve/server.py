@@ -42,9 +42,11 @@ def load_models(model_path: Path, config: ServeConfig) -> tuple[list, dict[str, 
         model = LoadedModel(source, config.device, config.max_batch, config.intra_op_threads,
                             config.max_memory_bytes)
         models.append(model)
-        path = config.labels or source.labels_path
-        if path is not None:
-            labels[model.name] = load_labels(path, model.outputs[0].shape[-1])
+        if config.labels is not None:
+            labels[model.name] = load_labels(config.labels, model.outputs[0].shape[-1])
+        elif source.labels_path is not None:
+            labels[model.name] = load_labels(source.labels_path, model.outputs[0].shape[-1],
+                                             source.folder, "config.pbtxt: label_filename")
         elif model.contract.labels is not None:
             labels[model.name] = list(model.contract.labels)
         announce_contract(model)
