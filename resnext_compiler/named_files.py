@@ -201,8 +201,8 @@ def walk_files(folder: str | Path, root: Path, where: str = "",
         for name in names:
             visited += 1
             if visited > max_entries:
-                raise NamedFileError(f"{_prefix(where)}more than {max_entries} entries under "
-                                     f"{start}; point it at a smaller folder")
+                raise NamedFileError(f"{_prefix(where)}more than {max_entries} files searched "
+                                     f"under {start}; point it at a smaller folder")
             entry = directory / name
             try:
                 mode = entry.stat().st_mode  # follows a symlink; never opens, never blocks
