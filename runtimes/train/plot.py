@@ -14,9 +14,13 @@ from resnext_compiler.errors import UserError
 def _run_label(run_dir: Path) -> str:
     spec_file = run_dir / "spec.yaml"
     if spec_file.is_file():
-        import yaml
+        from resnext_compiler.errors import SpecError
+        from resnext_compiler.yaml_source import read_yaml_file
 
-        data = yaml.safe_load(spec_file.read_text())
+        try:  # the bounded spec reader: a damaged or hostile spec.yaml only loses the label
+            data, _ = read_yaml_file(spec_file, root=run_dir)
+        except SpecError:
+            return run_dir.name
         if isinstance(data, dict) and isinstance(data.get("name"), str):
             return data["name"]
     return run_dir.name

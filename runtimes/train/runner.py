@@ -22,6 +22,8 @@ from typing import Any
 from resnext_compiler.artifacts import write_text_atomic
 from resnext_compiler.errors import ResnextError, UserError
 from resnext_compiler.input_contract import labels_text
+from resnext_compiler.named_files import LABELS, RUN_SETTINGS, read_named_text
+from resnext_compiler.naming import file_stem
 from resnext_compiler.runtimes.train.checkpoint import CHECKPOINT, WEIGHTS
 from resnext_compiler.runtimes.train.config import (
     TrainConfig,
@@ -81,11 +83,14 @@ def default_spec_path(stack: ExitStack) -> Path:
 
 
 def default_run_dir(spec: Spec, root: Path = Path("runs")) -> Path:
+    """`runs/<name>-<date>`, the name sanitised as compile's outputs are: a spec named
+    `../../x` or `/etc` still gets a folder directly under `root`."""
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    candidate = root / f"{spec.name}-{stamp}"
+    name = file_stem(spec.name)
+    candidate = root / f"{name}-{stamp}"
     suffix = 2
     while candidate.exists():
-        candidate = root / f"{spec.name}-{stamp}-{suffix}"
+        candidate = root / f"{name}-{stamp}-{suffix}"
         suffix += 1
     return candidate
 
@@ -154,7 +159,7 @@ def resume_config(run_dir: Path, epochs: int | None = None, lr: float | None = N
         raise UserError(f"--resume {run_dir}: no checkpoint yet (expected {run_dir / CHECKPOINT};"
                         " the run stopped before finishing its first epoch)")
     try:
-        config = TrainConfig.from_json(path.read_text(errors="replace"))
+        config = TrainConfig.from_json(read_named_text(path, RUN_SETTINGS, run_dir))
     except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
         raise UserError(f"{path}: corrupt run settings ({type(exc).__name__}: "
                         f"{str(exc)[:200]}); start a new run instead of --resume") from None
@@ -178,7 +183,8 @@ def resume_config(run_dir: Path, epochs: int | None = None, lr: float | None = N
     if epochs is not None or lr is not None or staging is not None:
         target = staging if staging is not None else run_dir
         if staging is not None and (run_dir / LABELS_FILE).is_file():
-            write_text_atomic(staging / LABELS_FILE, (run_dir / LABELS_FILE).read_text())
+            write_text_atomic(staging / LABELS_FILE,
+                              read_named_text(run_dir / LABELS_FILE, LABELS, run_dir))
         spec = load_spec(run_dir / "spec.yaml")
         write_text_atomic(target / "spec.yaml", effective_spec(spec, config).to_yaml())
         write_text_atomic(target / CONFIG_FILE, config.to_json())
@@ -197,7 +203,7 @@ def publish_staged_run(staging: Path, config: TrainConfig, context: DistContext)
     global rank 0 (alone) writes labels.txt, spec.yaml and train.json into the run directory."""
     import torch.distributed as dist
 
-    spec_text = (staging / "spec.yaml").read_text()
+    spec_text = read_named_text(staging / "spec.yaml", RUN_SETTINGS, staging)
     digests: list[str | None] = [None] * context.world_size
     dist.all_gather_object(digests, _comparable(config, spec_text))
     differing = [rank for rank, digest in enumerate(digests) if digest != digests[0]]
@@ -208,9 +214,11 @@ def publish_staged_run(staging: Path, config: TrainConfig, context: DistContext)
         run_dir = Path(config.run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         if (staging / LABELS_FILE).is_file():  # first: spec.yaml names it
-            write_text_atomic(run_dir / LABELS_FILE, (staging / LABELS_FILE).read_text())
+            write_text_atomic(run_dir / LABELS_FILE,
+                              read_named_text(staging / LABELS_FILE, LABELS, staging))
         write_text_atomic(run_dir / "spec.yaml", spec_text)
-        write_text_atomic(run_dir / CONFIG_FILE, (staging / CONFIG_FILE).read_text())
+        write_text_atomic(run_dir / CONFIG_FILE,
+                          read_named_text(staging / CONFIG_FILE, RUN_SETTINGS, staging))
     context.barrier()
 
 
