@@ -47,6 +47,7 @@ BASE_SPEC = FileKind("base spec", SPEC.max_bytes)  # an `extends` parent
 LABELS = FileKind("labels file", 16 * MiB)
 TRITON_CONFIG = FileKind("Triton config.pbtxt", 1 * MiB)
 IMAGE = FileKind("image file", 256 * MiB)
+DATA_BATCH = FileKind("data batch file", 512 * MiB)  # CIFAR-100's train batch: 150 MiB
 RUN_SETTINGS = FileKind("run file", 64 * MiB)  # train.json, a run's spec.yaml and labels.txt
 METRICS = FileKind("metrics log", 256 * MiB)
 CHECKPOINT = FileKind("training checkpoint", 64 * GiB)
@@ -107,23 +108,28 @@ def contained(path: str | Path, root: Path | None, where: str = "",
     return resolved
 
 
+def _check_regular(mode: int, path: str | Path, kind: FileKind, where: str) -> None:
+    if not stat.S_ISREG(mode):
+        shape = "got a directory" if stat.S_ISDIR(mode) else "a device, FIFO or socket"
+        raise NamedFileError(f"{_prefix(where)}{kind.what} {path} is not a regular file "
+                             f"({shape})")
+
+
 @contextlib.contextmanager
 def open_named(path: str | Path, kind: FileKind, root: Path | None, where: str = ""
                ) -> Iterator[BinaryIO]:
     """The open file, after the containment, kind and size checks (see the module text)."""
     resolved = contained(path, root, where, kind)
+    with contextlib.suppress(OSError):  # a socket cannot even be opened: say what it is
+        _check_regular(os.stat(resolved).st_mode, path, kind, where)
     try:
         fd = os.open(resolved, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as exc:
         raise NamedFileError(f"{_prefix(where)}cannot read {kind.what} {path}: "
                              f"{exc.strerror or exc}") from None
     try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            shape = ("got a directory" if stat.S_ISDIR(info.st_mode)
-                     else "a device, FIFO or socket")
-            raise NamedFileError(f"{_prefix(where)}{kind.what} {path} is not a regular file "
-                                 f"({shape})")
+        info = os.fstat(fd)  # the descriptor's file, whatever the path points at by now
+        _check_regular(info.st_mode, path, kind, where)
         if info.st_size > kind.max_bytes:
             raise NamedFileError(f"{_prefix(where)}{kind.what} {path} is larger than the "
                                  f"{kind.max_bytes}-byte limit ({info.st_size} bytes)",

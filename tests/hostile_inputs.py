@@ -57,3 +57,57 @@ def merge_key_bomb(levels: int = 30) -> str:
     for level in range(1, levels):
         lines.append(f"m{level}: &m{level} {{<<: [*m{level - 1}, *m{level - 1}]}}")
     return "name: merges\nstages: [1]\n" + "\n".join(lines) + "\n"
+
+
+def bounded(run):  # noqa: ANN001, ANN201 - any callable, its result
+    """(result, seconds, peak bytes): timed on its own, then run again under tracemalloc
+    (which slows Python down several times) for the peak of Python and numpy allocations."""
+    import time
+    import tracemalloc
+
+    started = time.perf_counter()
+    result = run()
+    elapsed = time.perf_counter() - started
+    tracemalloc.start()
+    try:
+        run()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return result, elapsed, peak
+
+
+def fifo(path, unblock_after: float = 10.0):  # noqa: ANN001, ANN201 - a Path, the same Path
+    """A FIFO at `path` that nobody writes to: a reader blocks forever. After `unblock_after`
+    seconds a writer opens and closes it, so a regression fails its test instead of hanging."""
+    import os
+    import threading
+
+    os.mkfifo(path)
+
+    def unblock() -> None:
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:  # nobody was reading: nothing to unblock
+            pass
+
+    timer = threading.Timer(unblock_after, unblock)
+    timer.daemon = True
+    timer.start()
+    return path
+
+
+def sparse(path, size: int):  # noqa: ANN001, ANN201 - a Path, the same Path
+    """A file of `size` bytes that takes no disk space (a hole), e.g. 1.5 GiB of zeros."""
+    with open(path, "wb") as handle:
+        handle.truncate(size)
+    return path
+
+
+def unix_socket(path):  # noqa: ANN001, ANN201 - a Path, the same Path
+    """A bound Unix socket at `path` (closed again: the socket file stays)."""
+    import socket
+
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(path))
+    return path

@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 
 from resnext_compiler.backends.base import DEFAULT_CALIBRATION_IMAGES
+from resnext_compiler.commands.options import allow_root_option
 from resnext_compiler.errors import SpecError, UserError, error_text, sanitise
 
 BACKEND_HELP = (
@@ -90,6 +91,7 @@ def compile_command(
         help="onnx/triton: take uint8 images [N, H, W, C] (already resized and cropped) and "
         "normalise them inside the graph."),
     budget: list[str] = budget_option(),
+    allow_root: list[Path] = allow_root_option(),
 ) -> None:
     """Compile SPEC with a backend (the default command: `resnext-compile SPEC`)."""
     from resnext_compiler.backends.base import CompileOptions
@@ -147,6 +149,7 @@ def check_command(
         ..., metavar="SPEC...", help="Spec files to lint.", show_default=False
     ),
     budget: list[str] = budget_option(),
+    allow_root: list[Path] = allow_root_option(),
 ) -> None:
     """Validate specs: schema, shapes, groups. Exit 2 with FILE:LINE:COL messages on problems."""
     from resnext_compiler.passes.complexity import analyse
@@ -171,6 +174,7 @@ def inspect_command(
                                 help="Spec file, or a compiled ONNX file / Triton repository."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object instead of a table."),
     budget: list[str] = budget_option(),
+    allow_root: list[Path] = allow_root_option(),
 ) -> None:
     """Per-stage shapes, parameters, MACs and memory of a spec; a compiled model's input
     contract (preprocessing and class names)."""

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from resnext_compiler.commands.options import number_range
+from resnext_compiler.commands.options import allow_root_option, number_range
 from resnext_compiler.errors import UserError
 
 
@@ -53,6 +53,7 @@ def serve_command(
     threads: int = typer.Option(0, "--threads", callback=number_range(0, 1024),
                                 help="onnxruntime intra-op threads (0: one per core)."),
     log_level: str = typer.Option("info", "--log-level", help="debug | info | warning | error"),
+    allow_root: list[Path] = allow_root_option(),
 ) -> None:
     """Serve an ONNX model over HTTP (and gRPC): KServe v2 / Triton protocol, /v1/classify,
     /metrics."""
@@ -63,8 +64,6 @@ def serve_command(
         raise UserError(f"--device must be one of {', '.join(DEVICES)}, got {device!r}")
     if log_level not in ("debug", "info", "warning", "error"):
         raise UserError(f"--log-level must be debug, info, warning or error, got {log_level!r}")
-    if labels is not None and not labels.is_file():
-        raise UserError(f"labels file not found: {labels}")
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s: %(message)s")
     config = ServeConfig(host=host, port=port, grpc_port=grpc_port, max_batch=max_batch,
                          max_delay_ms=max_delay_ms,

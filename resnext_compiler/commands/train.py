@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from resnext_compiler.commands.options import choice, number_range
+from resnext_compiler.commands.options import allow_root_option, choice, number_range
 from resnext_compiler.errors import UserError, sanitise
 from resnext_compiler.limits import MAX_BATCH, MAX_EPOCHS, MAX_LR
 
@@ -137,6 +137,7 @@ def train_command(
     scan_data: bool = typer.Option(
         True, "--scan-data/--no-scan-data",
         help="Open every image file of a folder data set before training starts."),
+    allow_root: list[Path] = allow_root_option(),
 ) -> None:
     """Train a spec with the seed's recipe (SGD + Nesterov, linear lr scaling, step/cosine).
 
@@ -208,6 +209,7 @@ def evaluate_command(
         None, "--predictions", help="Write each image's top-1 answer as CSV "
         "(image,target,predicted,label,logit)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    allow_root: list[Path] = allow_root_option(),
 ) -> None:
     """Single-crop top-1/top-5 error on the validation split (the paper's table metric)."""
     from resnext_compiler.runtimes.evaluation import write_predictions
@@ -251,6 +253,7 @@ def plot_command(
     output: Path | None = typer.Option(
         None, "--output", "-o", help="PNG (default: RUN/curves.png, or curves.png for several)."),
     title: str | None = typer.Option(None, "--title"),
+    allow_root: list[Path] = allow_root_option(),
 ) -> None:
     """Top-1 error against epochs, train dashed and val solid (like the paper's Figure 5)."""
     from resnext_compiler.runtimes.train.plot import plot_runs

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from resnext_compiler.errors import UserError
+from resnext_compiler.named_files import DATA_BATCH, read_named_bytes
 
 _LAYOUT = {
     "cifar10": (["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4",
@@ -44,7 +45,8 @@ class _ArraysOnly(pickle.Unpickler):
 
 def _read_pickle(path: Path) -> Any:
     try:
-        return _ArraysOnly(io.BytesIO(path.read_bytes()), encoding="bytes").load()
+        data = read_named_bytes(path, DATA_BATCH, path.parent)
+        return _ArraysOnly(io.BytesIO(data), encoding="bytes").load()
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
             IndexError, KeyError) as exc:
         raise UserError(f"{path}: not a CIFAR python batch file ({exc})") from None

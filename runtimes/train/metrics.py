@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,7 @@ def write_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     """The rows of `run_dir/metrics.jsonl` (empty when the run has not finished an epoch)."""
     path = run_dir / "metrics.jsonl"
-    if not path.is_file():
+    if not os.path.lexists(path):
         return []
     rows = []
     text = read_named_text(path, METRICS, run_dir)
