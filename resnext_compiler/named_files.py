@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from resnext_compiler.errors import UserError
+from resnext_compiler.errors import UserError, sanitise
 
 # Folders outside an owner's root that the user allows on purpose (os.pathsep-separated). An
 # environment variable so data-loader workers, torchrun children and Slurm jobs inherit it.
@@ -80,7 +80,13 @@ def allow_roots(folders: list[Path] | tuple[Path, ...]) -> None:
 
 
 def _prefix(where: str) -> str:
-    return f"{where}: " if where else ""
+    return f"{sanitise(where)}: " if where else ""
+
+
+def _shown(path: str | Path) -> str:
+    """A path as a message shows it: a newline or escape sequence in a file name cannot start a
+    forged line or reach the terminal."""
+    return sanitise(str(path))
 
 
 def contained(path: str | Path, root: Path | None, where: str = "",
@@ -93,26 +99,26 @@ def contained(path: str | Path, root: Path | None, where: str = "",
     try:
         resolved = Path(path).resolve(strict=True)
     except FileNotFoundError:
-        raise NamedFileError(f"{_prefix(where)}{what} not found: {path}") from None
+        raise NamedFileError(f"{_prefix(where)}{what} not found: {_shown(path)}") from None
     except (OSError, RuntimeError) as exc:  # a symlink loop, a path component not a folder
-        raise NamedFileError(f"{_prefix(where)}cannot resolve {path}: "
+        raise NamedFileError(f"{_prefix(where)}cannot resolve {_shown(path)}: "
                              f"{getattr(exc, 'strerror', None) or exc}") from None
     if root is None:
         return resolved
     roots = (Path(root).resolve(), *allowed_roots())
     if not any(resolved.is_relative_to(r) for r in roots):
         raise NamedFileError(
-            f"{_prefix(where)}{path} leads to {resolved}, outside {roots[0]}; files an input "
-            f"names must stay under its folder (allow another folder on purpose with "
-            f"--allow-root DIR or {ALLOW_ROOT_ENV})")
+            f"{_prefix(where)}{_shown(path)} leads to {_shown(resolved)}, outside "
+            f"{_shown(roots[0])}; files an input names must stay under its folder (allow "
+            f"another folder on purpose with --allow-root DIR or {ALLOW_ROOT_ENV})")
     return resolved
 
 
 def _check_regular(mode: int, path: str | Path, kind: FileKind, where: str) -> None:
     if not stat.S_ISREG(mode):
         shape = "got a directory" if stat.S_ISDIR(mode) else "a device, FIFO or socket"
-        raise NamedFileError(f"{_prefix(where)}{kind.what} {path} is not a regular file "
-                             f"({shape})")
+        raise NamedFileError(f"{_prefix(where)}{kind.what} {_shown(path)} is not a regular "
+                             f"file ({shape})")
 
 
 @contextlib.contextmanager
@@ -125,14 +131,14 @@ def open_named(path: str | Path, kind: FileKind, root: Path | None, where: str =
     try:
         fd = os.open(resolved, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as exc:
-        raise NamedFileError(f"{_prefix(where)}cannot read {kind.what} {path}: "
+        raise NamedFileError(f"{_prefix(where)}cannot read {kind.what} {_shown(path)}: "
                              f"{exc.strerror or exc}") from None
     try:
         info = os.fstat(fd)  # the descriptor's file, whatever the path points at by now
         _check_regular(info.st_mode, path, kind, where)
         if info.st_size > kind.max_bytes:
-            raise NamedFileError(f"{_prefix(where)}{kind.what} {path} is larger than the "
-                                 f"{kind.max_bytes}-byte limit ({info.st_size} bytes)",
+            raise NamedFileError(f"{_prefix(where)}{kind.what} {_shown(path)} is larger than "
+                                 f"the {kind.max_bytes}-byte limit ({info.st_size} bytes)",
                                  too_large=True)
         os.set_blocking(fd, True)
         handle = os.fdopen(fd, "rb")
@@ -150,10 +156,10 @@ def read_named_bytes(path: str | Path, kind: FileKind, root: Path | None,
         try:
             data = handle.read(kind.max_bytes + 1)
         except OSError as exc:
-            raise NamedFileError(f"{_prefix(where)}cannot read {kind.what} {path}: "
+            raise NamedFileError(f"{_prefix(where)}cannot read {kind.what} {_shown(path)}: "
                                  f"{exc.strerror or exc}") from None
     if len(data) > kind.max_bytes:
-        raise NamedFileError(f"{_prefix(where)}{kind.what} {path} is larger than the "
+        raise NamedFileError(f"{_prefix(where)}{kind.what} {_shown(path)} is larger than the "
                              f"{kind.max_bytes}-byte limit", too_large=True)
     return data
 
@@ -165,7 +171,7 @@ def read_named_text(path: str | Path, kind: FileKind, root: Path | None,
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise NamedFileError(f"{_prefix(where)}{kind.what} {path} is not UTF-8 text "
+        raise NamedFileError(f"{_prefix(where)}{kind.what} {_shown(path)} is not UTF-8 text "
                              f"({exc.reason} at byte {exc.start})") from None
 
 
@@ -173,7 +179,7 @@ def named_folder(path: str | Path, root: Path | None, where: str = "") -> Path:
     """A folder an input names, resolved and kept under `root`; anything else is refused."""
     resolved = contained(path, root, where)
     if not resolved.is_dir():
-        raise NamedFileError(f"{_prefix(where)}{path} is not a folder")
+        raise NamedFileError(f"{_prefix(where)}{_shown(path)} is not a folder")
     return resolved
 
 
@@ -202,13 +208,13 @@ def walk_files(folder: str | Path, root: Path, where: str = "",
         try:
             names = sorted(os.listdir(directory))
         except OSError as exc:
-            raise NamedFileError(f"{_prefix(where)}cannot list {directory}: "
+            raise NamedFileError(f"{_prefix(where)}cannot list {_shown(directory)}: "
                                  f"{exc.strerror or exc}") from None
         for name in names:
             visited += 1
             if visited > max_entries:
                 raise NamedFileError(f"{_prefix(where)}more than {max_entries} files searched "
-                                     f"under {start}; point it at a smaller folder")
+                                     f"under {_shown(start)}; point it at a smaller folder")
             entry = directory / name
             try:
                 mode = entry.stat().st_mode  # follows a symlink; never opens, never blocks
@@ -221,8 +227,8 @@ def walk_files(folder: str | Path, root: Path, where: str = "",
                 continue
             contained(entry, root, where)
             if not stat.S_ISREG(mode):
-                raise NamedFileError(f"{_prefix(where)}{entry} is not a regular file (a "
-                                     "device, FIFO or socket)")
+                raise NamedFileError(f"{_prefix(where)}{_shown(entry)} is not a regular file "
+                                     "(a device, FIFO or socket)")
             yield entry
 
     return walk(start)

@@ -115,6 +115,16 @@ def test_hostile_labels_file_is_refused_located(case: str, make: Maker, message:
     assert "spec.yaml:6:" in result.err and "preprocess.labels" in result.err, result
 
 
+def test_a_labels_name_with_a_newline_cannot_forge_an_error_line(tmp_path: Path,
+                                                               run_cli) -> None:
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(LABELS_SPEC.replace("LABELS", '"x\\nerror: all good\\x1b[2J"'))
+    result = run_cli("check", spec)
+    assert result.code == 2 and "labels file not found" in result.err, result
+    assert not any(line.startswith("error: all good") for line in result.err.splitlines())
+    assert "\x1b" not in result.err and "\\nerror: all good\\x1b[2J" in result.err
+
+
 def test_allow_root_widens_the_labels_root_on_purpose(tmp_path: Path, run_cli) -> None:
     folder = tmp_path / "spec"
     folder.mkdir()
@@ -418,6 +428,24 @@ def test_run_directory_of_any_spec_name_stays_under_runs(name: str, tmp_path: Pa
     run_dir = default_run_dir(spec, tmp_path / "runs")
     assert run_dir.parent == tmp_path / "runs"
     assert run_dir.resolve().is_relative_to((tmp_path / "runs").resolve())
+
+
+def test_train_with_an_escaping_spec_name_writes_only_under_runs(
+        tmp_path: Path, run_cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    from conftest import TINY_DIGITS_MODEL
+
+    work = tmp_path / "a" / "b" / "c"
+    work.mkdir(parents=True)
+    monkeypatch.chdir(work)
+    spec = work / "spec.yaml"
+    spec.write_text(TINY_DIGITS_MODEL.replace("name: tiny_digits", 'name: "../../../x"'))
+    before = set(tmp_path.rglob("*"))
+    result = run_cli("train", spec, "--dataset", "digits", "--epochs", "1", "--batch-size", "256")
+    assert result.code == 0, result.err
+    written = set(tmp_path.rglob("*")) - before
+    assert written and all(path.is_relative_to(work / "runs") for path in written), written
+    (run,) = (work / "runs").iterdir()
+    assert run.name.startswith("x-") and (run / "model.safetensors").is_file()
 
 
 @pytest.fixture
