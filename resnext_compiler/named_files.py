@@ -51,6 +51,7 @@ DATA_BATCH = FileKind("data batch file", 512 * MiB)  # CIFAR-100's train batch: 
 RUN_SETTINGS = FileKind("run file", 64 * MiB)  # train.json, a run's spec.yaml and labels.txt
 METRICS = FileKind("metrics log", 256 * MiB)
 CHECKPOINT = FileKind("training checkpoint", 64 * GiB)
+ONNX_MODEL = FileKind("ONNX model", 2 * GiB)  # protobuf's limit; larger models use external data
 
 MAX_FOLDER_FILES = 10_000_000  # directory entries one folder walk may visit
 
@@ -149,6 +150,19 @@ def open_named(path: str | Path, kind: FileKind, root: Path | None, where: str =
         yield handle
 
 
+def named_file(path: str | Path, kind: FileKind, root: Path | None, where: str = "") -> Path:
+    """The resolved path of a named regular file of at most its kind's size, for a reader
+    that only takes a path (onnxruntime): the same checks as `open_named`, from `stat`."""
+    resolved = contained(path, root, where, kind)
+    info = resolved.stat()
+    _check_regular(info.st_mode, path, kind, where)
+    if info.st_size > kind.max_bytes:
+        raise NamedFileError(f"{_prefix(where)}{kind.what} {_shown(path)} is larger than the "
+                             f"{kind.max_bytes}-byte limit ({info.st_size} bytes)",
+                             too_large=True)
+    return resolved
+
+
 def read_named_bytes(path: str | Path, kind: FileKind, root: Path | None,
                      where: str = "") -> bytes:
     """All bytes of a named file, never more than its kind's limit."""
@@ -195,40 +209,52 @@ def walk_files(folder: str | Path, root: Path, where: str = "",
     twice is walked once. At most `max_entries` directory entries are visited.
     """
     start = Path(folder)
-    named_folder(start, root, where)
     seen: set[Path] = set()
     visited = 0
 
-    def walk(directory: Path) -> Iterator[Path]:
+    def refuse_special(path: Path) -> NamedFileError:
+        return NamedFileError(f"{_prefix(where)}{_shown(path)} is not a regular file (a "
+                              "device, FIFO or socket)")
+
+    def walk(directory: Path, real: Path) -> Iterator[Path]:
+        # `real`: `directory` with its symlinks resolved, known to lie under a root; an entry
+        # that is not a symlink lies there too, so only symlinks are resolved (ImageNet's
+        # 1.3 million files cost one directory read each, not a path resolution each)
         nonlocal visited
-        real = contained(directory, root, where)
         if real in seen:
             return
         seen.add(real)
         try:
-            names = sorted(os.listdir(directory))
+            with os.scandir(directory) as listing:
+                entries = sorted(listing, key=lambda entry: entry.name)
         except OSError as exc:
             raise NamedFileError(f"{_prefix(where)}cannot list {_shown(directory)}: "
                                  f"{exc.strerror or exc}") from None
-        for name in names:
+        for entry in entries:
             visited += 1
             if visited > max_entries:
                 raise NamedFileError(f"{_prefix(where)}more than {max_entries} files searched "
                                      f"under {_shown(start)}; point it at a smaller folder")
-            entry = directory / name
+            path = directory / entry.name
+            wanted = not suffixes or entry.name.lower().endswith(suffixes)
+            if not entry.is_symlink():
+                if entry.is_dir(follow_symlinks=False):
+                    yield from walk(path, real / entry.name)
+                elif wanted and not entry.is_file(follow_symlinks=False):
+                    raise refuse_special(path)
+                elif wanted:
+                    yield path
+                continue
             try:
-                mode = entry.stat().st_mode  # follows a symlink; never opens, never blocks
+                mode = path.stat().st_mode  # follows the link; never opens, never blocks
             except OSError:
                 mode = 0  # a dangling link: refused below if its name is wanted
             if stat.S_ISDIR(mode):
-                yield from walk(entry)
-                continue
-            if suffixes and not name.lower().endswith(suffixes):
-                continue
-            contained(entry, root, where)
-            if not stat.S_ISREG(mode):
-                raise NamedFileError(f"{_prefix(where)}{_shown(entry)} is not a regular file "
-                                     "(a device, FIFO or socket)")
-            yield entry
+                yield from walk(path, contained(path, root, where))
+            elif wanted:
+                contained(path, root, where)
+                if not stat.S_ISREG(mode):
+                    raise refuse_special(path)
+                yield path
 
-    return walk(start)
+    return walk(start, named_folder(start, root, where))

@@ -227,11 +227,13 @@ def _label_fifo(tmp_path: Path) -> Path:
     return repo
 
 
-def _config_replaced(make_config: Callable[[Path], object]) -> Callable[[Path], Path]:
+def _replaced(file: str, make_file: Callable[[Path], object]) -> Callable[[Path], Path]:
+    """A good one-model repository whose `file` (under the model folder) `make_file` makes."""
+
     def make(tmp_path: Path) -> Path:
         repo = _repository(tmp_path)
-        (repo / "tiny" / "config.pbtxt").unlink()
-        make_config(repo / "tiny" / "config.pbtxt")
+        (repo / "tiny" / file).unlink()
+        make_file(repo / "tiny" / file)
         return repo
 
     return make
@@ -280,16 +282,20 @@ REPOSITORY_CASES: list[tuple[str, Callable[[Path], Path], str]] = [
     ("label_filename -> ../config.pbtxt of another model", _label_link("../../x.txt"),
      "not found"),
     ("label_filename FIFO", _label_fifo, NOT_REGULAR),
-    ("1.5 GiB sparse config.pbtxt", _config_replaced(lambda p: sparse(p, 3 << 29)),
+    ("1.5 GiB sparse config.pbtxt", _replaced("config.pbtxt", lambda p: sparse(p, 3 << 29)),
      "larger than the 1048576-byte limit"),
-    ("config.pbtxt FIFO", _config_replaced(fifo), NOT_REGULAR),
-    ("config.pbtxt -> /etc/passwd", _config_replaced(lambda p: p.symlink_to("/etc/passwd")),
-     OUTSIDE),
-    ("config.pbtxt is a folder", _config_replaced(lambda p: p.mkdir()), "got a directory"),
+    ("config.pbtxt FIFO", _replaced("config.pbtxt", fifo), NOT_REGULAR),
+    ("config.pbtxt -> /etc/passwd",
+     _replaced("config.pbtxt", lambda p: p.symlink_to("/etc/passwd")), OUTSIDE),
+    ("config.pbtxt is a folder", _replaced("config.pbtxt", lambda p: p.mkdir()),
+     "got a directory"),
     ("300 model folders", _many_models, "more than 256 models"),
     ("two models with one name", _same_name, "two models are named 'same'"),
     ("model folder linked outside", _model_folder_link, OUTSIDE),
     ("model.onnx linked outside", _onnx_link, OUTSIDE),
+    ("model.onnx FIFO", _replaced("1/model.onnx", fifo), NOT_REGULAR),
+    ("model.onnx 3 GiB sparse", _replaced("1/model.onnx", lambda p: sparse(p, 3 << 30)),
+     "larger than the 2147483648-byte limit"),
     ("version folder named \u00b2", _superscript_version, "no version directory"),
 ]
 

@@ -15,8 +15,10 @@ from resnext_compiler.errors import UserError, sanitise
 from resnext_compiler.input_contract import version_number
 from resnext_compiler.named_files import (
     LABELS,
+    ONNX_MODEL,
     TRITON_CONFIG,
     contained,
+    named_file,
     named_folder,
     read_named_text,
 )
@@ -92,7 +94,8 @@ def _triton_model(model_dir: Path, root: Path) -> ModelSource:
         raise UserError(f"{model_dir}: no version directory with model.onnx (e.g. "
                         f"{model_dir}/1/model.onnx)")
     version, version_dir = versions[-1]
-    onnx_path = contained(version_dir / "model.onnx", root, f"{config_path}: version {version}")
+    onnx_path = named_file(version_dir / "model.onnx", ONNX_MODEL, root,
+                           f"{config_path}: version {version}")
     labels_path = None
     if label_file:
         labels_path = contained(model_dir / label_file.group(1), folder,
