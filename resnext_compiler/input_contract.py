@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from resnext_compiler.errors import UserError
+from resnext_compiler.named_files import ONNX_MODEL, named_file
 
 if TYPE_CHECKING:  # spec.py imports this module (parse_labels)
     from resnext_compiler.spec import Spec
@@ -313,7 +314,8 @@ def find_onnx_file(path: Path) -> Path:
         raise UserError(f"{path}: expected one ONNX file or one Triton model "
                         f"(found {len(model_dirs)} models)")
     versions = sorted((int(child.name), child) for child in model_dirs[0].iterdir()
-                      if version_number(child.name) and (child / "model.onnx").is_file())
+                      if version_number(child.name) and (child / "model.onnx").exists())
     if not versions:
         raise UserError(f"{model_dirs[0]}: no version directory with model.onnx")
-    return versions[-1][1] / "model.onnx"
+    # a file the repository names: a regular file under it, not a FIFO or a link out
+    return named_file(versions[-1][1] / "model.onnx", ONNX_MODEL, path.resolve())

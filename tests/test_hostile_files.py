@@ -310,6 +310,19 @@ def test_hostile_repository_is_refused_at_start_up(case: str, make: Callable[[Pa
     _assert_refused(result, message, elapsed, peak)
 
 
+MODEL_FILE_CASES = [case for case in REPOSITORY_CASES if case[0].startswith("model.onnx")]
+
+
+@pytest.mark.parametrize("case,make,message", MODEL_FILE_CASES,
+                         ids=[c[0] for c in MODEL_FILE_CASES])
+def test_inspect_of_a_repository_checks_the_model_file(case: str, make: Callable[[Path], Path],
+                                                       message: str, tmp_path: Path,
+                                                       run_cli) -> None:
+    repo = make(tmp_path)
+    result, elapsed, peak = bounded(lambda: run_cli("inspect", repo))
+    _assert_refused(result, message, elapsed, peak)
+
+
 def test_serve_labels_that_are_a_fifo_are_refused(tmp_path: Path, run_cli) -> None:
     from test_serve_helpers import write_tiny_onnx
 
