@@ -15,7 +15,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError
 
-from resnext_compiler.errors import Diagnostic, Location, SpecError, format_field_path
+from resnext_compiler.errors import (
+    Diagnostic,
+    Location,
+    SpecError,
+    format_field_path,
+    sanitise,
+)
 from resnext_compiler.input_contract import parse_labels
 from resnext_compiler.limits import (
     MAX_BATCH,
@@ -377,13 +383,14 @@ def _resolve_extends(
         raise SpecError([Diagnostic(f"{target!r} is not a spec (a .yaml or .yml file)",
                                     "extends", field_loc)])
     if base_path in chain:
-        cycle = " -> ".join(str(p) for p in (*chain, base_path))
+        cycle = " -> ".join(sanitise(str(p)) for p in (*chain, base_path))
         raise SpecError([Diagnostic(f"circular extends: {cycle}", "extends", field_loc)])
     try:
         base_data, base_source = read_yaml_file(base_path, BASE_SPEC, root)
     except SpecError as exc:
         # say which line of this file led there, then the base file's own problems
-        raise SpecError([Diagnostic(f"in base spec {base_path}:", "extends", field_loc),
+        raise SpecError([Diagnostic(f"in base spec {sanitise(str(base_path))}:", "extends",
+                                    field_loc),
                          *exc.diagnostics]) from None
     base_data, base_source = _resolve_extends(
         base_data, base_source, base_path, (*chain, base_path), root
