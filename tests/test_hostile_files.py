@@ -525,7 +525,8 @@ def test_a_checkpoint_linked_outside_the_run_is_refused(fake_run: Path, tmp_path
 
 # Calls that read a file's bytes or walk a folder. Listing one folder's names (iterdir) is not
 # reading; the readers below must get their files from `named_files`.
-READERS = {"open", "read_text", "read_bytes", "rglob", "glob", "fromfile", "mmap", "safe_load"}
+READERS = {"open", "read_text", "read_bytes", "rglob", "glob", "fromfile", "mmap", "memmap",
+           "safe_load", "imread", "load_file", "safe_open"}
 LOADERS = {"torch", "np", "numpy", "onnx", "torchfile", "pickle", "yaml"}  # OWNER.load(...)
 # (file, call): why this reader does not go through the opener
 EXEMPT = {
