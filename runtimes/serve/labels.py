@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from resnext_compiler.errors import UserError
-from resnext_compiler.input_contract import parse_labels
+from resnext_compiler.input_contract import check_label_count, parse_labels
 
 
 def load_labels(path: Path, num_classes: int) -> list[str]:
@@ -14,7 +14,5 @@ def load_labels(path: Path, num_classes: int) -> list[str]:
         names = parse_labels(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"labels {path}: cannot read it ({exc})") from None
-    if len(names) != num_classes:
-        raise UserError(f"labels {path}: {len(names)} labels for a model with {num_classes} "
-                        "classes")
+    check_label_count(names, num_classes, f"labels {path}")
     return list(names)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from resnext_compiler.errors import UserError
+from resnext_compiler.input_contract import version_number
 
 
 @dataclass(frozen=True)
@@ -50,10 +51,11 @@ def _triton_model(model_dir: Path) -> ModelSource:
         raise UserError(f"{model_dir}/config.pbtxt: platform {platform.group(1)!r} is not "
                         "ONNX; this server runs onnxruntime_onnx models only")
     name = re.search(r'^\s*name\s*:\s*"([^"]+)"', config, re.MULTILINE)
-    max_batch = re.search(r"^\s*max_batch_size\s*:\s*(\d+)", config, re.MULTILINE)
+    max_batch = re.search(r"^\s*max_batch_size\s*:\s*([0-9]{1,9})\b", config, re.MULTILINE)
     label_file = re.search(r'^\s*label_filename\s*:\s*"([^"/\\]+)"', config, re.MULTILINE)
     versions = sorted((int(child.name), child) for child in model_dir.iterdir()
-                      if child.name.isdigit() and (child / "model.onnx").is_file())
+                      if version_number(child.name) is not None
+                      and (child / "model.onnx").is_file())
     if not versions:
         raise UserError(f"{model_dir}: no version directory with model.onnx (e.g. "
                         f"{model_dir}/1/model.onnx)")
