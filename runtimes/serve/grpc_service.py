@@ -9,8 +9,10 @@ servicer decodes each call into the same values the HTTP routes use and calls th
 
 Refusals map to gRPC status codes as Triton's do: INVALID_ARGUMENT for a malformed request,
 NOT_FOUND for an unknown model or version, UNAVAILABLE while shutting down,
-RESOURCE_EXHAUSTED for a full queue or a message over `max_body_bytes` (enforced by gRPC
-itself, before the message is decoded).
+RESOURCE_EXHAUSTED for a full queue, for a message over `max_body_bytes` (enforced by gRPC
+itself, before the message is decoded) and for a message that would pass the bytes-in-flight
+budget HTTP bodies share (`in_flight.InFlight`); the retriable ones carry `retry-after` and
+`grpc-retry-pushback-ms` trailers.
 """
 
 from __future__ import annotations
@@ -114,13 +116,21 @@ def _rpc(request_type: type[Message]) -> Callable:
             started = time.perf_counter()
             code = grpc.StatusCode.OK
             try:
-                try:
-                    request = request_type.FromString(raw)
-                except DecodeError as exc:
-                    raise bad_request(f"malformed {request_type.__name__}: {exc}") from None
-                return await method(self, request, context)
+                # the message is held (and decoded) against the HTTP side's budget too
+                with self.service.in_flight.holding(len(raw)):
+                    try:
+                        request = request_type.FromString(raw)
+                    except DecodeError as exc:
+                        raise bad_request(f"malformed {request_type.__name__}: {exc}") from None
+                    del raw
+                    return await method(self, request, context)
             except ServeError as exc:
                 code = status_code(exc)
+                if "Retry-After" in exc.headers:  # seconds, as HTTP's header; gRPC's pushback
+                    seconds = exc.headers["Retry-After"]
+                    context.set_trailing_metadata((
+                        ("retry-after", seconds),
+                        ("grpc-retry-pushback-ms", str(int(float(seconds) * 1000)))))
                 await context.abort(code, exc.message)
             except Exception as exc:  # a server fault, not the client's: logged, INTERNAL
                 log.exception("internal error in gRPC %s", name, exc_info=exc)
