@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from resnext_compiler.commands.options import number_range
-from resnext_compiler.errors import UserError
+from resnext_compiler.errors import UserError, escape_log_arguments
 
 
 def serve_command(
@@ -66,6 +66,7 @@ def serve_command(
     if labels is not None and not labels.is_file():
         raise UserError(f"labels file not found: {labels}")
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s: %(message)s")
+    escape_log_arguments()  # model and file names reach the log: escaped, newlines too
     config = ServeConfig(host=host, port=port, grpc_port=grpc_port, max_batch=max_batch,
                          max_delay_ms=max_delay_ms,
                          max_queue=max_queue, device=device, labels=labels,

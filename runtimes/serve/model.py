@@ -101,8 +101,8 @@ class LoadedModel:
                              budget, cost.unknown)
         self.run(warm_up)
         log.info("loaded model %s (version %s) from %s on %s; input %s %s, max batch %d",
-                 sanitise(self.name), self.version, self.path, self.provider,
-                 sanitise(self.input.name), list(self.input.shape), self.max_batch)
+                 self.name, self.version, self.path, self.provider, self.input.name,
+                 list(self.input.shape), self.max_batch)
 
     @property
     def input_dtype(self) -> np.dtype:
@@ -115,6 +115,7 @@ class LoadedModel:
 
 def _session(path: Path, device: str, intra_op_threads: int):  # noqa: ANN202 - onnxruntime's
     ort = import_onnxruntime()
+    ort.set_default_logger_severity(3)  # onnxruntime's own log: errors only (they raise)
     options = ort.SessionOptions()
     # idle onnxruntime threads spin by default, taking cores from the event loop that
     # parses the next requests; a server is better off letting them sleep

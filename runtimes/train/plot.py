@@ -14,9 +14,11 @@ from resnext_compiler.errors import UserError
 def _run_label(run_dir: Path) -> str:
     spec_file = run_dir / "spec.yaml"
     if spec_file.is_file():
-        import yaml
+        from resnext_compiler.yaml_source import read_yaml
 
-        data = yaml.safe_load(spec_file.read_text())
+        # the spec reader's bounds (size, nesting, aliases): a run folder is an input too
+        data, _ = read_yaml(spec_file.read_text(encoding="utf-8", errors="replace"),
+                            str(spec_file))
         if isinstance(data, dict) and isinstance(data.get("name"), str):
             return data["name"]
     return run_dir.name
