@@ -362,9 +362,14 @@ def read_contract(path: str | Path) -> InputContract | None:
     dims = [d.dim_value if d.HasField("dim_value") else None
             for d in graph_input.type.tensor_type.shape.dim]
     fmt = metadata.get(KEY_PREFIX + "input_format", FLOAT_NCHW)
+    output = structure.model.graph.output[0].type.tensor_type.shape.dim
+    width = output[-1].dim_value if output and output[-1].dim_value > 0 else -1
     try:
-        channels, height, width = onnx_input_layout(dims, fmt)
-        return contract_from_metadata(metadata, channels, height, width)
+        channels, height, width_in = onnx_input_layout(dims, fmt)
+        contract = contract_from_metadata(metadata, channels, height, width_in)
+        check_label_count(contract.labels if contract else None, width,
+                          f"metadata {KEY_LABELS}")
+        return contract
     except UserError as exc:
         raise UserError(f"{structure.path}: {exc}") from None
 

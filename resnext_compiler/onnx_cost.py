@@ -29,11 +29,14 @@ import mmap
 import os
 import resource
 import stat
+import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from resnext_compiler.errors import UserError, sanitise
+from resnext_compiler.limited_process import run_limited
 from resnext_compiler.protobuf_wire import (
     LENGTH_DELIMITED,
     PROTOBUF_LIMIT,
@@ -47,7 +50,10 @@ from resnext_compiler.protobuf_wire import fields as wire_fields
 GiB = 1024**3
 BUDGET_SHARE = 0.5  # of the machine's memory, when no --max-memory-gb is given
 KEEP_INITIALIZER_BYTES = 64 * 1024  # small initializers stay whole: shape inference reads them
-MAX_RANK = 64  # dims of one tensor; onnxruntime's own kernels stop far below
+MAX_RANK = 64
+# data propagation handles shape-sized vectors: an interpreter, onnx and a few MB are enough
+DATA_PROP_ADDRESS_SPACE = 2 * GiB
+DATA_PROP_TIMEOUT_S = 60.0  # dims of one tensor; onnxruntime's own kernels stop far below
 
 # field numbers of onnx.proto (ModelProto, GraphProto, TensorProto, SparseTensorProto)
 MODEL_GRAPH = 7
@@ -142,8 +148,8 @@ def element_size(elem_type: int) -> int:
         return 8
 
 
-def check_file_size(path: Path, budget: int, budget_origin: str) -> int:
-    """The size of `path`, a regular file that protobuf can parse within `budget`."""
+def check_file_size(path: Path) -> int:
+    """The size of `path`, a regular file under protobuf's limit."""
     try:
         info = path.stat()
     except OSError as exc:
@@ -153,9 +159,6 @@ def check_file_size(path: Path, budget: int, budget_origin: str) -> int:
     if info.st_size > PROTOBUF_LIMIT:
         raise UserError(f"{path}: {info.st_size:,} bytes is over protobuf's 2 GiB limit for "
                         "an ONNX file (larger models keep their weights as external data)")
-    if 2 * info.st_size > budget:
-        raise UserError(f"{path}: reading {info.st_size:,} bytes of ONNX takes about twice "
-                        f"that, over the memory budget of {budget:,} bytes ({budget_origin})")
     return info.st_size
 
 
@@ -166,7 +169,7 @@ def read_structure(path: str | Path, max_memory_bytes: int | None = None) -> Onn
 
     path = Path(path)
     budget, origin = memory_budget(max_memory_bytes)
-    size = check_file_size(path, budget, origin)
+    size = check_file_size(path)
     if size == 0:
         raise UserError(f"cannot load ONNX model {path}: empty file")
     initializers: list[Initializer] = []
@@ -175,11 +178,16 @@ def read_structure(path: str | Path, max_memory_bytes: int | None = None) -> Onn
                                                    access=mmap.ACCESS_READ) as mapped:
             data = memoryview(mapped)
             try:
-                kept, stand_ins = _without_large_initializers(data, size, initializers)
+                kept, stand_ins = _without_large_initializers(data, size, initializers,
+                                                              budget // 2)
             finally:
                 data.release()
         model = onnx.ModelProto()
         model.ParseFromString(bytes(kept))
+    except _TooBig as exc:
+        raise UserError(f"{path}: its graph without the initializers' data is over "
+                        f"{exc.args[0]:,} bytes; parsing it takes about twice that, over the "
+                        f"memory budget of {budget:,} bytes ({origin})") from None
     except (WireError, DecodeError, RecursionError) as exc:
         raise UserError(f"cannot load ONNX model {path}: not readable ({exc})") from None
     except OSError as exc:
@@ -190,16 +198,23 @@ def read_structure(path: str | Path, max_memory_bytes: int | None = None) -> Onn
     return structure
 
 
-def _without_large_initializers(data: memoryview, size: int, initializers: list[Initializer]
-                                ) -> tuple[bytearray, list[Any]]:
+class _TooBig(Exception):
+    """The bytes kept of a model passed the limit (args[0])."""
+
+
+def _without_large_initializers(data: memoryview, size: int, initializers: list[Initializer],
+                                max_kept: int) -> tuple[bytearray, list[Any]]:
     """The model's bytes with every initializer over KEEP_INITIALIZER_BYTES cut out of the
-    top-level graph; returns them and typed graph inputs standing in for the ones cut."""
+    top-level graph; returns them and typed graph inputs standing in for the ones cut. What is
+    kept (nodes, small constants, metadata) is read and parsed: over `max_kept` -> _TooBig."""
     from onnx import TensorProto, helper
 
     kept = bytearray()
     stand_ins = []
     for number, wire, start, end, field_start in wire_fields(data, 0, size):
         if number != MODEL_GRAPH or wire != LENGTH_DELIMITED:
+            if len(kept) + end - field_start > max_kept:
+                raise _TooBig(max_kept)
             kept += data[field_start:end]
             continue
         graph = bytearray()
@@ -207,6 +222,8 @@ def _without_large_initializers(data: memoryview, size: int, initializers: list[
             sparse = g_number == GRAPH_SPARSE_INITIALIZER
             if g_wire != LENGTH_DELIMITED or g_number not in (GRAPH_INITIALIZER,
                                                                GRAPH_SPARSE_INITIALIZER):
+                if len(kept) + len(graph) + g_end - g_field_start > max_kept:
+                    raise _TooBig(max_kept)
                 graph += data[g_field_start:g_end]
                 continue
             header = _tensor_header(data, g_start, g_end, sparse, TensorProto)
@@ -240,7 +257,7 @@ def _tensor_header(data: memoryview, start: int, end: int, sparse: bool,
     tensor = tensor_class()
     tensor.ParseFromString(bytes(header))
     if len(tensor.dims) > MAX_RANK or any(d < 0 for d in tensor.dims):
-        raise WireError(f"initializer {sanitise(tensor.name[:80])!r} declares dims "
+        raise WireError(f"initializer {tensor.name[:80]!r} declares dims "
                         f"{list(tensor.dims)[:8]}")
     return tensor
 
@@ -277,9 +294,14 @@ def _dims(value_type: Any) -> list[int] | None:
     return dims
 
 
-def model_cost(structure: OnnxStructure, batch: int) -> ModelCost:
+def model_cost(structure: OnnxStructure, batch: int, budget: int | None = None) -> ModelCost:
     """Weights and every node output of `structure` at `batch` (symbolic or zero first dims
-    of the inputs are set to it), by ONNX shape inference with data propagation."""
+    of the inputs are set to it), by ONNX shape inference.
+
+    Plain shape inference runs here. Data propagation (shapes computed from constants) runs
+    only when that leaves sizes unknown and the known ones fit `budget`, and then in a child
+    process (`limited_process`): onnx materialises the values it propagates, so a
+    ConstantOfShape of [2**36] feeding a Concat would take hundreds of GB in this process."""
     import onnx
 
     model = onnx.ModelProto()
@@ -293,11 +315,30 @@ def model_cost(structure: OnnxStructure, batch: int) -> ModelCost:
             shape.dim[0].Clear()
             shape.dim[0].dim_value = batch
     try:
-        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+        inferred = onnx.shape_inference.infer_shapes(model)
     except Exception as exc:  # onnx raises its own error types, or RuntimeError from C++
         raise UserError(f"{structure.path}: shape inference failed: {sanitise(str(exc))[:300]}"
                         ) from None
-    graph = inferred.graph
+    cost = _cost_of(inferred.graph, structure, fed, batch)
+    if not cost.unknown or (budget is not None and cost.total > budget):
+        return cost
+    with tempfile.TemporaryDirectory(prefix="resnext-shapes-") as folder:
+        given, result = Path(folder) / "model.onnx", Path(folder) / "inferred.onnx"
+        given.write_bytes(model.SerializeToString())
+        outcome = run_limited(__name__, [str(given), str(result)], DATA_PROP_ADDRESS_SPACE,
+                              DATA_PROP_TIMEOUT_S)
+        if not outcome.ok:
+            raise UserError(f"{structure.path}: the size of {cost.unknown[0]} depends on "
+                            "values computed from constants, and propagating them in a child "
+                            f"process limited to {DATA_PROP_ADDRESS_SPACE:,} bytes "
+                            f"{outcome.what}: a shape computed from constants is too large")
+        propagated = onnx.ModelProto()
+        propagated.ParseFromString(result.read_bytes())
+    return _cost_of(propagated.graph, structure, fed, batch)
+
+
+def _cost_of(graph: Any, structure: OnnxStructure, fed: set[str], batch: int) -> ModelCost:
+    """Bytes of the initializers and of every node output and input of an inferred graph."""
     types: dict[str, Any] = {}
     for value in (*graph.input, *graph.output, *graph.value_info):
         if value.name not in types or _dims(value.type) is not None:  # inferred shapes win
@@ -305,7 +346,7 @@ def model_cost(structure: OnnxStructure, batch: int) -> ModelCost:
     largest = ("nothing", 0)
     for init in structure.initializers:
         if init.nbytes > largest[1]:
-            largest = (f"initializer {sanitise(init.name)!r} {list(init.dims)}", init.nbytes)
+            largest = (f"initializer {init.name!r} {list(init.dims)}", init.nbytes)
     activations = 0
     unknown = []
     for index, node in enumerate(graph.node):
@@ -314,8 +355,8 @@ def model_cost(structure: OnnxStructure, batch: int) -> ModelCost:
                 continue
             value_type = types.get(output)
             dims = _dims(value_type) if value_type is not None else None
-            where = (f"node {sanitise(node.name or f'#{index}')!r} ({sanitise(node.op_type)}) "
-                     f"output {sanitise(output)!r}")
+            where = (f"node {node.name or f'#{index}'!r} ({sanitise(node.op_type)}) "
+                     f"output {output!r}")
             if dims is None:
                 unknown.append(where)
                 continue
@@ -329,7 +370,7 @@ def model_cost(structure: OnnxStructure, batch: int) -> ModelCost:
             nbytes = math.prod(dims) * element_size(value.type.tensor_type.elem_type)
             activations += nbytes
             if nbytes > largest[1]:
-                largest = (f"input {sanitise(value.name)!r} {dims}", nbytes)
+                largest = (f"input {value.name!r} {dims}", nbytes)
     weights = sum(init.nbytes for init in structure.initializers)
     return ModelCost(batch, weights, activations, largest, unknown)
 
@@ -346,11 +387,15 @@ def check_cost(cost: ModelCost, path: Path, budget: int, budget_origin: str,
                     f"memory budget of {budget:,} ({budget_origin}); {advice}")
 
 
-def cost_model(path: str | Path, batch: int, max_memory_bytes: int | None = None,
-               advice: str = "raise --max-memory-gb") -> tuple[OnnxStructure, ModelCost]:
-    """Read, cost and check `path` at `batch`: the one entry point before a model runs."""
-    budget, origin = memory_budget(max_memory_bytes)
-    structure = read_structure(path, max_memory_bytes)
-    cost = model_cost(structure, batch)
-    check_cost(cost, structure.path, budget, origin, advice)
-    return structure, cost
+def main(argv: list[str]) -> int:
+    """Child process: shape inference with data propagation of the model in argv[0], written
+    to argv[1] (see `model_cost`)."""
+    import onnx
+
+    model = onnx.load(argv[0])
+    onnx.save(onnx.shape_inference.infer_shapes(model, data_prop=True), argv[1])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

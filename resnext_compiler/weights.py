@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from resnext_compiler import ops
-from resnext_compiler.errors import UserError, sanitise
+from resnext_compiler.errors import UserError
 from resnext_compiler.ir import Graph, Param
 
 # BatchNorm's step counter: inference never reads it, so a weights file may leave it out
@@ -133,8 +133,8 @@ def _check_no_overlap(path: Path, entries: dict) -> None:
                    if end > begin)
     for (_, first_end, first), (second_begin, _, second) in zip(spans, spans[1:], strict=False):
         if second_begin < first_end:
-            raise UserError(f"{path}: tensors {sanitise(first[:80])!r} and "
-                            f"{sanitise(second[:80])!r} overlap in the file (safetensors "
+            raise UserError(f"{path}: tensors {first[:80]!r} and "
+                            f"{second[:80]!r} overlap in the file (safetensors "
                             "tensors each have their own bytes)")
 
 
@@ -343,7 +343,7 @@ def check_declared_size(weights: Mapping[str, np.ndarray], graph: Graph, source:
         declared += math.prod(weight_shape(weights, name))
         if declared > limit:
             raise UserError(f"{source} declare more than {limit:,} elements (at "
-                            f"{sanitise(name[:80])!r}); {graph.name} has {expected:,}: not "
+                            f"{name[:80]!r}); {graph.name} has {expected:,}: not "
                             "weights of this spec")
 
 

@@ -74,7 +74,7 @@ class LoadedModel:
         limits = [max_batch] + ([source.config_max_batch] if source.config_max_batch else [])
         self.max_batch = self.static_batch or min(limits)
         budget, origin = memory_budget(max_memory_bytes)
-        cost = model_cost(structure, self.max_batch)
+        cost = model_cost(structure, self.max_batch, budget)
         check_cost(cost, self.path, budget, origin, "lower --max-batch or raise --max-memory-gb")
         self.session = _session(self.path, device, intra_op_threads)
         self.provider = self.session.get_providers()[0]

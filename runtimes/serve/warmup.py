@@ -13,12 +13,11 @@ arena cap covers only arena allocations, not every kernel's scratch buffers.
 from __future__ import annotations
 
 import json
-import resource
-import subprocess
 import sys
 from pathlib import Path
 
-from resnext_compiler.errors import UserError, sanitise
+from resnext_compiler.errors import UserError
+from resnext_compiler.limited_process import run_limited
 
 # the interpreter, numpy and onnxruntime's libraries and thread stacks, mapped but mostly idle
 BASE_ADDRESS_SPACE = 3 * 1024**3
@@ -31,30 +30,14 @@ def warm_up_in_child(path: Path, feeds: dict[str, tuple[list[int], str]], budget
     """Run `path` once on zero inputs ({name: (shape, numpy dtype)}) in a child limited to
     `budget` bytes more than an idle interpreter; UserError when it fails or is killed."""
     limit = BASE_ADDRESS_SPACE + budget
-
-    def limit_memory() -> None:
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-
     reason = (f"the size of {why[0]}" + (f" and {len(why) - 1} more" if len(why) > 1 else "")
               + " is known only when the model runs")
-    try:
-        done = subprocess.run(
-            [sys.executable, "-m", "resnext_compiler.runtimes.serve.warmup", str(path),
-             json.dumps(feeds)], preexec_fn=limit_memory, capture_output=True, text=True,
-            timeout=TIMEOUT_S, check=False)
-    except subprocess.TimeoutExpired:
-        raise UserError(f"{path}: {reason}; its warm-up in a child process did not finish "
-                        f"within {TIMEOUT_S:g} s") from None
-    if done.returncode == 0:
-        return
-    if done.returncode < 0:
-        what = f"was killed by signal {-done.returncode}"
-    else:
-        lines = done.stderr.strip().splitlines()
-        what = f"failed: {sanitise(lines[-1][:300]) if lines else 'no message'}"
-    raise UserError(f"{path}: {reason}; its warm-up in a child process limited to {limit:,} "
-                    f"bytes of address space (the memory budget of {budget:,} plus the "
-                    f"interpreter's) {what}")
+    outcome = run_limited("resnext_compiler.runtimes.serve.warmup",
+                          [str(path), json.dumps(feeds)], limit, TIMEOUT_S)
+    if not outcome.ok:
+        raise UserError(f"{path}: {reason}; its warm-up in a child process limited to "
+                        f"{limit:,} bytes of address space (the memory budget of {budget:,} "
+                        f"plus the interpreter's) {outcome.what}")
 
 
 def main(argv: list[str]) -> int:
