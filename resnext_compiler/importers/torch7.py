@@ -86,7 +86,7 @@ def _children(fields: dict[str, Any]) -> list[Any] | None:
 
 
 MAX_DEPTH = 64  # containers inside containers; the seed's models nest 4 deep
-MAX_MODULES = 200_000  # module visits; ResNeXt-101 64x4d in form B has about 25,000 modules
+MAX_MODULES = 60_000  # module visits; ResNeXt-101 64x4d in form B has about 16,000 modules
 MAX_TENSOR_DIMS = 8
 
 
@@ -98,6 +98,14 @@ class _Walk:
     def __init__(self) -> None:
         self.visits = 0
         self.open: set[int] = set()  # ids of the containers on the current path
+        self.read: dict[int, tuple[str, dict[str, Any]]] = {}  # id -> (typename, fields)
+
+    def typename_and_fields(self, obj: Any) -> tuple[str, dict[str, Any]]:
+        """Each object's fields are decoded once, however often it is referenced."""
+        key = id(obj)
+        if key not in self.read:
+            self.read[key] = (_text(obj.torch_typename()), _fields(obj))
+        return self.read[key]
 
 
 def walk(obj: Any, path: str = "", bounds: _Walk | None = None) -> list[Torch7Layer]:
@@ -115,8 +123,7 @@ def walk(obj: Any, path: str = "", bounds: _Walk | None = None) -> list[Torch7La
     if not hasattr(obj, "torch_typename"):
         raise UserError(f"Torch7 object at [{path or 'top'}] is a {type(obj).__name__}, "
                         "not an nn module")
-    typename = _text(obj.torch_typename())
-    fields = _fields(obj)
+    typename, fields = bounds.typename_and_fields(obj)
     children = _children(fields)
     if children is not None:
         out: list[Torch7Layer] = []
