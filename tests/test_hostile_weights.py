@@ -275,3 +275,19 @@ def test_cifar_batch_of_the_right_size_still_reads(tmp_path: Path) -> None:
         (tmp_path / name).write_bytes(pickle.dumps(batch, protocol=2))
     splits, _ = read_cifar(tmp_path, "cifar10")
     assert tuple(splits["train"][0].shape) == (10, 3, 32, 32)
+
+
+# -- run folders ---------------------------------------------------------------------------
+
+def test_plot_of_a_run_whose_spec_nests_5000_deep_is_located(tmp_path: Path, run_cli) -> None:
+    from resnext_compiler.runtimes.train.plot import run_labels
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "spec.yaml").write_text("name: " + "[" * 5000 + "]" * 5000 + "\n")
+    (run / "metrics.jsonl").write_text('{"epoch": 1, "train_top1_error": 50.0, '
+                                       '"val_top1_error": 60.0}\n')
+    error = refused_within(lambda: run_labels([run]), UserError, SECONDS, PEAK)
+    assert f"{run / 'spec.yaml'}:1:" in str(error) and "nested more than 64" in str(error)
+    result = run_cli("plot", run)
+    assert result.code == 2 and "nested more than 64" in result.err, result
