@@ -122,7 +122,20 @@ def _read_safetensors_header(path: Path) -> tuple[dict, int]:
             raise UserError(f"{path}: tensor {name!r} has data offsets {begin}..{end} that do "
                             f"not fit its shape {list(shape)} or the file")
         entries[name] = (dtype_name, shape, (begin, end))
+    _check_no_overlap(path, entries)
     return entries, 8 + length
+
+
+def _check_no_overlap(path: Path, entries: dict) -> None:
+    """The safetensors format lays tensors out one after another; two entries on one byte range
+    (200 names on one 64 MiB range would read as 12.5 GiB) are refused before any is read."""
+    spans = sorted((begin, end, name) for name, (_, _, (begin, end)) in entries.items()
+                   if end > begin)
+    for (_, first_end, first), (second_begin, _, second) in zip(spans, spans[1:], strict=False):
+        if second_begin < first_end:
+            raise UserError(f"{path}: tensors {first[:80]!r} and "
+                            f"{second[:80]!r} overlap in the file (safetensors "
+                            "tensors each have their own bytes)")
 
 
 def _is_count(value: object) -> bool:
@@ -229,7 +242,7 @@ def graph_shapes(graph: Graph) -> dict[str, tuple[int, ...]]:
 
 
 def weight_shapes(weights: Mapping[str, np.ndarray]) -> dict[str, tuple[int, ...]]:
-    return {name: _shape(weights, name) for name in weights}
+    return {name: weight_shape(weights, name) for name in weights}
 
 
 def check_weights(graph: Graph, weights: Mapping[str, np.ndarray], source: str = "weights") -> None:
@@ -239,9 +252,11 @@ def check_weights(graph: Graph, weights: Mapping[str, np.ndarray], source: str =
         raise report.error(source)
 
 
-def _shape(weights: Mapping[str, np.ndarray], name: str) -> tuple[int, ...]:
-    if isinstance(weights, (SafetensorsWeights, InitialWeights, _Overlay)):
-        return weights.shape(name)
+def weight_shape(weights: Mapping[str, np.ndarray], name: str) -> tuple[int, ...]:
+    """A tensor's shape, without reading it from a lazy mapping (one with a `shape` method)."""
+    lazy_shape = getattr(weights, "shape", None)
+    if callable(lazy_shape):
+        return tuple(lazy_shape(name))
     return tuple(np.shape(weights[name]))
 
 
@@ -305,10 +320,31 @@ def fit_form(weights: Mapping[str, np.ndarray], graph: Graph, source: str
 
     if not needs_conversion(weights, graph):  # e.g. form-C weights compiled with --form A
         return weights
+    check_declared_size(weights, graph, source)  # conversion reads every tensor
     try:
         return convert_weights(weights, graph)
     except ValueError as exc:
         raise UserError(f"{source} do not fit this spec: {exc}") from None
+
+
+# A file in another block form holds the same parameters in other shapes; one that declares
+# far more elements than the graph has is not a ResNeXt of this spec, whatever its names.
+SIZE_SLACK_FACTOR = 4
+SIZE_SLACK_ELEMENTS = 16 * 1024 * 1024
+
+
+def check_declared_size(weights: Mapping[str, np.ndarray], graph: Graph, source: str) -> None:
+    """UserError, before any tensor is read, when `weights` declare more elements than
+    SIZE_SLACK_FACTOR times `graph`'s parameters (plus SIZE_SLACK_ELEMENTS)."""
+    expected = sum(math.prod(p.shape) for p in graph.params())
+    declared = 0
+    limit = SIZE_SLACK_FACTOR * expected + SIZE_SLACK_ELEMENTS
+    for name in weights:
+        declared += math.prod(weight_shape(weights, name))
+        if declared > limit:
+            raise UserError(f"{source} declare more than {limit:,} elements (at "
+                            f"{name[:80]!r}); {graph.name} has {expected:,}: not "
+                            "weights of this spec")
 
 
 def fill_step_counters(weights: Mapping[str, np.ndarray], graph: Graph
@@ -339,7 +375,7 @@ class _Overlay(Mapping[str, np.ndarray]):
         return len(self._base) + len(self._extra)
 
     def shape(self, name: str) -> tuple[int, ...]:
-        return self._extra[name].shape if name in self._extra else _shape(self._base, name)
+        return self._extra[name].shape if name in self._extra else weight_shape(self._base, name)
 
 
 def model_weights(graph: Graph, path: str | Path | None, seed: int = 0) -> Mapping[str, np.ndarray]:

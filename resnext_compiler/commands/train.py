@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import tempfile
 from contextlib import ExitStack
@@ -49,6 +48,9 @@ def _device(device: str, gpus: int) -> str:
     return device
 
 
+RENDEZVOUS_ID = "resnext-compile"
+
+
 def _rendezvous(nnodes: int, node_rank: int, endpoint: str | None, run: Path | None
                 ) -> Rendezvous | None:
     """The multi-node rendezvous the flags describe (None on one machine)."""
@@ -70,9 +72,11 @@ def _rendezvous(nnodes: int, node_rank: int, endpoint: str | None, run: Path | N
     if run is None:
         raise UserError("a multi-node run needs --run-dir (the same path on every node, on a "
                         "shared filesystem), or --resume RUN")
-    # the same id on every node and for every resume of this run
-    run_id = "resnext-" + hashlib.sha256(str(run).encode()).hexdigest()[:16]
-    return Rendezvous(nnodes, node_rank, endpoint, run_id)
+    # Node 0's torchrun hosts the rendezvous store for this run alone, so the id need only be
+    # one every node computes alike: not the run directory's path, which a shared filesystem
+    # mounted at different places spells differently (different ids would wait 10 minutes).
+    # Nodes that meet but disagree on the run are stopped right after (publish_staged_run).
+    return Rendezvous(nnodes, node_rank, endpoint, RENDEZVOUS_ID)
 
 
 def train_command(

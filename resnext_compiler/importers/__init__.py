@@ -23,8 +23,8 @@ CAFFE_SUFFIXES = (".caffemodel",)
 
 def import_weights(source: str | Path, spec: Spec, allow_partial: bool = False) -> ImportResult:
     """Read `source` and fit it to `spec` (in the spec's block form). Raises UserError."""
-    from resnext_compiler.passes.forms import convert_weights
     from resnext_compiler.pipeline import compile_spec
+    from resnext_compiler.weights import fit_form
 
     path = Path(source)
     if not path.is_file():
@@ -43,8 +43,5 @@ def import_weights(source: str | Path, spec: Spec, allow_partial: bool = False) 
         from resnext_compiler.importers.state_dict import read_state_dict
 
         tensors, source_format = read_state_dict(path)
-    try:
-        tensors = convert_weights(tensors, graph)
-    except ValueError as exc:
-        raise UserError(f"{path}: {exc}") from None
+    tensors = fit_form(tensors, graph, f"weights {path.name}")  # names checked before reading
     return fit_to_graph(tensors, graph, source_format, allow_partial, source_name=path.name)

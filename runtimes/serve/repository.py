@@ -12,13 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from resnext_compiler.errors import UserError, sanitise
-from resnext_compiler.input_contract import version_number
+from resnext_compiler.input_contract import newest_model_file
 from resnext_compiler.named_files import (
     LABELS,
-    ONNX_MODEL,
     TRITON_CONFIG,
     contained,
-    named_file,
     named_folder,
     read_named_text,
 )
@@ -86,16 +84,9 @@ def _triton_model(model_dir: Path, root: Path) -> ModelSource:
         raise UserError(f"{config_path}: platform {sanitise(platform.group(1))!r} is not "
                         "ONNX; this server runs onnxruntime_onnx models only")
     name = re.search(r'^\s*name\s*:\s*"([^"]+)"', config, re.MULTILINE)
-    max_batch = re.search(r"^\s*max_batch_size\s*:\s*(\d{1,9})\s*$", config, re.MULTILINE)
+    max_batch = re.search(r"^\s*max_batch_size\s*:\s*([0-9]{1,9})\s*$", config, re.MULTILINE)
     label_file = re.search(r'^\s*label_filename\s*:\s*"([^"/\\]+)"', config, re.MULTILINE)
-    versions = sorted((int(child.name), child) for child in model_dir.iterdir()
-                      if version_number(child.name) and (child / "model.onnx").exists())
-    if not versions:
-        raise UserError(f"{model_dir}: no version directory with model.onnx (e.g. "
-                        f"{model_dir}/1/model.onnx)")
-    version, version_dir = versions[-1]
-    onnx_path = named_file(version_dir / "model.onnx", ONNX_MODEL, root,
-                           f"{config_path}: version {version}")
+    version, onnx_path = newest_model_file(model_dir, root)
     labels_path = None
     if label_file:
         labels_path = contained(model_dir / label_file.group(1), folder,

@@ -55,13 +55,14 @@ def load_models(model_path: Path, config: ServeConfig) -> tuple[list, dict[str, 
 
 def announce_contract(model: LoadedModel) -> None:
     """Say once, at start-up, how /v1/classify prepares images for `model`."""
+    # one record per line: each line's names are escaped (newlines too) by the log filter
     if model.contract_recorded:
-        log.info("model %s input contract (from the model file):\n  %s", model.name,
-                 "\n  ".join(sanitise(line) for line in model.contract.describe()))
+        log.info("model %s input contract (from the model file):", model.name)
     else:
         log.warning("model %s records no input contract; /v1/classify uses the defaults "
-                    "(docs/serving.md):\n  %s", model.name,
-                    "\n  ".join(sanitise(line) for line in model.contract.describe()))
+                    "(docs/serving.md):", model.name)
+    for line in model.contract.describe():
+        log.info("  %s", sanitise(line))
 
 
 def bind_socket(host: str, port: int) -> socket.socket:

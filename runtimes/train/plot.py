@@ -14,13 +14,11 @@ from resnext_compiler.errors import UserError
 def _run_label(run_dir: Path) -> str:
     spec_file = run_dir / "spec.yaml"
     if spec_file.is_file():
-        from resnext_compiler.errors import SpecError
         from resnext_compiler.yaml_source import read_yaml_file
 
-        try:  # the bounded spec reader: a damaged or hostile spec.yaml only loses the label
-            data, _ = read_yaml_file(spec_file, root=run_dir)
-        except SpecError:
-            return run_dir.name
+        # the bounded spec reader (size, nesting, aliases; under the run folder): a run
+        # folder is an input too, and a hostile spec.yaml is a located error
+        data, _ = read_yaml_file(spec_file, root=run_dir)
         if isinstance(data, dict) and isinstance(data.get("name"), str):
             return data["name"]
     return run_dir.name

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from resnext_compiler.artifacts import write_text_atomic
-from resnext_compiler.errors import ResnextError, UserError
+from resnext_compiler.errors import ResnextError, UserError, sanitise
 from resnext_compiler.input_contract import labels_text
 from resnext_compiler.named_files import LABELS, RUN_SETTINGS, read_named_text
 from resnext_compiler.naming import file_stem
@@ -191,11 +191,21 @@ def resume_config(run_dir: Path, epochs: int | None = None, lr: float | None = N
     return config
 
 
-def _comparable(config: TrainConfig, spec_text: str) -> str:
-    """What every node must agree on (data paths and loader threads may differ per node)."""
+def _comparable(config: TrainConfig, spec_text: str) -> dict[str, object]:
+    """What every node must agree on: the settings, the spec and the run. Paths may be spelled
+    differently per node (a shared filesystem mounted elsewhere), as may loader threads, so
+    the run is compared by its folder's name and the data by what was resolved from it."""
     settings = {key: value for key, value in json.loads(config.to_json()).items()
-                if key not in ("data_dir", "workers", "threads")}
-    return hashlib.sha256((json.dumps(settings, sort_keys=True) + spec_text).encode()).hexdigest()
+                if key not in ("data_dir", "workers", "threads", "run_dir")}
+    settings["run"] = Path(config.run_dir).name
+    settings["spec"] = hashlib.sha256(spec_text.encode()).hexdigest()[:16]
+    return settings
+
+
+def _differences(other: dict[str, object], main: dict[str, object], rank: int) -> list[str]:
+    return [f"{key} ({sanitise(str(main.get(key)))[:60]} on rank 0, "
+            f"{sanitise(str(other.get(key)))[:60]} on rank {rank})"
+            for key in sorted(set(other) | set(main)) if other.get(key) != main.get(key)]
 
 
 def publish_staged_run(staging: Path, config: TrainConfig, context: DistContext) -> None:
@@ -204,12 +214,15 @@ def publish_staged_run(staging: Path, config: TrainConfig, context: DistContext)
     import torch.distributed as dist
 
     spec_text = read_named_text(staging / "spec.yaml", RUN_SETTINGS, staging)
-    digests: list[str | None] = [None] * context.world_size
-    dist.all_gather_object(digests, _comparable(config, spec_text))
-    differing = [rank for rank, digest in enumerate(digests) if digest != digests[0]]
+    resolved: list[dict | None] = [None] * context.world_size
+    dist.all_gather_object(resolved, _comparable(config, spec_text))
+    differing = [rank for rank, settings in enumerate(resolved) if settings != resolved[0]]
     if differing:
-        raise UserError(f"ranks {differing} resolved different settings or spec than rank 0; "
-                        "run the same command (same spec file and flags) on every node")
+        other = context.rank if context.rank in differing else differing[0]
+        detail = "; ".join(_differences(resolved[other] or {}, resolved[0] or {}, other))
+        raise UserError(f"ranks {differing} resolved different settings or spec than rank 0: "
+                        f"{detail}. Run the same command (same spec file, data and flags) on "
+                        "every node")
     if context.is_main:
         run_dir = Path(config.run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -234,8 +247,10 @@ def _launch_workers(config: TrainConfig, resume: bool, config_path: Path,
             break
         except KeyboardInterrupt:  # workers got the signal too; wait for them to save
             continue
+    if code == 2:  # a worker's user error, which it has printed
+        raise UserError("training stopped in a worker process; see the message above")
     if code != 0:
-        raise ResnextError(f"training failed in a worker process (torchrun exit code {code}); "
+        raise ResnextError(f"training failed in a worker process (exit code {code}); "
                            "see the messages above")
 
 
