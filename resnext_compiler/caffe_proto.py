@@ -17,6 +17,7 @@ from __future__ import annotations
 import array
 import math
 import mmap
+import os
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -27,10 +28,10 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from resnext_compiler.errors import UserError
+from resnext_compiler.named_files import CAFFE_MODEL, open_named
 from resnext_compiler.protobuf_wire import (
     FIXED32,
     LENGTH_DELIMITED,
-    PROTOBUF_LIMIT,
     VARINT,
     WireError,
     frame,
@@ -273,27 +274,27 @@ def read_net(path: str | Path) -> tuple[str, list[CaffeLayer]]:
     from google.protobuf.message import DecodeError
 
     path = Path(path)
-    size = path.stat().st_size
-    if size == 0:
-        raise UserError(f"{path}: not a readable Caffe model (empty file)")
-    if size > PROTOBUF_LIMIT:
-        raise UserError(f"{path}: {size / 2**30:.2f} GiB is over protobuf's 2 GiB limit for "
-                        "a Caffe model")
     layer_class = message_classes()["LayerParameter"]
-    with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-        reader = _Reader(memoryview(mm), handle, path)
-        try:
-            name, layers = "", []
-            for number, wire, a, b, _ in reader.fields(0, size):
-                if number == NET_NAME and wire == LENGTH_DELIMITED:
-                    name = bytes(reader.data[a:b]).decode("utf-8", "replace")
-                elif number == NET_LAYERS_V1 and wire == LENGTH_DELIMITED:
-                    raise UserError(f"{path}: a legacy (V1 `layers`) Caffe model; upgrade it "
-                                    "with Caffe's upgrade_net_proto_binary first")
-                elif number == NET_LAYER and wire == LENGTH_DELIMITED:
-                    layers.append(_layer(reader, a, b, layer_class, len(layers), DecodeError))
-        finally:
-            reader.data.release()
+    # the opener refuses a FIFO, device or link loop, and anything over protobuf's 2 GiB
+    with open_named(path, CAFFE_MODEL, None) as handle:
+        size = os.fstat(handle.fileno()).st_size
+        if size == 0:
+            raise UserError(f"{path}: not a readable Caffe model (empty file)")
+        with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            reader = _Reader(memoryview(mm), handle, path)
+            try:
+                name, layers = "", []
+                for number, wire, a, b, _ in reader.fields(0, size):
+                    if number == NET_NAME and wire == LENGTH_DELIMITED:
+                        name = bytes(reader.data[a:b]).decode("utf-8", "replace")
+                    elif number == NET_LAYERS_V1 and wire == LENGTH_DELIMITED:
+                        raise UserError(f"{path}: a legacy (V1 `layers`) Caffe model; upgrade "
+                                        "it with Caffe's upgrade_net_proto_binary first")
+                    elif number == NET_LAYER and wire == LENGTH_DELIMITED:
+                        layers.append(_layer(reader, a, b, layer_class, len(layers),
+                                             DecodeError))
+            finally:
+                reader.data.release()
     if not layers:
         raise UserError(f"{path}: not a Caffe model (no layers)")
     return name, layers

@@ -384,10 +384,8 @@ def version_number(name: str) -> int | None:
 
 def find_onnx_file(path: Path) -> Path:
     """`path` itself, or the newest REPO[/<model>]/<version>/model.onnx under it."""
-    if path.is_file():
-        return path
-    if not path.is_dir():
-        raise UserError(f"model not found: {path}")
+    if not path.is_dir():  # one file: regular (a FIFO is refused, not waited on), <= 2 GiB
+        return named_file(path, ONNX_MODEL, None)
     model_dirs = [path] if (path / "config.pbtxt").is_file() else sorted(
         child for child in path.iterdir() if (child / "config.pbtxt").is_file())
     if len(model_dirs) != 1:

@@ -1,8 +1,9 @@
 """The one way to open a file that an input names (docs/design.md, "Bounded cost").
 
 A spec names its labels file and its `extends` parent, a Triton repository names its
-`config.pbtxt` and `label_filename`, a data or calibration folder names image files, a run
-directory names its settings, metrics and checkpoint. Every such file is read here:
+`config.pbtxt`, `label_filename` and `model.onnx`, a data or calibration folder names image
+files, a run directory names its settings, metrics and checkpoint; the command line names ONNX
+models and weights files. Every such file is read here:
 
 - resolved against its owner's folder (symlinks resolved) and kept under a root, as
   Kustomize's load restrictor keeps a kustomization's files under its folder; the roots in
@@ -52,6 +53,8 @@ RUN_SETTINGS = FileKind("run file", 64 * MiB)  # train.json, a run's spec.yaml a
 METRICS = FileKind("metrics log", 256 * MiB)
 CHECKPOINT = FileKind("training checkpoint", 64 * GiB)
 ONNX_MODEL = FileKind("ONNX model", 2 * GiB)  # protobuf's limit; larger models use external data
+CAFFE_MODEL = FileKind("Caffe model", ONNX_MODEL.max_bytes)  # a protobuf message too
+WEIGHTS = FileKind("weights file", CHECKPOINT.max_bytes)  # --weights, import-weights: .t7 too
 
 MAX_FOLDER_FILES = 10_000_000  # directory entries one folder walk may visit
 

@@ -5,8 +5,9 @@ A model file of a few hundred bytes can ask onnxruntime for any amount of memory
 elements of external data, a static input of 30000x30000. So before a session is created or a
 warm-up runs (`serve`, `evaluate`, `inspect`), the file is read here:
 
-- its size is checked first (protobuf's 2 GiB limit, and twice its size against the budget:
-  parsing holds the bytes and the message);
+- it is opened by the one opener (`named_files`: a regular file of at most protobuf's 2 GiB,
+  inside its repository when one names it), and the bytes parsing keeps are checked against
+  the budget (parsing holds the bytes and the message);
 - it is walked at the wire level, so initializer *data* is never held: each initializer
   contributes its declared size (dims x element size, whether stored inline or externally),
   and large ones are handed to shape inference as typed graph inputs instead of values;
@@ -28,7 +29,6 @@ import math
 import mmap
 import os
 import resource
-import stat
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -37,9 +37,9 @@ from typing import Any
 
 from resnext_compiler.errors import UserError, sanitise
 from resnext_compiler.limited_process import run_limited
+from resnext_compiler.named_files import ONNX_MODEL, NamedFileError, open_named, read_named_bytes
 from resnext_compiler.protobuf_wire import (
     LENGTH_DELIMITED,
-    PROTOBUF_LIMIT,
     WireError,
     frame,
     read_varint,
@@ -148,20 +148,6 @@ def element_size(elem_type: int) -> int:
         return 8
 
 
-def check_file_size(path: Path) -> int:
-    """The size of `path`, a regular file under protobuf's limit."""
-    try:
-        info = path.stat()
-    except OSError as exc:
-        raise UserError(f"model not found: {path} ({exc.strerror})") from None
-    if not stat.S_ISREG(info.st_mode):
-        raise UserError(f"{path}: not a regular file")
-    if info.st_size > PROTOBUF_LIMIT:
-        raise UserError(f"{path}: {info.st_size:,} bytes is over protobuf's 2 GiB limit for "
-                        "an ONNX file (larger models keep their weights as external data)")
-    return info.st_size
-
-
 def read_structure(path: str | Path, max_memory_bytes: int | None = None) -> OnnxStructure:
     """The model in `path` without large initializer data (UserError when it is not one)."""
     import onnx
@@ -169,21 +155,27 @@ def read_structure(path: str | Path, max_memory_bytes: int | None = None) -> Onn
 
     path = Path(path)
     budget, origin = memory_budget(max_memory_bytes)
-    size = check_file_size(path)
-    if size == 0:
-        raise UserError(f"cannot load ONNX model {path}: empty file")
     initializers: list[Initializer] = []
     try:
-        with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0,
-                                                   access=mmap.ACCESS_READ) as mapped:
-            data = memoryview(mapped)
-            try:
-                kept, stand_ins = _without_large_initializers(data, size, initializers,
-                                                              budget // 2)
-            finally:
-                data.release()
+        # the opener: a regular file (a FIFO is refused, not waited on) of protobuf's 2 GiB
+        with open_named(path, ONNX_MODEL, None) as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if size == 0:
+                raise UserError(f"cannot load ONNX model {path}: empty file")
+            with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+                data = memoryview(mapped)
+                try:
+                    kept, stand_ins = _without_large_initializers(data, size, initializers,
+                                                                  budget // 2)
+                finally:
+                    data.release()
         model = onnx.ModelProto()
         model.ParseFromString(bytes(kept))
+    except NamedFileError as exc:
+        if exc.too_large:  # say why there is a limit at all
+            raise NamedFileError(f"{exc}; protobuf cannot hold more (larger models keep "
+                                 "their weights as external data)", too_large=True) from None
+        raise
     except _TooBig as exc:
         raise UserError(f"{path}: its graph without the initializers' data is over "
                         f"{exc.args[0]:,} bytes; parsing it takes about twice that, over the "
@@ -332,8 +324,8 @@ def model_cost(structure: OnnxStructure, batch: int, budget: int | None = None) 
                             "values computed from constants, and propagating them in a child "
                             f"process limited to {DATA_PROP_ADDRESS_SPACE:,} bytes "
                             f"{outcome.what}: a shape computed from constants is too large")
-        propagated = onnx.ModelProto()
-        propagated.ParseFromString(result.read_bytes())
+        propagated = onnx.ModelProto()  # written by the child, in the folder made above
+        propagated.ParseFromString(read_named_bytes(result, ONNX_MODEL, Path(folder)))
     return _cost_of(propagated.graph, structure, fed, batch)
 
 
@@ -392,7 +384,8 @@ def main(argv: list[str]) -> int:
     to argv[1] (see `model_cost`)."""
     import onnx
 
-    model = onnx.load(argv[0])
+    model = onnx.ModelProto()
+    model.ParseFromString(read_named_bytes(argv[0], ONNX_MODEL, None))
     onnx.save(onnx.shape_inference.infer_shapes(model, data_prop=True), argv[1])
     return 0
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ import numpy as np
 from resnext_compiler import ops
 from resnext_compiler.errors import UserError
 from resnext_compiler.ir import Graph, Param
+from resnext_compiler.named_files import WEIGHTS, open_named
 
 # BatchNorm's step counter: inference never reads it, so a weights file may leave it out
 # (Torch7 and old PyTorch checkpoints have none); it is then filled with 0.
@@ -69,7 +71,7 @@ class SafetensorsWeights(Mapping[str, np.ndarray]):
         dtype_name, shape, (begin, end) = self._entries[name]
         dtype = _SAFETENSORS_DTYPES[dtype_name]
         array = np.empty(shape, dtype)
-        with open(self.path, "rb") as handle:
+        with open_named(self.path, WEIGHTS, None) as handle:
             handle.seek(self._data_start + begin)
             if handle.readinto(memoryview(array).cast("B")) != end - begin:
                 raise UserError(f"{self.path}: file ends inside tensor {name!r}")
@@ -89,8 +91,8 @@ class SafetensorsWeights(Mapping[str, np.ndarray]):
 
 def _read_safetensors_header(path: Path) -> tuple[dict, int]:
     """Parse and check the header: 8-byte little-endian length, then JSON (safetensors spec)."""
-    size = path.stat().st_size
-    with open(path, "rb") as handle:
+    with open_named(path, WEIGHTS, None) as handle:
+        size = os.fstat(handle.fileno()).st_size
         prefix = handle.read(8)
         length = int.from_bytes(prefix, "little") if len(prefix) == 8 else -1
         if not 2 <= length <= min(_MAX_HEADER_BYTES, size - 8):
@@ -149,7 +151,10 @@ def read_torch_checkpoint(path: str | Path) -> dict[str, np.ndarray]:
     import torch  # only this branch needs torch
 
     try:
-        loaded = torch.load(Path(path), map_location="cpu", weights_only=True)
+        with open_named(path, WEIGHTS, None) as handle:
+            loaded = torch.load(handle, map_location="cpu", weights_only=True)
+    except UserError:
+        raise
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"{path}: cannot read as a PyTorch checkpoint: {first_line}") from None
@@ -178,9 +183,7 @@ def read_torch_checkpoint(path: str | Path) -> dict[str, np.ndarray]:
 def read_weights(path: str | Path) -> Mapping[str, np.ndarray]:
     """Open a weights file: safetensors (detected by content) or a PyTorch checkpoint."""
     file = Path(path)
-    if not file.is_file():
-        raise UserError(f"weights file not found: {file}")
-    with open(file, "rb") as handle:
+    with open_named(file, WEIGHTS, None) as handle:  # a FIFO or device is refused, not read
         head = handle.read(9)
     if head[:2] == b"PK" or head[:1] == b"\x80" or file.suffix in (".pt", ".pth", ".ckpt"):
         return read_torch_checkpoint(file)  # zip (torch.save) or legacy pickle

@@ -521,6 +521,92 @@ def test_a_checkpoint_linked_outside_the_run_is_refused(fake_run: Path, tmp_path
         load_training_state(last)
 
 
+# --- weights files and ONNX models the command line names -------------------------------------
+
+WEIGHTS_SPEC = f"name: t\nstages: [1]\n{TINY}head: {{num_classes: 3}}\n"
+
+
+def _weights_fifo_case(tmp_path: Path, suffix: str) -> tuple[Path, Path]:
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(WEIGHTS_SPEC)
+    return spec, fifo(tmp_path / f"w{suffix}")
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
+def test_a_fifo_given_as_compile_weights_is_refused_without_waiting(suffix: str,
+                                                                     tmp_path: Path,
+                                                                     run_cli) -> None:
+    spec, weights = _weights_fifo_case(tmp_path, suffix)
+    result, elapsed, peak = bounded(lambda: run_cli(spec, "--weights", weights,
+                                                    "-o", tmp_path / "out"))
+    _assert_refused(result, NOT_REGULAR, elapsed, peak)
+    assert "--weights" in result.err, result
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth", ".t7", ".caffemodel"])
+def test_a_fifo_given_to_import_weights_is_refused_without_waiting(suffix: str,
+                                                                   tmp_path: Path,
+                                                                   run_cli) -> None:
+    spec, weights = _weights_fifo_case(tmp_path, suffix)
+    result, elapsed, peak = bounded(lambda: run_cli("import-weights", weights, "--spec", spec,
+                                                    "-o", tmp_path / "out.safetensors"))
+    _assert_refused(result, NOT_REGULAR, elapsed, peak)
+
+
+def _readers() -> list[tuple[str, Callable[[Path], object]]]:
+    from resnext_compiler import caffe_proto
+    from resnext_compiler.importers.torch7 import read_torch7
+    from resnext_compiler.onnx_cost import read_structure
+    from resnext_compiler.weights import SafetensorsWeights, read_torch_checkpoint, read_weights
+
+    return [("read_weights", read_weights), ("safetensors", SafetensorsWeights),
+            ("torch checkpoint", read_torch_checkpoint), ("Torch7", read_torch7),
+            ("Caffe", caffe_proto.read_net), ("ONNX", read_structure)]
+
+
+@pytest.mark.parametrize("reader", range(6), ids=[
+    "read_weights", "safetensors", "torch checkpoint", "Torch7", "Caffe", "ONNX"])
+def test_every_weights_and_model_reader_refuses_a_fifo_by_the_opener(reader: int,
+                                                                     tmp_path: Path) -> None:
+    from resnext_compiler.named_files import NamedFileError
+
+    name, read = _readers()[reader]
+    path = fifo(tmp_path / "model.bin")
+
+    def refused() -> str:
+        with pytest.raises(NamedFileError, match=NOT_REGULAR) as caught:
+            read(path)
+        return str(caught.value)
+
+    _, elapsed, peak = bounded(refused)
+    assert elapsed < SECONDS and peak < PEAK_BYTES, (name, elapsed, peak)
+
+
+@pytest.mark.parametrize("command", ["inspect", "evaluate", "serve"])
+def test_a_fifo_given_as_an_onnx_model_is_refused_without_waiting(command: str, tmp_path: Path,
+                                                                  run_cli) -> None:
+    model = fifo(tmp_path / "model.onnx")
+    (tmp_path / "data" / "a").mkdir(parents=True)
+    extra = {"inspect": [], "evaluate": ["--data", tmp_path / "data"],
+             "serve": ["--port", "0"]}[command]
+    result, elapsed, peak = bounded(lambda: run_cli(command, model, *extra))
+    _assert_refused(result, NOT_REGULAR, elapsed, peak)
+
+
+def test_an_onnx_model_linked_out_of_its_repository_is_refused(tmp_path: Path,
+                                                              run_cli) -> None:
+    from test_serve_helpers import write_tiny_onnx
+
+    repo = tmp_path / "repo"
+    (repo / "m" / "1").mkdir(parents=True)
+    (repo / "m" / "config.pbtxt").write_text('name: "m"\nplatform: "onnxruntime_onnx"\n')
+    write_tiny_onnx(tmp_path / "elsewhere.onnx")
+    (repo / "m" / "1" / "model.onnx").symlink_to(tmp_path / "elsewhere.onnx")
+    result, elapsed, peak = bounded(lambda: run_cli("inspect", repo))
+    _assert_refused(result, OUTSIDE, elapsed, peak)
+
+
 # --- no reader bypasses the opener -----------------------------------------------------------
 
 # Calls that read a file's bytes or walk a folder. Listing one folder's names (iterdir) is not
@@ -531,12 +617,8 @@ LOADERS = {"torch", "np", "numpy", "onnx", "torchfile", "pickle", "yaml"}  # OWN
 # (file, call): why this reader does not go through the opener
 EXEMPT = {
     ("resnext_compiler/named_files.py", "os.open"): "the opener itself",
-    ("resnext_compiler/weights.py", "open"): "a weights file the user typed (--weights)",
-    ("resnext_compiler/weights.py", "torch.load"): "a weights file the user typed",
-    ("resnext_compiler/caffe_proto.py", "open"): "a .caffemodel the user typed",
-    ("resnext_compiler/caffe_proto.py", "mmap.mmap"): "a .caffemodel the user typed",
-    ("resnext_compiler/importers/torch7.py", "torchfile.load"): "a .t7 file the user typed",
-    ("resnext_compiler/input_contract.py", "onnx.load"): "a model file the user typed",
+    ("resnext_compiler/onnx_cost.py", "read_text"): "the kernel's cgroup memory limit, a "
+                                                      "system file that no input names",
     ("backends/onnx_quantize.py", "onnx.load"): "models this compile wrote itself",
     ("runtimes/serve/images.py", "Image.open"): "request bytes in memory, not a file",
     ("runtimes/train/datasets.py", "np.load"): "the package's own digits.npz",
@@ -565,8 +647,11 @@ def _reader_calls(path: Path) -> list[tuple[str, int, bool]]:
             continue
         call = f"{owner}.{name}" if owner and (name == "load" or owner in (
             "Image", "os", "mmap")) else name
-        from_opener = bool(node.args) and isinstance(node.args[0], ast.Name) and \
-            node.args[0].id in handles
+        first = node.args[0] if node.args else None
+        if (isinstance(first, ast.Call) and isinstance(first.func, ast.Attribute)
+                and first.func.attr == "fileno"):  # mmap.mmap(handle.fileno(), ...)
+            first = first.func.value
+        from_opener = isinstance(first, ast.Name) and first.id in handles
         found.append((call, node.lineno, from_opener))
     return sorted(found, key=lambda entry: entry[1])
 
@@ -594,9 +679,11 @@ def test_the_bypass_check_finds_a_plain_read(tmp_path: Path) -> None:
     sample.write_text("from pathlib import Path\n\ndef labels(p):\n    return p.read_text()\n\n"
                       "def image(p):\n    with open_named(p, IMAGE, None) as handle:\n"
                       "        return Image.open(handle)\n\ndef raw(p):\n"
-                      "    return Image.open(p)\n")
+                      "    return Image.open(p)\n\n"
+                      "def mapped(p):\n    with open_named(p, IMAGE, None) as handle:\n"
+                      "        return mmap.mmap(handle.fileno(), 0)\n")
     assert _reader_calls(sample) == [("read_text", 4, False), ("Image.open", 8, True),
-                                     ("Image.open", 11, False)]
+                                     ("Image.open", 11, False), ("mmap.mmap", 15, True)]
 
 
 def test_named_files_imports_nothing_heavy() -> None:

@@ -11,6 +11,7 @@ import typer
 from resnext_compiler.backends.base import DEFAULT_CALIBRATION_IMAGES
 from resnext_compiler.commands.options import allow_root_option
 from resnext_compiler.errors import SpecError, UserError, error_text, sanitise
+from resnext_compiler.named_files import WEIGHTS, named_file
 
 BACKEND_HELP = (
     "onnx | torch (standalone source) | triton (model repository) | dot (picture) | "
@@ -105,8 +106,8 @@ def compile_command(
         raise UserError("--calibrate and --calibration-images are for --dtype int8")
     if form is not None and form not in ("A", "B", "C"):
         raise UserError(f"--form must be A, B or C, got {form!r}")
-    if weights is not None and not weights.is_file():
-        raise UserError(f"weights file not found: {weights}")
+    if weights is not None:  # a FIFO or device is refused here, before any work
+        named_file(weights, WEIGHTS, None, "--weights")
     chosen = load_backend(backend)
     static_batch = _parse_batch(batch)
     # memory is budgeted at the batch the artifact will run: the static one, else triton's max

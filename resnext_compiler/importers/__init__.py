@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from resnext_compiler.errors import UserError
 from resnext_compiler.importers.fit import ImportResult, fit_to_graph, save_safetensors
+from resnext_compiler.named_files import WEIGHTS, named_file
 from resnext_compiler.spec import Spec
 
 __all__ = ["ImportResult", "import_weights", "save_safetensors"]
@@ -26,9 +26,7 @@ def import_weights(source: str | Path, spec: Spec, allow_partial: bool = False) 
     from resnext_compiler.pipeline import compile_spec
     from resnext_compiler.weights import fit_form
 
-    path = Path(source)
-    if not path.is_file():
-        raise UserError(f"weights file not found: {path}")
+    path = named_file(source, WEIGHTS, None)  # a FIFO or device is refused, not read
     graph = compile_spec(spec)
     if path.suffix.lower() in TORCH7_SUFFIXES:
         from resnext_compiler.importers.torch7 import read_torch7_model

@@ -26,6 +26,7 @@ import numpy as np
 
 from resnext_compiler.errors import SpecError, UserError
 from resnext_compiler.ir import Graph, Node
+from resnext_compiler.named_files import WEIGHTS, open_named
 from resnext_compiler.ops import BN_STEP_COUNTER, Add, BatchNorm, Conv, Linear
 from resnext_compiler.spec import Spec
 from resnext_compiler.weights import list_problems
@@ -186,7 +187,10 @@ def _checked_storage_reader(dtype: type) -> Any:
         left = os.fstat(handle.fileno()).st_size - here
         if not 0 <= count * np.dtype(dtype).itemsize <= left:
             raise ValueError(f"a storage of {count} elements in the {left} bytes left")
-        return np.fromfile(handle, dtype=dtype, count=count)
+        storage = np.empty(count, dtype)  # a fresh, writable array, as np.fromfile gave
+        if handle.readinto(memoryview(storage).cast("B")) != storage.nbytes:
+            raise ValueError(f"the file ends inside a storage of {count} elements")
+        return storage
 
     return read
 
@@ -217,7 +221,11 @@ def read_torch7(path: str | Path) -> list[Torch7Layer]:
 
     install_checked_readers(torchfile)
     try:
-        model = torchfile.load(str(path))
+        # torchfile.load(path) would open a FIFO and wait: the opener refuses it first
+        with open_named(path, WEIGHTS, None) as handle:
+            model = torchfile.T7Reader(handle).read_obj()
+    except UserError:
+        raise
     except Exception as exc:  # torchfile raises bare struct/ValueErrors on foreign files
         raise UserError(f"{path}: cannot read as a Torch7 file: {type(exc).__name__}: "
                         f"{exc}") from None

@@ -15,8 +15,10 @@ from resnext_compiler.errors import UserError, sanitise
 from resnext_compiler.input_contract import newest_model_file
 from resnext_compiler.named_files import (
     LABELS,
+    ONNX_MODEL,
     TRITON_CONFIG,
     contained,
+    named_file,
     named_folder,
     read_named_text,
 )
@@ -47,9 +49,9 @@ def find_models(path: Path) -> list[ModelSource]:
     """
     if not path.exists():
         raise UserError(f"model not found: {path}")
-    if path.is_file():
-        return [ModelSource(name=path.stem, version="1", onnx_path=path,
-                            name_from_metadata=True)]
+    if not path.is_dir():  # one file: regular (a FIFO is refused, not waited on), <= 2 GiB
+        return [ModelSource(name=path.stem, version="1", name_from_metadata=True,
+                            onnx_path=named_file(path, ONNX_MODEL, None))]
     root = path.resolve()
     if (path / CONFIG).exists():
         return [_triton_model(path, root)]
