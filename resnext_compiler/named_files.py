@@ -56,6 +56,7 @@ ONNX_MODEL = FileKind("ONNX model", 2 * GiB)  # protobuf's limit; larger models 
 CAFFE_MODEL = FileKind("Caffe model", ONNX_MODEL.max_bytes)  # a protobuf message too
 WEIGHTS = FileKind("weights file", CHECKPOINT.max_bytes)  # --weights, import-weights: .t7 too
 
+READ_CHUNK = 1 * MiB  # reads past what fstat said (/proc, a file that grows) go this far at once
 MAX_FOLDER_FILES = 10_000_000  # directory entries one folder walk may visit
 
 
@@ -168,10 +169,22 @@ def named_file(path: str | Path, kind: FileKind, root: Path | None, where: str =
 
 def read_named_bytes(path: str | Path, kind: FileKind, root: Path | None,
                      where: str = "") -> bytes:
-    """All bytes of a named file, never more than its kind's limit."""
+    """All bytes of a named file, never more than its kind's limit.
+
+    Read in the size `fstat` gave (a read of the limit would allocate the limit: 2 GiB for a
+    small ONNX file), then on in chunks for a file that holds more than it said (`/proc`)."""
     with open_named(path, kind, root, where) as handle:
         try:
-            data = handle.read(kind.max_bytes + 1)
+            said = os.fstat(handle.fileno()).st_size
+            parts = [handle.read(said + 1)]
+            total = len(parts[0])
+            while total > said and total <= kind.max_bytes:
+                chunk = handle.read(min(READ_CHUNK, kind.max_bytes + 1 - total))
+                if not chunk:
+                    break
+                parts.append(chunk)
+                total += len(chunk)
+            data = parts[0] if len(parts) == 1 else b"".join(parts)
         except OSError as exc:
             raise NamedFileError(f"{_prefix(where)}cannot read {kind.what} {_shown(path)}: "
                                  f"{exc.strerror or exc}") from None

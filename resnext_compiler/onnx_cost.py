@@ -173,8 +173,9 @@ def read_structure(path: str | Path, max_memory_bytes: int | None = None) -> Onn
         model.ParseFromString(bytes(kept))
     except NamedFileError as exc:
         if exc.too_large:  # say why there is a limit at all
-            raise NamedFileError(f"{exc}; protobuf cannot hold more (larger models keep "
-                                 "their weights as external data)", too_large=True) from None
+            raise NamedFileError(f"{exc}: over protobuf's 2 GiB limit for an ONNX file (larger "
+                                 "models keep their weights as external data)",
+                                 too_large=True) from None
         raise
     except _TooBig as exc:
         raise UserError(f"{path}: its graph without the initializers' data is over "

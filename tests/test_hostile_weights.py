@@ -109,12 +109,16 @@ def test_allow_partial_never_reads_the_unexpected_tensor(tmp_path: Path,
     assert "junk: not a parameter of tiny" in str(result)
 
 
-def test_weights_in_another_form_declaring_terabytes_are_refused(tmp_path: Path,
-                                                                 spec_path: Path) -> None:
+@pytest.mark.parametrize("side,message", [
+    (2**16, "declare more than"),  # 16 GiB: a weights file may be that large, the form not
+    (2**20, "larger than the 68719476736-byte limit"),  # 4 TiB: the opener's size bound first
+])
+def test_weights_in_another_form_declaring_too_much_are_refused(
+        side: int, message: str, tmp_path: Path, spec_path: Path) -> None:
     """Form conversion reads every tensor: their declared size is bounded first."""
-    entries = {"layer1.0.paths.0.conv1.weight": ([2**20, 2**20, 1, 1], 0, 4 * 2**40)}
-    path = safetensors_file(tmp_path / "form_a.safetensors", entries, 4 * 2**40)
-    refused_import(path, spec_path, "declare more than", "not weights of this spec")
+    entries = {"layer1.0.paths.0.conv1.weight": ([side, side, 1, 1], 0, 4 * side * side)}
+    path = safetensors_file(tmp_path / "form_a.safetensors", entries, 4 * side * side)
+    refused_import(path, spec_path, message)
 
 
 # -- Caffe ---------------------------------------------------------------------------------
