@@ -385,7 +385,8 @@ def version_number(name: str) -> int | None:
 def find_onnx_file(path: Path) -> Path:
     """`path` itself, or the newest REPO[/<model>]/<version>/model.onnx under it."""
     if not path.is_dir():  # one file: regular (a FIFO is refused, not waited on), <= 2 GiB
-        return named_file(path, ONNX_MODEL, None)
+        named_file(path, ONNX_MODEL, None)
+        return path  # as the user typed it, for messages
     model_dirs = [path] if (path / "config.pbtxt").is_file() else sorted(
         child for child in path.iterdir() if (child / "config.pbtxt").is_file())
     if len(model_dirs) != 1:

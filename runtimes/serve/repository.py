@@ -50,8 +50,9 @@ def find_models(path: Path) -> list[ModelSource]:
     if not path.exists():
         raise UserError(f"model not found: {path}")
     if not path.is_dir():  # one file: regular (a FIFO is refused, not waited on), <= 2 GiB
-        return [ModelSource(name=path.stem, version="1", name_from_metadata=True,
-                            onnx_path=named_file(path, ONNX_MODEL, None))]
+        named_file(path, ONNX_MODEL, None)
+        return [ModelSource(name=path.stem, version="1", onnx_path=path,
+                            name_from_metadata=True)]
     root = path.resolve()
     if (path / CONFIG).exists():
         return [_triton_model(path, root)]
