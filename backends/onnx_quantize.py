@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import signal
 import tempfile
 import threading
@@ -69,6 +68,7 @@ from resnext_compiler.backends.int8_agreement import (
 )
 from resnext_compiler.errors import ResnextError, UserError
 from resnext_compiler.image_transform import IMAGE_SUFFIXES
+from resnext_compiler.named_files import walk_files
 
 # The most images a compile reads (the default count is DEFAULT_CALIBRATION_IMAGES); the cap
 # bounds decode and calibration time and the uint8 pixels held in memory.
@@ -115,27 +115,15 @@ def find_calibration_images(folder: Path, count: int = DEFAULT_CALIBRATION_IMAGE
         what = "is not a folder" if folder.exists() else "does not exist"
         raise UserError(f"{flag} {folder}: {what}; give a folder of images")
     found: list[Path] = []
-    scanned = 0
-    for directory, subdirs, files in os.walk(folder, onerror=_raise_walk_error):
-        subdirs.sort()
-        for name in sorted(files):
-            scanned += 1
-            if scanned > MAX_FILES_SCANNED:
-                raise UserError(f"{flag} {folder}: more than {MAX_FILES_SCANNED} files "
-                                f"searched before finding {count} images; point it at a "
-                                "smaller folder")
-            if name.lower().endswith(IMAGE_SUFFIXES):
-                found.append(Path(directory) / name)
-                if len(found) == count:
-                    return CalibrationSet(folder, tuple(found))
+    for path in walk_files(folder, folder, f"{flag} {folder}", IMAGE_SUFFIXES,
+                           MAX_FILES_SCANNED):
+        found.append(path)
+        if len(found) == count:
+            return CalibrationSet(folder, tuple(found))
     if not found:
         raise UserError(f"{flag} {folder}: no images ({', '.join(IMAGE_SUFFIXES)}) in "
                         "the folder or its sub-folders")
     return CalibrationSet(folder, tuple(found))
-
-
-def _raise_walk_error(error: OSError) -> None:
-    raise UserError(f"--calibrate: cannot read {error.filename}: {error.strerror}")
 
 
 def calibration_pixels(calibration: CalibrationSet, contract) -> np.ndarray:  # noqa: ANN001

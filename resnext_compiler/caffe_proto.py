@@ -14,7 +14,10 @@ holds a second copy of the weights (https://protobuf.dev/programming-guides/enco
 
 from __future__ import annotations
 
+import array
+import math
 import mmap
+import os
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -25,14 +28,18 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from resnext_compiler.errors import UserError
+from resnext_compiler.named_files import CAFFE_MODEL, open_named
 from resnext_compiler.protobuf_wire import (
     FIXED32,
-    FIXED64,
     LENGTH_DELIMITED,
-    PROTOBUF_LIMIT,
     VARINT,
+    WireError,
     frame,
+    read_varint,
     varint,
+)
+from resnext_compiler.protobuf_wire import (
+    fields as wire_fields,
 )
 
 # Field numbers of Caffe's schema that the hand-written framing uses.
@@ -127,6 +134,10 @@ _MESSAGES: dict[str, list[tuple[str, int, str, int, str, bool]]] = {
     "FlattenParameter": [("axis", 1, "int32", _OPTIONAL, "", False)],
 }
 PACKAGE = "caffe"
+# Floats stored one field each (legal protobuf, never written by Caffe, which packs them): each
+# costs 5 bytes on disk but 4 in memory only when gathered into an array, and a loop per value;
+# a file of 400 MB of them would take minutes. Far more than any bias or BN blob of ResNeXt.
+MAX_UNPACKED_FLOATS = 1 << 20
 
 
 @cache
@@ -184,6 +195,7 @@ class _Reader:
 
     def __init__(self, data: memoryview, handle: BinaryIO, path: Path):
         self.data, self.handle, self.path = data, handle, path
+        self.unpacked = 0  # unpacked floats read so far (MAX_UNPACKED_FLOATS)
 
     def array(self, start: int, end: int, dtype: str) -> np.ndarray:
         out = np.empty((end - start) // np.dtype(dtype).itemsize, dtype)
@@ -196,51 +208,24 @@ class _Reader:
         return UserError(f"{self.path}: not a readable Caffe model ({why})")
 
     def varint(self, pos: int, end: int) -> tuple[int, int]:
-        value = shift = 0
-        while True:
-            if pos >= end:
-                raise self.fail("truncated: the file ends inside a number")
-            byte = self.data[pos]
-            pos += 1
-            value |= (byte & 0x7F) << shift
-            if byte < 0x80:
-                return value, pos
-            shift += 7
-            if shift > 63:
-                raise self.fail("malformed varint")
+        try:
+            return read_varint(self.data, pos, end)
+        except WireError as exc:
+            raise self.fail(str(exc)) from None
 
     def fields(self, pos: int, end: int) -> Iterator[tuple[int, int, int, int, int]]:
         """(field number, wire type, value or payload start, payload end, field start)."""
-        while pos < end:
-            start = pos
-            key, pos = self.varint(pos, end)
-            number, wire = key >> 3, key & 7
-            if number == 0:
-                raise self.fail("field number 0")
-            if wire == VARINT:
-                value, pos = self.varint(pos, end)
-                yield number, wire, value, pos, start
-            elif wire == LENGTH_DELIMITED:
-                length, pos = self.varint(pos, end)
-                if pos + length > end:
-                    raise self.fail("truncated: a field runs past the end of the file")
-                yield number, wire, pos, pos + length, start
-                pos += length
-            elif wire in (FIXED32, FIXED64):
-                size = 4 if wire == FIXED32 else 8
-                if pos + size > end:
-                    raise self.fail("truncated: the file ends inside a number")
-                yield number, wire, pos, pos + size, start
-                pos += size
-            else:
-                raise self.fail(f"wire type {wire} is not protobuf's")
+        try:
+            yield from wire_fields(self.data, pos, end)
+        except WireError as exc:
+            raise self.fail(str(exc)) from None
 
 
 def _blob(reader: _Reader, start: int, end: int, where: str) -> np.ndarray:
     shape: list[int] = []
     legacy = [0, 0, 0, 0]
     data: np.ndarray | None = None
-    floats: list[float] = []
+    floats = array.array("f")
     for number, wire, a, b, _ in reader.fields(start, end):
         if number == BLOB_SHAPE and wire == LENGTH_DELIMITED:
             for dim_number, dim_wire, value, dim_end, _ in reader.fields(a, b):
@@ -262,9 +247,15 @@ def _blob(reader: _Reader, start: int, end: int, where: str) -> np.ndarray:
                 raise reader.fail(f"{where}: blob data of {b - a} bytes is not whole numbers")
             data = reader.array(a, b, dtype).astype(np.float32, copy=False)
         elif number == BLOB_DATA and wire == FIXED32:  # unpacked floats, one per field
+            reader.unpacked += 1
+            if reader.unpacked > MAX_UNPACKED_FLOATS:
+                raise reader.fail(f"{where}: more than {MAX_UNPACKED_FLOATS:,} floats stored "
+                                  "unpacked (one protobuf field each, 5 bytes apiece on disk "
+                                  "and far more once read); re-save the model with packed "
+                                  "blob data")
             floats.append(struct.unpack("<f", reader.data[a:b])[0])
     if data is None:
-        data = np.asarray(floats, np.float32)
+        data = np.frombuffer(floats, np.float32) if floats else np.zeros(0, np.float32)
     if not shape and any(legacy):
         # Pre-1.0 blobs are always 4-D (num, channels, height, width): a bias is 1x1x1xC, an
         # InnerProduct weight 1x1xOUTxIN. Leading ones are dropped to get the real shape.
@@ -273,7 +264,7 @@ def _blob(reader: _Reader, start: int, end: int, where: str) -> np.ndarray:
         shape = legacy
     elif not shape:
         shape = [data.size]
-    if int(np.prod(shape, dtype=np.int64)) != data.size:
+    if math.prod(shape) != data.size:  # exact: numpy's int64 product wraps at 2**63
         raise reader.fail(f"{where}: blob shape {shape} does not hold its {data.size} values")
     return data.reshape(shape)
 
@@ -283,27 +274,27 @@ def read_net(path: str | Path) -> tuple[str, list[CaffeLayer]]:
     from google.protobuf.message import DecodeError
 
     path = Path(path)
-    size = path.stat().st_size
-    if size == 0:
-        raise UserError(f"{path}: not a readable Caffe model (empty file)")
-    if size > PROTOBUF_LIMIT:
-        raise UserError(f"{path}: {size / 2**30:.2f} GiB is over protobuf's 2 GiB limit for "
-                        "a Caffe model")
     layer_class = message_classes()["LayerParameter"]
-    with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-        reader = _Reader(memoryview(mm), handle, path)
-        try:
-            name, layers = "", []
-            for number, wire, a, b, _ in reader.fields(0, size):
-                if number == NET_NAME and wire == LENGTH_DELIMITED:
-                    name = bytes(reader.data[a:b]).decode("utf-8", "replace")
-                elif number == NET_LAYERS_V1 and wire == LENGTH_DELIMITED:
-                    raise UserError(f"{path}: a legacy (V1 `layers`) Caffe model; upgrade it "
-                                    "with Caffe's upgrade_net_proto_binary first")
-                elif number == NET_LAYER and wire == LENGTH_DELIMITED:
-                    layers.append(_layer(reader, a, b, layer_class, len(layers), DecodeError))
-        finally:
-            reader.data.release()
+    # the opener refuses a FIFO, device or link loop, and anything over protobuf's 2 GiB
+    with open_named(path, CAFFE_MODEL, None) as handle:
+        size = os.fstat(handle.fileno()).st_size
+        if size == 0:
+            raise UserError(f"{path}: not a readable Caffe model (empty file)")
+        with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            reader = _Reader(memoryview(mm), handle, path)
+            try:
+                name, layers = "", []
+                for number, wire, a, b, _ in reader.fields(0, size):
+                    if number == NET_NAME and wire == LENGTH_DELIMITED:
+                        name = bytes(reader.data[a:b]).decode("utf-8", "replace")
+                    elif number == NET_LAYERS_V1 and wire == LENGTH_DELIMITED:
+                        raise UserError(f"{path}: a legacy (V1 `layers`) Caffe model; upgrade "
+                                        "it with Caffe's upgrade_net_proto_binary first")
+                    elif number == NET_LAYER and wire == LENGTH_DELIMITED:
+                        layers.append(_layer(reader, a, b, layer_class, len(layers),
+                                             DecodeError))
+            finally:
+                reader.data.release()
     if not layers:
         raise UserError(f"{path}: not a Caffe model (no layers)")
     return name, layers

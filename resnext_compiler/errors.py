@@ -6,6 +6,8 @@ The library layer never exits; the CLI maps `UserError` to exit code 2 and any o
 
 from __future__ import annotations
 
+import logging
+import os
 import re
 from dataclasses import dataclass
 
@@ -21,6 +23,29 @@ def sanitise(text: str, keep_newlines: bool = False) -> str:
     if not keep_newlines:
         text = text.replace("\n", "\\n")
     return pattern.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
+class EscapeLogArguments(logging.Filter):
+    """Escapes every string argument of a log record (`sanitise`, newlines included): the
+    names a log line carries come from files and models, the format strings are ours."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(_escaped(arg) for arg in record.args)
+        elif isinstance(record.args, dict):
+            record.args = {key: _escaped(value) for key, value in record.args.items()}
+        return True
+
+
+def _escaped(value: object) -> object:
+    return sanitise(str(value)) if isinstance(value, (str, os.PathLike)) else value
+
+
+def escape_log_arguments(logger: logging.Logger | None = None) -> None:
+    """Install `EscapeLogArguments` on every handler of `logger` (default: the root logger)."""
+    for handler in (logger or logging.getLogger()).handlers:
+        if not any(isinstance(f, EscapeLogArguments) for f in handler.filters):
+            handler.addFilter(EscapeLogArguments())
 
 
 @dataclass(frozen=True)

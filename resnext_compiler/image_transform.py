@@ -23,6 +23,7 @@ import numpy as np
 from resnext_compiler.errors import UserError
 from resnext_compiler.input_contract import UINT8_NHWC, InputContract
 from resnext_compiler.limits import MAX_IMAGE_PIXELS, image_pixels_problem
+from resnext_compiler.named_files import IMAGE, open_named
 
 if TYPE_CHECKING:
     from PIL import Image as PILImage
@@ -80,7 +81,7 @@ def open_image(path: str | Path, contract: InputContract, *,
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as image:
+        with open_named(path, IMAGE, None) as handle, Image.open(handle) as image:
             target = resize_target(image.width, image.height, contract) if reduce else None
             problem = image_pixels_problem(image.size, target)
             if problem is not None:

@@ -22,9 +22,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from resnext_compiler.dataset_types import IMAGENET_MEAN, IMAGENET_STD, dataset_type
-from resnext_compiler.errors import UserError
+from resnext_compiler.errors import UserError, sanitise
+from resnext_compiler.named_files import ONNX_MODEL, named_file
 
 if TYPE_CHECKING:  # spec.py imports this module (parse_labels)
+    from resnext_compiler.onnx_cost import OnnxStructure
     from resnext_compiler.spec import Spec
 
 IMAGENET_CROP_FRACTION = 0.875  # 224 of 256 (Krizhevsky et al. 2012; torchvision, timm)
@@ -35,6 +37,16 @@ SCALES = ("0-1", "0-255")
 FLOAT_NCHW, UINT8_NHWC = "float32_nchw", "uint8_nhwc"
 INPUT_FORMATS = (FLOAT_NCHW, UINT8_NHWC)
 
+
+# Ranges of the contract's numbers, wherever they come from (a spec or a model file): a crop
+# fraction of 5e-324 would ask for an infinite resize, a std of 1e-300 for infinite inputs.
+MIN_CROP_FRACTION = 0.01
+MIN_STD = 1e-6
+MAX_NORMALISATION = 1e6
+# Metadata values are parsed once, when a model is opened, within these bounds.
+MAX_METADATA_VALUE_CHARS = 16 * 1024 * 1024  # a class_names list of a million names fits
+MAX_METADATA_DEPTH = 2  # a list of numbers or names
+MAX_LABELS = 1 << 20  # = limits.MAX_CLASSES
 
 # ONNX metadata_props / Triton parameter keys (docs/onnx.md).
 KEY_PREFIX = "preprocess."
@@ -60,13 +72,16 @@ class InputContract:
         problems = []
         if self.resize not in RESIZE_RULES:
             problems.append(f"resize must be one of {RESIZE_RULES}, got {self.resize!r}")
-        if not 0 < self.crop_fraction <= 1:
-            problems.append(f"crop fraction must be in (0, 1], got {self.crop_fraction}")
+        if not MIN_CROP_FRACTION <= self.crop_fraction <= 1:
+            problems.append(f"crop fraction must be in [{MIN_CROP_FRACTION}, 1], got "
+                            f"{self.crop_fraction!r}")
         if len(self.mean) != self.channels or len(self.std) != self.channels:
             problems.append(f"{len(self.mean)} mean and {len(self.std)} std values for "
                             f"{self.channels} channel(s)")
-        if any(not s > 0 for s in self.std):
-            problems.append("std values must be positive")
+        if any(not MIN_STD <= s <= MAX_NORMALISATION for s in self.std):
+            problems.append(f"std values must be in [{MIN_STD:g}, {MAX_NORMALISATION:g}]")
+        if any(not abs(m) <= MAX_NORMALISATION for m in self.mean):
+            problems.append(f"mean values must be finite, at most {MAX_NORMALISATION:g} in size")
         if self.scale not in SCALES:
             problems.append(f"scale must be one of {SCALES}, got {self.scale!r}")
         if self.input_format not in INPUT_FORMATS:
@@ -235,27 +250,89 @@ def contract_from_metadata(metadata: dict[str, str], channels: int, height: int,
             raise UserError(f"model metadata has {KEY_PREFIX}resize but no {KEY_PREFIX}{key}")
         return metadata[KEY_PREFIX + key]
 
-    try:
-        mean = tuple(float(v) for v in json.loads(get("mean")))
-        std = tuple(float(v) for v in json.loads(get("std")))
-        fraction = float(get("crop_fraction"))
-    except (ValueError, TypeError) as exc:
-        raise UserError(f"model metadata: unreadable preprocessing values ({exc})") from None
+    mean = _numbers(get("mean"), KEY_PREFIX + "mean")
+    std = _numbers(get("std"), KEY_PREFIX + "std")
+    fraction = _numbers(f"[{get('crop_fraction')}]", KEY_PREFIX + "crop_fraction")[0]
     return InputContract(channels, height, width, get("resize"), fraction, mean, std,
                          get("scale"), _labels_value(metadata),
                          metadata.get(KEY_PREFIX + "input_format", FLOAT_NCHW))
 
 
+def metadata_json(text: str, key: str) -> object:
+    """A metadata value parsed as JSON within the bounds above, or UserError naming `key`
+    (deep nesting, 5000-digit integers and NaN/Infinity are refused, not met later)."""
+    def refuse(why: str) -> UserError:
+        return UserError(f"model metadata {key}: {why}")
+
+    if len(text) > MAX_METADATA_VALUE_CHARS:
+        raise refuse(f"{len(text):,} characters, more than {MAX_METADATA_VALUE_CHARS:,}")
+    if json_depth(text) > MAX_METADATA_DEPTH:  # before parsing: json.loads recurses per level
+        raise refuse(f"nested more than {MAX_METADATA_DEPTH} deep")
+
+    def no_constant(name: str) -> float:
+        raise refuse(f"{name} is not a number")
+
+    try:
+        return json.loads(text, parse_constant=no_constant, parse_int=_bounded_int)
+    except UserError:
+        raise
+    except (ValueError, RecursionError) as exc:
+        raise refuse(f"not JSON ({str(exc)[:100]})") from None
+
+
+def json_depth(text: str) -> int:
+    """How deep the arrays and objects of JSON `text` nest (brackets inside strings aside)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    return deepest
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > 18:
+        raise ValueError(f"integer of {len(text)} digits")
+    return int(text)
+
+
+def _numbers(text: str, key: str) -> tuple[float, ...]:
+    values = metadata_json(text, key)
+    if (not isinstance(values, list) or not values
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)):
+        raise UserError(f"model metadata {key}: expected a JSON list of numbers")
+    return tuple(float(v) for v in values)
+
+
 def _labels_value(metadata: dict[str, str]) -> tuple[str, ...] | None:
     if KEY_LABELS not in metadata:
         return None
-    try:
-        names = json.loads(metadata[KEY_LABELS])
-    except ValueError:
-        names = None
+    names = metadata_json(metadata[KEY_LABELS], KEY_LABELS)
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise UserError(f"model metadata: {KEY_LABELS} must be a JSON list of strings")
+    if len(names) > MAX_LABELS:
+        raise UserError(f"model metadata: {KEY_LABELS} has {len(names):,} names, more than "
+                        f"{MAX_LABELS:,}")
     return tuple(names)
+
+
+def check_label_count(labels: tuple[str, ...] | list[str] | None, outputs: int,
+                      what: str) -> None:
+    """UserError unless there is one class name per model output (`outputs` -1: unknown)."""
+    if labels is not None and outputs > 0 and len(labels) != outputs:
+        raise UserError(f"{what}: {len(labels)} labels for a model with {outputs} classes")
 
 
 def onnx_input_layout(shape: list[int | None], input_format: str) -> tuple[int, int, int]:
@@ -273,35 +350,62 @@ def read_contract(path: str | Path) -> InputContract | None:
 
     None when the model records no preprocessing (callers fall back to `default_contract`).
     """
-    import onnx
+    from resnext_compiler.onnx_cost import read_structure
 
-    onnx_path = find_onnx_file(Path(path))
-    try:
-        model = onnx.load(str(onnx_path), load_external_data=False)
-    except Exception as exc:  # protobuf decode errors have no common base class
-        raise UserError(f"cannot read ONNX model {onnx_path}: {exc}") from None
-    metadata = {entry.key: entry.value for entry in model.metadata_props}
-    graph_input = model.graph.input[0]
+    return contract_of(read_structure(find_onnx_file(Path(path))))
+
+
+def contract_of(structure: OnnxStructure) -> InputContract | None:
+    """The contract an ONNX model read by `onnx_cost.read_structure` records (see
+    `read_contract`)."""
+    metadata = structure.metadata
+    graph_input = structure.inputs[0]
     dims = [d.dim_value if d.HasField("dim_value") else None
             for d in graph_input.type.tensor_type.shape.dim]
     fmt = metadata.get(KEY_PREFIX + "input_format", FLOAT_NCHW)
-    channels, height, width = onnx_input_layout(dims, fmt)
-    return contract_from_metadata(metadata, channels, height, width)
+    output = structure.model.graph.output[0].type.tensor_type.shape.dim
+    width = output[-1].dim_value if output and output[-1].dim_value > 0 else -1
+    try:
+        channels, height, width_in = onnx_input_layout(dims, fmt)
+        contract = contract_from_metadata(metadata, channels, height, width_in)
+        check_label_count(contract.labels if contract else None, width,
+                          f"metadata {KEY_LABELS}")
+        return contract
+    except UserError as exc:
+        raise UserError(f"{structure.path}: {exc}") from None
+
+
+def version_number(name: str) -> int | None:
+    """A Triton version folder's number: ASCII digits only (`'²'.isdigit()` is True)."""
+    if not name or len(name) > 18 or not (name.isascii() and name.isdigit()):
+        return None
+    return int(name)
 
 
 def find_onnx_file(path: Path) -> Path:
     """`path` itself, or the newest REPO[/<model>]/<version>/model.onnx under it."""
-    if path.is_file():
-        return path
-    if not path.is_dir():
-        raise UserError(f"model not found: {path}")
+    if not path.is_dir():  # one file: regular (a FIFO is refused, not waited on), <= 2 GiB
+        named_file(path, ONNX_MODEL, None)
+        return path  # as the user typed it, for messages
     model_dirs = [path] if (path / "config.pbtxt").is_file() else sorted(
         child for child in path.iterdir() if (child / "config.pbtxt").is_file())
     if len(model_dirs) != 1:
         raise UserError(f"{path}: expected one ONNX file or one Triton model "
                         f"(found {len(model_dirs)} models)")
-    versions = sorted((int(child.name), child) for child in model_dirs[0].iterdir()
-                      if child.name.isdigit() and (child / "model.onnx").is_file())
+    return newest_model_file(model_dirs[0], path.resolve())[1]
+
+
+def newest_model_file(model_dir: Path, root: Path) -> tuple[int, Path]:
+    """(version, its model.onnx) for the highest numeric version folder of a Triton model
+    folder, as Triton's default version policy serves. The file is one the repository names:
+    a regular file under `root` of at most 2 GiB (`named_files`), not a FIFO or a link out."""
+    versions = sorted((number, child) for child in model_dir.iterdir()
+                      if (number := version_number(child.name)) is not None
+                      and (child / "model.onnx").exists())
     if not versions:
-        raise UserError(f"{model_dirs[0]}: no version directory with model.onnx")
-    return versions[-1][1] / "model.onnx"
+        shown = sanitise(str(model_dir))
+        raise UserError(f"{shown}: no version directory with model.onnx (e.g. "
+                        f"{shown}/1/model.onnx)")
+    version, folder = versions[-1]
+    where = f"{model_dir / 'config.pbtxt'}: version {version}"
+    return version, named_file(folder / "model.onnx", ONNX_MODEL, root, where)

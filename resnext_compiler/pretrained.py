@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 from resnext_compiler.artifacts import atomic_writer
 from resnext_compiler.errors import UserError
 from resnext_compiler.input_contract import parse_labels
+from resnext_compiler.named_files import WEIGHTS, open_named
 
 if TYPE_CHECKING:
     from resnext_compiler.spec import Spec
@@ -152,7 +153,7 @@ def fetch(entry: Pretrained) -> Path:
 
 def _sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
+    with open_named(path, WEIGHTS, None) as handle:
         while chunk := handle.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()

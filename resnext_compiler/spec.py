@@ -26,7 +26,13 @@ from pydantic import (
 
 from resnext_compiler.blocks import BlockType, block_options, block_type, block_types
 from resnext_compiler.dataset_types import dataset_types
-from resnext_compiler.errors import Diagnostic, Location, SpecError, format_field_path
+from resnext_compiler.errors import (
+    Diagnostic,
+    Location,
+    SpecError,
+    format_field_path,
+    sanitise,
+)
 from resnext_compiler.input_contract import parse_labels
 from resnext_compiler.limits import (
     MAX_BATCH,
@@ -38,6 +44,13 @@ from resnext_compiler.limits import (
     MAX_LR,
     MAX_STAGE_DEPTH,
     MAX_STAGES,
+)
+from resnext_compiler.named_files import (
+    BASE_SPEC,
+    LABELS,
+    NamedFileError,
+    contained,
+    read_named_text,
 )
 from resnext_compiler.stems import stem_types
 from resnext_compiler.yaml_source import FieldPath, SourceMap, read_yaml, read_yaml_file
@@ -394,37 +407,39 @@ NOT_INHERITED = ("extends", "reference", "description")
 
 
 def _resolve_extends(
-    data: Any, source: SourceMap, filename: Path, chain: tuple[Path, ...]
+    data: Any, source: SourceMap, filename: Path, chain: tuple[Path, ...], root: Path
 ) -> tuple[Any, SourceMap]:
+    """Merge the base spec that `extends:` names (relative to `filename`, kept under `root`:
+    the folder of the spec the user named) under `data`."""
     if not isinstance(data, dict) or "extends" not in data:
         return data, source
     target = data["extends"]
     field_loc = source.locations.get(("extends",))
     if not isinstance(target, str) or not target:
         raise SpecError([Diagnostic("must be a path to a base spec", "extends", field_loc)])
-    if "\0" in target:
-        raise SpecError([Diagnostic("a path cannot hold a NUL character", "extends", field_loc)])
     if len(chain) >= MAX_EXTENDS:
         raise SpecError([Diagnostic(f"extends chain is longer than {MAX_EXTENDS} files",
                                     "extends", field_loc)])
     try:
-        base_path = (filename.parent / target).resolve()
-    except (OSError, RuntimeError) as exc:  # a symlink loop
-        raise SpecError([Diagnostic(f"cannot resolve {target!r}: {exc}", "extends",
-                                    field_loc)]) from None
+        base_path = contained(filename.parent / target, root, kind=BASE_SPEC)
+    except NamedFileError as exc:
+        raise SpecError([Diagnostic(str(exc), "extends", field_loc)]) from None
+    if not base_path.name.lower().endswith((".yaml", ".yml")):
+        # only a spec is ever parsed: the lines of any other file must not reach a message
+        raise SpecError([Diagnostic(f"{target!r} is not a spec (a .yaml or .yml file)",
+                                    "extends", field_loc)])
     if base_path in chain:
-        cycle = " -> ".join(str(p) for p in (*chain, base_path))
+        cycle = " -> ".join(sanitise(str(p)) for p in (*chain, base_path))
         raise SpecError([Diagnostic(f"circular extends: {cycle}", "extends", field_loc)])
-    if not base_path.exists():
-        raise SpecError([Diagnostic(f"base spec not found: {base_path}", "extends", field_loc)])
     try:
-        base_data, base_source = read_yaml_file(base_path)
+        base_data, base_source = read_yaml_file(base_path, BASE_SPEC, root)
     except SpecError as exc:
         # say which line of this file led there, then the base file's own problems
-        raise SpecError([Diagnostic(f"in base spec {base_path}:", "extends", field_loc),
+        raise SpecError([Diagnostic(f"in base spec {sanitise(str(base_path))}:", "extends",
+                                    field_loc),
                          *exc.diagnostics]) from None
     base_data, base_source = _resolve_extends(
-        base_data, base_source, base_path, (*chain, base_path)
+        base_data, base_source, base_path, (*chain, base_path), root
     )
     if not isinstance(base_data, dict):
         raise SpecError([Diagnostic("base spec is not a YAML mapping", "extends", field_loc)])
@@ -515,7 +530,7 @@ def _short(value: Any) -> bool:
     return isinstance(value, (int, float, str, bool)) and len(repr(value)) <= 60
 
 
-def _validate(data: Any, source: SourceMap) -> Spec:
+def _validate(data: Any, source: SourceMap, root: Path) -> Spec:
     if not isinstance(data, dict):
         raise SpecError(
             [
@@ -531,13 +546,14 @@ def _validate(data: Any, source: SourceMap) -> Spec:
     except ValidationError as exc:
         raise SpecError(model_diagnostics(exc, source, Spec)) from None
     spec._source = source
-    spec._labels, problems = _preprocess_problems(spec)
+    spec._labels, problems = _preprocess_problems(spec, root)
     if problems:
         raise SpecError(problems)
     return spec
 
 
-def _preprocess_problems(spec: Spec) -> tuple[tuple[str, ...] | None, list[Diagnostic]]:
+def _preprocess_problems(spec: Spec, root: Path
+                         ) -> tuple[tuple[str, ...] | None, list[Diagnostic]]:
     """Class names, and what in `preprocess:` contradicts the rest of the spec."""
     pre = spec.preprocess
     if pre is None:
@@ -556,7 +572,7 @@ def _preprocess_problems(spec: Spec) -> tuple[tuple[str, ...] | None, list[Diagn
                     f"give one per channel")
     labels = None
     if isinstance(pre.labels, str):
-        labels, message = _read_labels_file(spec, pre.labels)
+        labels, message = _read_labels_file(spec, pre.labels, root)
         if message:
             problem("labels", message)
     elif pre.labels is not None:
@@ -570,49 +586,46 @@ def _preprocess_problems(spec: Spec) -> tuple[tuple[str, ...] | None, list[Diagn
     return labels, sorted(problems, key=_position)
 
 
-MAX_LABELS_BYTES = 16 * 1024 * 1024
-
-
-def _read_labels_file(spec: Spec, name: str) -> tuple[tuple[str, ...] | None, str]:
+def _read_labels_file(spec: Spec, name: str, root: Path
+                      ) -> tuple[tuple[str, ...] | None, str]:
     """(names, problem) for a labels file named relative to the spec that names it."""
     location = spec.locate(("preprocess", "labels"))
     base = Path(location.file).parent if location is not None else Path(spec.path).parent
-    path = base / name
     try:
-        if path.stat().st_size > MAX_LABELS_BYTES:
-            return None, f"labels file {path} is larger than {MAX_LABELS_BYTES} bytes"
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        return None, f"cannot read labels file {path}: {getattr(exc, 'strerror', None) or exc}"
-    return parse_labels(text), ""
+        return parse_labels(read_named_text(base / name, LABELS, root)), ""
+    except NamedFileError as exc:
+        return None, str(exc)
 
 
 def load_spec(path: str | Path) -> Spec:
     """Read, resolve `extends`, and validate a spec file. Raises SpecError."""
     file = Path(path)
     data, source = read_yaml_file(file)
-    data, source = _resolve_extends(data, source, file, (file.resolve(),))
-    return _validate(data, source)
+    root = file.resolve().parent  # `extends` parents and labels files stay under it
+    data, source = _resolve_extends(data, source, file, (file.resolve(),), root)
+    return _validate(data, source, root)
 
 
 def parse_spec(text: str, filename: str = "<string>", base_dir: str | Path = ".") -> Spec:
     """Like `load_spec`, from text; `extends` paths are relative to `base_dir`."""
     data, source = read_yaml(text, filename)
-    data, source = _resolve_extends(data, source, Path(base_dir) / filename, ())
-    return _validate(data, source)
+    root = Path(base_dir).resolve()
+    data, source = _resolve_extends(data, source, Path(base_dir) / filename, (), root)
+    return _validate(data, source, root)
 
 
 def spec_from_data(data: Any, source: SourceMap, filename: Path) -> Spec:
     """A spec held inside another YAML document (a sweep file's `spec:`): `extends` is
     resolved relative to `filename`, and problems are located by `source`."""
-    data, source = _resolve_extends(data, source, filename, (filename.resolve(),))
-    return _validate(data, source)
+    root = filename.resolve().parent  # as for a spec file: parents and labels stay under it
+    data, source = _resolve_extends(data, source, filename, (filename.resolve(),), root)
+    return _validate(data, source, root)
 
 
-def validate_spec(data: Any, source: SourceMap) -> Spec:
-    """Validate spec data (no `extends` left) whose locations `source` holds. Raises
-    SpecError."""
-    return _validate(data, source)
+def validate_spec(data: Any, source: SourceMap, root: Path) -> Spec:
+    """Validate spec data (no `extends` left) whose locations `source` holds; a labels file
+    it names is read under `root`. Raises SpecError."""
+    return _validate(data, source, root)
 
 
 def json_schema() -> dict[str, Any]:

@@ -39,6 +39,7 @@ from resnext_compiler.limits import (
     MAX_SWEEP_POINTS,
     MAX_SWEEP_SEEDS,
 )
+from resnext_compiler.named_files import SPEC, read_named_text
 from resnext_compiler.naming import file_stem
 from resnext_compiler.spec import (
     Spec,
@@ -299,7 +300,7 @@ def load_sweep(path: str | Path) -> tuple[SweepFile, Spec, SourceMap, str]:
         named = template.model_copy(update={"preprocess": preprocess})
         named._source, named._labels = template._source, template._labels
         template = named
-    return sweep, template, source, file.read_text(encoding="utf-8")
+    return sweep, template, source, read_named_text(file, SPEC, None)  # bounded as above
 
 
 def _axis_fields(sweep: SweepFile) -> list[tuple[FieldPath, str]]:
@@ -381,7 +382,8 @@ def plan_sweep(path: str | Path) -> SweepPlan:
             f"the axes make {sizes} = {configurations:,} points, over the "
             f"sweep's limit of {budget.points} (raise limits.points)",
         )
-    cells = [(cell, _variant(template, cell.overrides, source)) for cell in _grid(sweep)]
+    root = file.resolve().parent  # a labels file a variant names stays beside the sweep file
+    cells = [(cell, _variant(template, cell.overrides, source, root)) for cell in _grid(sweep)]
     per_cell = len(seeds) * len(sweep.axes.cardinality or [1])
     epochs = sum(spec.train.epochs for _, spec in cells) * per_cell
     if epochs > budget.epochs:
@@ -475,7 +477,8 @@ def _short(value: Any) -> str:
     return file_stem(text.replace('"', ""))[:24]
 
 
-def _variant(template: Spec, overrides: tuple[_Override, ...], sweep_source: SourceMap) -> Spec:
+def _variant(template: Spec, overrides: tuple[_Override, ...], sweep_source: SourceMap,
+             root: Path) -> Spec:
     """The template with `overrides` set; a problem they cause is located at the sweep file's
     value (the template's own fields keep their locations)."""
     if not overrides:
@@ -494,7 +497,7 @@ def _variant(template: Spec, overrides: tuple[_Override, ...], sweep_source: Sou
             source.locations[override.path] = where
     if problems:
         raise SpecError(problems)
-    return validate_spec(data, source)
+    return validate_spec(data, source, root)
 
 
 def _assign(data: dict[str, Any], path: FieldPath, value: Any) -> str | None:

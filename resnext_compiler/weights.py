@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ import numpy as np
 from resnext_compiler import ops
 from resnext_compiler.errors import UserError
 from resnext_compiler.ir import Graph, Param
+from resnext_compiler.named_files import WEIGHTS, open_named
 
 # BatchNorm's step counter: inference never reads it, so a weights file may leave it out
 # (Torch7 and old PyTorch checkpoints have none); it is then filled with 0.
@@ -69,7 +71,7 @@ class SafetensorsWeights(Mapping[str, np.ndarray]):
         dtype_name, shape, (begin, end) = self._entries[name]
         dtype = _SAFETENSORS_DTYPES[dtype_name]
         array = np.empty(shape, dtype)
-        with open(self.path, "rb") as handle:
+        with open_named(self.path, WEIGHTS, None) as handle:
             handle.seek(self._data_start + begin)
             if handle.readinto(memoryview(array).cast("B")) != end - begin:
                 raise UserError(f"{self.path}: file ends inside tensor {name!r}")
@@ -89,8 +91,8 @@ class SafetensorsWeights(Mapping[str, np.ndarray]):
 
 def _read_safetensors_header(path: Path) -> tuple[dict, int]:
     """Parse and check the header: 8-byte little-endian length, then JSON (safetensors spec)."""
-    size = path.stat().st_size
-    with open(path, "rb") as handle:
+    with open_named(path, WEIGHTS, None) as handle:
+        size = os.fstat(handle.fileno()).st_size
         prefix = handle.read(8)
         length = int.from_bytes(prefix, "little") if len(prefix) == 8 else -1
         if not 2 <= length <= min(_MAX_HEADER_BYTES, size - 8):
@@ -122,7 +124,20 @@ def _read_safetensors_header(path: Path) -> tuple[dict, int]:
             raise UserError(f"{path}: tensor {name!r} has data offsets {begin}..{end} that do "
                             f"not fit its shape {list(shape)} or the file")
         entries[name] = (dtype_name, shape, (begin, end))
+    _check_no_overlap(path, entries)
     return entries, 8 + length
+
+
+def _check_no_overlap(path: Path, entries: dict) -> None:
+    """The safetensors format lays tensors out one after another; two entries on one byte range
+    (200 names on one 64 MiB range would read as 12.5 GiB) are refused before any is read."""
+    spans = sorted((begin, end, name) for name, (_, _, (begin, end)) in entries.items()
+                   if end > begin)
+    for (_, first_end, first), (second_begin, _, second) in zip(spans, spans[1:], strict=False):
+        if second_begin < first_end:
+            raise UserError(f"{path}: tensors {first[:80]!r} and "
+                            f"{second[:80]!r} overlap in the file (safetensors "
+                            "tensors each have their own bytes)")
 
 
 def _is_count(value: object) -> bool:
@@ -138,7 +153,10 @@ def read_torch_checkpoint(path: str | Path) -> dict[str, np.ndarray]:
     torch = require("torch", f"reading the PyTorch checkpoint {Path(path).name}")
 
     try:
-        loaded = torch.load(Path(path), map_location="cpu", weights_only=True)
+        with open_named(path, WEIGHTS, None) as handle:
+            loaded = torch.load(handle, map_location="cpu", weights_only=True)
+    except UserError:
+        raise
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"{path}: cannot read as a PyTorch checkpoint: {first_line}") from None
@@ -167,9 +185,7 @@ def read_torch_checkpoint(path: str | Path) -> dict[str, np.ndarray]:
 def read_weights(path: str | Path) -> Mapping[str, np.ndarray]:
     """Open a weights file: safetensors (detected by content) or a PyTorch checkpoint."""
     file = Path(path)
-    if not file.is_file():
-        raise UserError(f"weights file not found: {file}")
-    with open(file, "rb") as handle:
+    with open_named(file, WEIGHTS, None) as handle:  # a FIFO or device is refused, not read
         head = handle.read(9)
     if head[:2] == b"PK" or head[:1] == b"\x80" or file.suffix in (".pt", ".pth", ".ckpt"):
         return read_torch_checkpoint(file)  # zip (torch.save) or legacy pickle
@@ -231,7 +247,7 @@ def graph_shapes(graph: Graph) -> dict[str, tuple[int, ...]]:
 
 
 def weight_shapes(weights: Mapping[str, np.ndarray]) -> dict[str, tuple[int, ...]]:
-    return {name: _shape(weights, name) for name in weights}
+    return {name: weight_shape(weights, name) for name in weights}
 
 
 def check_weights(graph: Graph, weights: Mapping[str, np.ndarray], source: str = "weights") -> None:
@@ -241,9 +257,11 @@ def check_weights(graph: Graph, weights: Mapping[str, np.ndarray], source: str =
         raise report.error(source)
 
 
-def _shape(weights: Mapping[str, np.ndarray], name: str) -> tuple[int, ...]:
-    if isinstance(weights, (SafetensorsWeights, InitialWeights, _Overlay)):
-        return weights.shape(name)
+def weight_shape(weights: Mapping[str, np.ndarray], name: str) -> tuple[int, ...]:
+    """A tensor's shape, without reading it from a lazy mapping (one with a `shape` method)."""
+    lazy_shape = getattr(weights, "shape", None)
+    if callable(lazy_shape):
+        return tuple(lazy_shape(name))
     return tuple(np.shape(weights[name]))
 
 
@@ -307,10 +325,31 @@ def fit_form(weights: Mapping[str, np.ndarray], graph: Graph, source: str
 
     if not needs_conversion(weights, graph):  # e.g. form-C weights compiled with --form A
         return weights
+    check_declared_size(weights, graph, source)  # conversion reads every tensor
     try:
         return convert_weights(weights, graph)
     except ValueError as exc:
         raise UserError(f"{source} do not fit this spec: {exc}") from None
+
+
+# A file in another block form holds the same parameters in other shapes; one that declares
+# far more elements than the graph has is not a ResNeXt of this spec, whatever its names.
+SIZE_SLACK_FACTOR = 4
+SIZE_SLACK_ELEMENTS = 16 * 1024 * 1024
+
+
+def check_declared_size(weights: Mapping[str, np.ndarray], graph: Graph, source: str) -> None:
+    """UserError, before any tensor is read, when `weights` declare more elements than
+    SIZE_SLACK_FACTOR times `graph`'s parameters (plus SIZE_SLACK_ELEMENTS)."""
+    expected = sum(math.prod(p.shape) for p in graph.params())
+    declared = 0
+    limit = SIZE_SLACK_FACTOR * expected + SIZE_SLACK_ELEMENTS
+    for name in weights:
+        declared += math.prod(weight_shape(weights, name))
+        if declared > limit:
+            raise UserError(f"{source} declare more than {limit:,} elements (at "
+                            f"{name[:80]!r}); {graph.name} has {expected:,}: not "
+                            "weights of this spec")
 
 
 def fill_step_counters(weights: Mapping[str, np.ndarray], graph: Graph
@@ -341,7 +380,7 @@ class _Overlay(Mapping[str, np.ndarray]):
         return len(self._base) + len(self._extra)
 
     def shape(self, name: str) -> tuple[int, ...]:
-        return self._extra[name].shape if name in self._extra else _shape(self._base, name)
+        return self._extra[name].shape if name in self._extra else weight_shape(self._base, name)
 
 
 def _read_for(graph: Graph, path: str | Path) -> Mapping[str, np.ndarray]:

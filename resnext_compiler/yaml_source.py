@@ -14,9 +14,7 @@ is built in one pass, linear in the document's size.
 
 from __future__ import annotations
 
-import os
 import re
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,10 +22,11 @@ from typing import Any
 import yaml
 
 from resnext_compiler.errors import Diagnostic, Location, SpecError, format_field_path
+from resnext_compiler.named_files import SPEC, FileKind, NamedFileError, read_named_bytes
 
 FieldPath = tuple[str | int, ...]
 
-MAX_SPEC_BYTES = 64 * 1024  # the largest zoo spec is under 2 KB; 64 explicit stages need 6 KB
+MAX_SPEC_BYTES = SPEC.max_bytes  # 64 explicit stages need 6 KB
 MAX_DEPTH = 64  # nesting of mappings and sequences; a spec needs 4
 MAX_NODES = 20_000  # YAML nodes after alias expansion (64 stages with every field: ~2,000)
 
@@ -293,44 +292,21 @@ def _position(text: str, filename: str, offset: int) -> Location:
     return Location(filename, line + 1, column + 1)
 
 
-def read_spec_bytes(path: Path, limit: int = MAX_SPEC_BYTES) -> bytes:
-    """The bytes of a regular file of at most `limit` bytes; anything else is a SpecError.
-
-    The file is opened without blocking and checked with fstat before a byte is read, so a
-    FIFO, a device (`/dev/zero`) or a directory is refused at once; `/proc` files, whose size
-    says 0, are read only up to the limit.
-    """
-    display = str(path)
+def read_spec_bytes(path: Path, kind: FileKind = SPEC, root: Path | None = None) -> bytes:
+    """The bytes of a spec file, read through the one opener for named files (regular file,
+    at most 64 KiB, checked with fstat before a byte is read; under `root` when given).
+    Anything else is a SpecError."""
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    except FileNotFoundError:
-        raise SpecError([Diagnostic(f"spec file not found: {display}")]) from None
-    except IsADirectoryError:
-        raise SpecError([Diagnostic(f"expected a YAML file, got a directory: {display}")]) from None
-    except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the path
-        raise SpecError([Diagnostic(f"cannot read {display}: "
-                                    f"{getattr(exc, 'strerror', None) or exc}")]) from None
-    mode = os.fstat(fd).st_mode
-    if not stat.S_ISREG(mode):
-        os.close(fd)
-        if stat.S_ISDIR(mode):
-            raise SpecError([Diagnostic(f"expected a YAML file, got a directory: {display}")])
-        raise SpecError([Diagnostic(f"{display} is not a regular file (a device, FIFO or "
-                                    "socket); a spec must be a file")])
-    with os.fdopen(fd, "rb") as handle:
-        try:
-            data = handle.read(limit + 1)
-        except OSError as exc:
-            raise SpecError([Diagnostic(f"cannot read {display}: {exc.strerror or exc}")]) from None
-    if len(data) > limit:
-        raise SpecError([Diagnostic(f"spec file is larger than the {limit}-byte limit", "",
-                                    Location(display, 1, 1))])
-    return data
+        return read_named_bytes(path, kind, root)
+    except NamedFileError as exc:
+        location = Location(str(path), 1, 1) if exc.too_large else None
+        raise SpecError([Diagnostic(str(exc), "", location)]) from None
 
 
-def read_yaml_file(path: Path) -> tuple[Any, SourceMap]:
+def read_yaml_file(path: Path, kind: FileKind = SPEC, root: Path | None = None
+                   ) -> tuple[Any, SourceMap]:
     display = str(path)
-    data = read_spec_bytes(path)
+    data = read_spec_bytes(path, kind, root)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -82,7 +82,7 @@ def evaluate_artifact(model_path: Path, data_dir: Path, batch_size: int = 64,
     if not data_dir.is_dir():
         raise UserError(f"--data {data_dir}: no such directory")
     split = evaluation_split(data_dir)
-    samples, classes = scan(split, list(contract.labels) if contract.labels else None)
+    samples, classes = scan(split, list(contract.labels) if contract.labels else None, data_dir)
     outputs = model.outputs[0].shape[-1]
     if outputs > 0 and len(classes) > outputs:
         raise UserError(f"{split}: {len(classes)} class folders but the model has {outputs} "

@@ -9,12 +9,18 @@ from pathlib import Path
 
 from resnext_compiler.errors import UserError
 from resnext_compiler.image_transform import IMAGE_SUFFIXES
+from resnext_compiler.named_files import walk_files
 
 
-def scan(split_dir: Path, classes: list[str] | None = None) -> tuple[list[tuple[str, int]],
-                                                                     list[str]]:
+def scan(split_dir: Path, classes: list[str] | None = None, root: Path | None = None
+         ) -> tuple[list[tuple[str, int]], list[str]]:
     """(path, label) pairs under `split_dir/<class>/`; classes sorted by name unless given
-    (then a folder's label is its name's position in `classes`)."""
+    (then a folder's label is its name's position in `classes`).
+
+    Every class folder and image is read through `named_files.walk_files`: it stays under
+    `root` (the `--data` folder; `split_dir` when None), so a class folder linked to `/` is
+    refused by name instead of walking the filesystem, and a FIFO named `a.png` is refused
+    instead of hanging a decoder."""
     if not split_dir.is_dir():
         raise UserError(f"{split_dir}: missing; an image-folder data set needs train/ and val/ "
                         "folders with one sub-folder of images per class")
@@ -30,11 +36,11 @@ def scan(split_dir: Path, classes: list[str] | None = None) -> tuple[list[tuple[
             raise UserError(f"{split_dir}: class folders {extra[:5]} are not among the model's "
                             f"classes ({', '.join(classes[:5])}{more})")
     index = {name: i for i, name in enumerate(classes)}
+    data_root = Path(root if root is not None else split_dir)
     samples = [
         (str(path), index[name])
         for name in found
-        for path in sorted((split_dir / name).rglob("*"))
-        if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
+        for path in walk_files(split_dir / name, data_root, "--data", IMAGE_SUFFIXES)
     ]
     if not samples:
         raise UserError(f"{split_dir}: no images ({', '.join(IMAGE_SUFFIXES)}) in the class "

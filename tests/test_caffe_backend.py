@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import shutil
 import subprocess
 import sys
 
@@ -111,9 +112,10 @@ def test_resnext50_with_torchvision_weights_runs_in_opencv(tmp_path, write_spec,
     """The real resnext50_32x4d spec (at 64x64 to stay quick), torchvision's model and
     state-dict layout with random BN statistics: OpenCV gives torchvision's logits."""
     torchvision = pytest.importorskip("torchvision")
-    spec_path = write_spec(f"""
-        extends: {SPECS / "resnext50_32x4d.yaml"}
-        input: {{channels: 3, height: 64, width: 64}}
+    shutil.copy(SPECS / "resnext50_32x4d.yaml", tmp_path)  # `extends` stays in the spec's folder
+    spec_path = write_spec("""
+        extends: resnext50_32x4d.yaml
+        input: {channels: 3, height: 64, width: 64}
         """)
     torch.manual_seed(0)
     reference = torchvision.models.resnext50_32x4d().eval()
@@ -141,12 +143,13 @@ def test_resnext50_with_torchvision_weights_runs_in_opencv(tmp_path, write_spec,
 
 def test_cifar_resnext29_runs_in_opencv(tmp_path, write_spec, run_cli):
     """ResNeXt-29's spec (CIFAR stem, three stages of three blocks) at a tiny width."""
-    spec_path = write_spec(f"""
-        extends: {SPECS / "resnext29_8x64d.yaml"}
+    shutil.copy(SPECS / "resnext29_8x64d.yaml", tmp_path)  # `extends` stays in the spec's folder
+    spec_path = write_spec("""
+        extends: resnext29_8x64d.yaml
         name: resnext29_tiny
-        block: {{cardinality: 4, base_width: 4}}
-        stages: [{{depth: 3, width: 16}}, {{depth: 3, width: 32, stride: 2}},
-                 {{depth: 3, width: 64, stride: 2}}]
+        block: {cardinality: 4, base_width: 4}
+        stages: [{depth: 3, width: 16}, {depth: 3, width: 32, stride: 2},
+                 {depth: 3, width: 64, stride: 2}]
         """)
     graph = compile_spec(load_spec(spec_path))
     weights = _weights_with_random_bn(graph)

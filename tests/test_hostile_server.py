@@ -303,7 +303,7 @@ def test_serve_refuses_a_model_too_big_for_its_batch_before_warm_up(tmp_path: Pa
     started = time.perf_counter()
     result = run_cli("serve", model, "--max-batch", "512", "--port", "0")
     assert result.code == 2, result
-    assert "serving at batch 512 needs about" in result.err
+    assert "at batch 512 needs about" in result.err
     assert "lower --max-batch or raise --max-memory-gb" in result.err
     assert time.perf_counter() - started < 10
 

@@ -9,12 +9,11 @@ import subprocess
 import sys
 import threading
 import time
-import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from hostile_inputs import TINY, billion_laughs, merge_key_bomb
+from hostile_inputs import TINY, billion_laughs, bounded, merge_key_bomb
 
 SECONDS = 2.0
 PEAK_BYTES = 200 * 1024 * 1024
@@ -80,9 +79,8 @@ CASES: list[tuple[str, SpecMaker, str, str | None]] = [
      "nested more than 64 levels", "spec.yaml:2"),
     ("NUL byte", text(b"name: a\x00b\nstages: [1]\n"), "U+0000 is not allowed", "spec.yaml:1:8"),
     ("extends /proc/self/environ", text("extends: /proc/self/environ\nname: p\n"),
-     "U+0000 is not allowed", "spec.yaml:1"),
-    ("extends /dev/zero", text("extends: /dev/zero\nname: p\n"), "not a regular file",
-     "spec.yaml:1"),
+     "outside", "spec.yaml:1"),
+    ("extends /dev/zero", text("extends: /dev/zero\nname: p\n"), "outside", "spec.yaml:1"),
     ("extends with NUL", text('extends: "a\\0b.yaml"\nname: p\n'), "NUL character",
      "spec.yaml:1"),
     ("200-file extends chain", extends_chain(200),
@@ -130,21 +128,6 @@ def _warm(tmp_path_factory: pytest.TempPathFactory, run_cli) -> None:
     assert run_cli("check", spec).code == 0
 
 
-def _bounded(run: Callable[[], object]) -> tuple[object, float, int]:
-    """(result, seconds, peak bytes): timed on its own, then run again under tracemalloc
-    (which slows Python down several times) for the peak of Python and numpy allocations."""
-    started = time.perf_counter()
-    result = run()
-    elapsed = time.perf_counter() - started
-    tracemalloc.start()
-    try:
-        run()
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    return result, elapsed, peak
-
-
 @pytest.mark.parametrize("case,make,message,where", CASES, ids=[c[0] for c in CASES])
 def test_hostile_spec_is_refused_located_fast_and_small(
         case: str, make: SpecMaker, message: str, where: str | None, tmp_path: Path,
@@ -153,7 +136,7 @@ def test_hostile_spec_is_refused_located_fast_and_small(
     if case == "FIFO":  # nobody ever writes to it: reading would block forever
         guard = threading.Timer(10, lambda: os.open(path, os.O_WRONLY | os.O_NONBLOCK))
         guard.start()
-    result, elapsed, peak = _bounded(lambda: run_cli("check", path))
+    result, elapsed, peak = bounded(lambda: run_cli("check", path))
     if case == "FIFO":
         guard.cancel()
     assert result.code == 2, result
@@ -227,7 +210,7 @@ def test_budget_estimate_equals_the_compiled_cost_for_every_shipped_spec() -> No
 
 def test_compile_refuses_a_batch_whose_activations_exceed_the_budget(tmp_path: Path,
                                                                      run_cli) -> None:
-    result, elapsed, _ = _bounded(lambda: run_cli(
+    result, elapsed, _ = bounded(lambda: run_cli(
         "compile", "specs/resnext50_32x4d.yaml", "--batch", "100000", "-o", tmp_path / "m.onnx"))
     assert result.code == 2, result
     assert "bytes of activations at batch 100000, over the budget" in result.err
@@ -256,7 +239,7 @@ OPTION_CASES = [
 
 @pytest.mark.parametrize("args,message", OPTION_CASES, ids=[" ".join(a) for a, _ in OPTION_CASES])
 def test_bad_option_is_one_line_exit_2(args: list[str], message: str, run_cli) -> None:
-    result, elapsed, _ = _bounded(lambda: run_cli(*args))
+    result, elapsed, _ = bounded(lambda: run_cli(*args))
     assert result.code == 2, result
     assert message in result.err, result
     assert result.err.count("\n") == 1, result  # one line

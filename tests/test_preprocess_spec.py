@@ -33,7 +33,7 @@ BAD = [
     ("labels-file-count", "preprocess: {labels: names.txt}\n", 6, "preprocess.labels",
      "4 class name(s) in names.txt but head.num_classes is 3"),
     ("labels-file-missing", "preprocess: {labels: nothing.txt}\n", 6, "preprocess.labels",
-     "cannot read labels file"),
+     "labels file not found"),
     ("std-zero", "preprocess: {std: [0.2, 0, 0.2]}\n", 6, "preprocess.std[1]",
      "greater than 0"),
 ]

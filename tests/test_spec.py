@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -151,13 +152,14 @@ def test_extends_does_not_inherit_the_parent_s_reference_or_description(tmp_path
 
     parent = load_spec(SPECS / "resnext29_8x64d.yaml")
     assert parent.reference is not None and parent.description
+    shutil.copy(SPECS / "resnext29_8x64d.yaml", tmp_path)  # `extends` stays in its folder
     child = tmp_path / "child.yaml"
-    child.write_text(f"extends: {SPECS / 'resnext29_8x64d.yaml'}\nname: r29_2x4d\n"
+    child.write_text("extends: resnext29_8x64d.yaml\nname: r29_2x4d\n"
                      "block: {cardinality: 2, base_width: 4}\n")
     loaded = load_spec(child)
     assert loaded.reference is None and not loaded.description
     assert loaded.block.cardinality == 2 and loaded.stages == parent.stages
     own = tmp_path / "own.yaml"
-    own.write_text(f"extends: {SPECS / 'resnext29_8x64d.yaml'}\nname: mine\n"
+    own.write_text("extends: resnext29_8x64d.yaml\nname: mine\n"
                    "description: my variant\n")
     assert load_spec(own).description == "my variant"

@@ -170,3 +170,35 @@ def test_evaluation_shards_count_every_image_exactly_once(world_size: int) -> No
     images = 355  # the digits validation split: divisible by none of these but 1
     taken = torch.cat([shard(images, world_size, rank) for rank in range(world_size)])
     assert sorted(taken.tolist()) == list(range(images))
+
+
+def test_rendezvous_id_does_not_depend_on_how_the_run_dir_is_spelled() -> None:
+    from resnext_compiler.commands.train import _rendezvous
+
+    ids = {_rendezvous(2, rank, "127.0.0.1:29400", Path(run)).run_id
+           for rank, run in ((0, "/mnt/a/runs/r"), (1, "/shared/runs/r"), (1, "runs/r"))}
+    assert len(ids) == 1
+
+
+@pytest.mark.slow
+def test_nodes_that_disagree_stop_within_seconds(tmp_path: Path) -> None:
+    """Two nodes that meet but resolved different runs (here: epochs, and the run folder's
+    name) both stop with the differences named, instead of training apart or hanging."""
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(TINY)
+    endpoint = f"127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    nodes = [subprocess.Popen(train_command(spec, "--run-dir", tmp_path / f"run{rank}",
+                                            "--epochs", 2 + rank, "--nnodes", 2,
+                                            "--node-rank", rank, "--rdzv-endpoint", endpoint),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for rank in (0, 1)]
+    outputs = [node.communicate(timeout=120)[0] for node in nodes]
+    assert time.monotonic() - started < 90  # the rendezvous timeout would be 600 s
+    assert all(node.returncode != 0 for node in nodes), outputs
+    joined = "".join(outputs)
+    assert "resolved different settings or spec than rank 0" in joined, joined[-3000:]
+    assert "epochs (2 on rank 0, 3 on rank 1)" in joined
+    assert "run (run0 on rank 0, run1 on rank 1)" in joined
+    assert "Traceback" not in joined
+    assert not (tmp_path / "run0").exists() and not (tmp_path / "run1").exists()

@@ -46,6 +46,7 @@ class _Writer:
     def __init__(self) -> None:
         self.out = bytearray()
         self.index = 0
+        self.written: dict[int, int] = {}  # id(Module) -> its index: later uses are references
 
     def int(self, value: int) -> None:
         self.out += struct.pack("<i", value)
@@ -80,8 +81,12 @@ class _Writer:
             self._torch("torch.LongStorage")
             self.long(len(value.values))
             self.out += struct.pack(f"<{len(value.values)}q", *value.values)
+        elif isinstance(value, Module) and id(value) in self.written:
+            self.int(TYPE_TORCH)  # a reference to an object written before (torch7's File.lua)
+            self.int(self.written[id(value)])
         elif isinstance(value, Module):
             self._torch(value.typename)
+            self.written[id(value)] = self.index
             # Every nn.Module has these (nn.Module.__init__ and :evaluate()).
             base = {"output": _EMPTY, "gradInput": _EMPTY, "train": False,
                     "_type": "torch.FloatTensor"}

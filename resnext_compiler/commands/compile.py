@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from typer.core import TyperCommand
@@ -16,8 +17,17 @@ from resnext_compiler.backends.base import (
     DTYPES,
     MIN_OPSET,
 )
-from resnext_compiler.commands.options import MAX_BATCH, form_option, number_range
+from resnext_compiler.commands.options import (
+    MAX_BATCH,
+    allow_root_option,
+    form_option,
+    number_range,
+)
 from resnext_compiler.errors import SpecError, UserError, error_text, sanitise
+from resnext_compiler.named_files import WEIGHTS, named_file
+
+if TYPE_CHECKING:
+    from resnext_compiler.onnx_cost import OnnxStructure
 
 
 class _CompileCommand(TyperCommand):
@@ -127,6 +137,7 @@ def compile_command(
         help="onnx/triton: take uint8 images [N, H, W, C] (already resized and cropped) and "
         "normalise them inside the graph."),
     budget: list[str] = budget_option(),
+    allow_root: list[Path] = allow_root_option(),
 ) -> None:
     """Compile SPEC with a backend (the default command: `resnext-compile SPEC`)."""
     from resnext_compiler.backends.base import CompileOptions
@@ -143,15 +154,15 @@ def compile_command(
                         "and --accept-int8-loss are for --dtype int8")
     from resnext_compiler.pretrained import weights_source, with_class_names
 
+    weights, pretrained = weights_source(weights)
+    if weights is not None:  # a FIFO or device is refused here, before any work
+        named_file(weights, WEIGHTS, None, "--weights")
     static_batch = _parse_batch(batch)
     # memory is budgeted at the batch the artifact will run: the static one, else the most a
     # batching artifact (triton's) accepts
     budget_batch = static_batch or (max_batch if getattr(chosen, "reads_max_batch", False)
                                     else 1)
     parsed_spec, model = _load(spec, form, budget, budget_batch)
-    weights, pretrained = weights_source(weights)
-    if weights is not None and not weights.is_file():
-        raise UserError(f"weights file not found: {weights}")
     parsed_spec = with_class_names(parsed_spec, pretrained)
     options = CompileOptions(
         weights=weights,
@@ -177,25 +188,24 @@ def compile_command(
     for path in written:
         typer.echo(sanitise(f"wrote {path}"))
     if dtype == "int8":
-        for line in _int8_lines(next(p for p in written if p.suffix == ".onnx")):
+        from resnext_compiler.onnx_cost import read_structure
+
+        written_onnx = next(p for p in written if p.suffix == ".onnx")
+        for line in _int8_lines(read_structure(written_onnx)):
             typer.echo(sanitise(line))
 
 
-def _int8_report(path: Path) -> dict | None:
-    """The measurements an int8 ONNX file (or repository) records; None for other files."""
-    import onnx
-
+def _int8_report(structure: OnnxStructure) -> dict | None:
+    """The measurements an int8 ONNX model records; None for other models."""
     from resnext_compiler.backends.int8_agreement import read_int8_report
-    from resnext_compiler.input_contract import find_onnx_file
 
-    model = onnx.load(str(find_onnx_file(path)), load_external_data=False)
-    return read_int8_report({entry.key: entry.value for entry in model.metadata_props})
+    return read_int8_report(structure.metadata)
 
 
-def _int8_lines(path: Path) -> list[str]:
+def _int8_lines(structure: OnnxStructure) -> list[str]:
     from resnext_compiler.backends.int8_agreement import describe_int8_report
 
-    report = _int8_report(path)
+    report = _int8_report(structure)
     return describe_int8_report(report) if report else []
 
 
@@ -217,6 +227,7 @@ def check_command(
         ..., metavar="SPEC...", help="Spec files to lint.", show_default=False
     ),
     budget: list[str] = budget_option(),
+    allow_root: list[Path] = allow_root_option(),
 ) -> None:
     """Validate specs: schema, shapes, groups. Exit 2 with FILE:LINE:COL messages on problems."""
     failed = 0
@@ -239,6 +250,7 @@ def inspect_command(
                                 help="Spec file, or a compiled ONNX file / Triton repository."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object instead of a table."),
     budget: list[str] = budget_option(),
+    allow_root: list[Path] = allow_root_option(),
 ) -> None:
     """Per-stage shapes, parameters, MACs and memory of a spec; a compiled model's input
     contract (preprocessing and class names)."""
@@ -258,15 +270,17 @@ def inspect_command(
 def _inspect_artifact(path: Path, as_json: bool) -> None:
     from dataclasses import asdict
 
-    from resnext_compiler.input_contract import find_onnx_file, read_contract
+    from resnext_compiler.input_contract import contract_of, find_onnx_file
+    from resnext_compiler.onnx_cost import read_structure
 
-    contract = read_contract(path)
     onnx_file = find_onnx_file(path)
-    summary = onnx_summary(onnx_file)
+    structure = read_structure(onnx_file)  # the opener's bounds; large weights never read
+    contract = contract_of(structure)
+    summary = onnx_summary(structure)
     if as_json:
         data = {"model": str(onnx_file), **summary,
                 "contract": asdict(contract) if contract else None,
-                "int8": _int8_report(onnx_file)}
+                "int8": _int8_report(structure)}
         typer.echo(json.dumps(data, indent=2))
         return
     typer.echo(sanitise(f"{onnx_file}: {summary['params']:,} stored parameters (BatchNorm "
@@ -280,31 +294,30 @@ def _inspect_artifact(path: Path, as_json: bool) -> None:
         typer.echo("input contract")
         for line in contract.describe():  # class names come from the file: escape them
             typer.echo(f"  {sanitise(line)}")
-    for line in _int8_lines(onnx_file):  # node names come from the file too
+    for line in _int8_lines(structure):  # node names come from the file too
         typer.echo(f"  {sanitise(line)}")
 
 
-def onnx_summary(path: Path) -> dict:
-    """Parameters (initializer elements), opset, element type and shapes of an ONNX file,
-    read from its protobuf without running it."""
+def onnx_summary(structure: OnnxStructure) -> dict:
+    """Parameters (initializer elements), opset, element type and shapes of an ONNX model
+    read by `onnx_cost.read_structure` (declared sizes: no weight data is read)."""
     import math
 
     import onnx
 
-    model = onnx.load(str(path), load_external_data=False)
+    model = structure.model
     graph = model.graph
-    initializers = {init.name for init in graph.initializer}
 
     def shape(value: onnx.ValueInfoProto) -> list:
         return [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
 
-    inputs = [value for value in graph.input if value.name not in initializers]
+    inputs = structure.inputs
     element = inputs[0].type.tensor_type.elem_type if inputs else onnx.TensorProto.UNDEFINED
-    stored = {p.key: p.value for p in model.metadata_props}.get("dtype")
+    stored = structure.metadata.get("dtype")
     dtype = (str(onnx.helper.tensor_dtype_to_np_dtype(element))
              if element != onnx.TensorProto.UNDEFINED else "unknown")
     return {
-        "params": sum(math.prod(init.dims) for init in graph.initializer),
+        "params": sum(math.prod(init.dims) for init in structure.initializers),
         "opset": next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
                       None),
         "dtype": stored or dtype,  # the compile's --dtype (int8 files take float32 input)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -103,3 +104,21 @@ def _number(value: float) -> str:
 def _short_int(value: int) -> str:
     text = str(value)
     return text if len(text) <= 20 else f"a {len(text)}-digit number"
+
+
+ALLOW_ROOT_HELP = ("Also read files that a spec, repository, data or run folder names from "
+                   "under DIR (by default they must stay under the folder of whatever names "
+                   "them). Repeatable; same as RESNEXT_ALLOW_ROOT=DIR[:DIR...].")
+
+
+def _allow_roots(folders: list[Path]) -> list[Path]:
+    from resnext_compiler.named_files import allow_roots
+
+    allow_roots(folders)
+    return folders
+
+
+def allow_root_option() -> list[Path]:
+    """`--allow-root DIR`: widen the root of every named file on purpose (README "Limits")."""
+    return typer.Option([], "--allow-root", metavar="DIR", callback=_allow_roots,
+                        help=ALLOW_ROOT_HELP)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import typer
 
-from resnext_compiler.commands.options import DEVICE, MAX_BATCH, number_range
-from resnext_compiler.errors import UserError
+from resnext_compiler.commands.options import DEVICE, MAX_BATCH, allow_root_option, number_range
+from resnext_compiler.errors import UserError, escape_log_arguments
 from resnext_compiler.runtimes.serve.config import GiB, MiB, ServeConfig
 
 DEFAULTS = ServeConfig()  # the settings' one statement of every default
@@ -53,29 +53,30 @@ def serve_command(
         DEFAULTS.max_image_pixels, "--max-image-pixels", callback=number_range(1, 1 << 40),
         help="Most pixels /v1/classify decodes, for the source image and its resize target "
         "alike."),
-    max_memory_gb: float = typer.Option(
-        DEFAULTS.max_memory_bytes / GiB, "--max-memory-gb",
-        callback=number_range(0.001, 1 << 20),
-        help="Refuse, before warm-up, a model whose activations at --max-batch need more (GiB)."),
+    max_memory_gb: float | None = typer.Option(
+        None, "--max-memory-gb", callback=number_range(0.001, 1 << 20),
+        help="Refuse, before warm-up, a model whose weights and activations at --max-batch "
+        "need more (GiB; default: half of the machine's memory)."),
     threads: int = typer.Option(
         DEFAULTS.intra_op_threads, "--threads", callback=number_range(0, 1024),
         help="onnxruntime intra-op threads (0: one per core)."),
     log_level: str = typer.Option(DEFAULTS.log_level, "--log-level",
                                   help="debug | info | warning | error"),
+    allow_root: list[Path] = allow_root_option(),
 ) -> None:
     """Serve an ONNX model over HTTP (and gRPC): KServe v2 / Triton protocol, /v1/classify,
     /metrics."""
     if log_level not in ("debug", "info", "warning", "error"):
         raise UserError(f"--log-level must be debug, info, warning or error, got {log_level!r}")
-    if labels is not None and not labels.is_file():
-        raise UserError(f"labels file not found: {labels}")
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s: %(message)s")
+    escape_log_arguments()  # model and file names reach the log: escaped, newlines too
     config = ServeConfig(host=host, port=port, grpc_port=grpc_port, max_batch=max_batch,
                          max_delay_ms=max_delay_ms,
                          max_queue=max_queue, device=device, labels=labels,
                          max_body_bytes=int(max_body_mb * MiB), max_image_pixels=max_image_pixels,
                          max_inflight_bytes=int(max_inflight_mb * MiB),
-                         max_memory_bytes=int(max_memory_gb * GiB),
+                         max_memory_bytes=(int(max_memory_gb * GiB) if max_memory_gb
+                                           is not None else None),
                          header_timeout_s=header_timeout_s, body_timeout_s=body_timeout_s,
                          intra_op_threads=threads, log_level=log_level)
     if grpc_port is not None:

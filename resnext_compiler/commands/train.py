@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import tempfile
 from contextlib import ExitStack
@@ -11,7 +10,13 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from resnext_compiler.commands.options import DEVICE, WORKERS, choice, number_range
+from resnext_compiler.commands.options import (
+    DEVICE,
+    WORKERS,
+    allow_root_option,
+    choice,
+    number_range,
+)
 from resnext_compiler.dataset_types import dataset_names_help
 from resnext_compiler.errors import UserError, sanitise
 from resnext_compiler.extras import require
@@ -49,6 +54,9 @@ def _device(device: str, gpus: int) -> str:
     return device
 
 
+RENDEZVOUS_ID = "resnext-compile"
+
+
 def _rendezvous(nnodes: int, node_rank: int, endpoint: str | None, run: Path | None
                 ) -> Rendezvous | None:
     """The multi-node rendezvous the flags describe (None on one machine)."""
@@ -70,9 +78,11 @@ def _rendezvous(nnodes: int, node_rank: int, endpoint: str | None, run: Path | N
     if run is None:
         raise UserError("a multi-node run needs --run-dir (the same path on every node, on a "
                         "shared filesystem), or --resume RUN")
-    # the same id on every node and for every resume of this run
-    run_id = "resnext-" + hashlib.sha256(str(run).encode()).hexdigest()[:16]
-    return Rendezvous(nnodes, node_rank, endpoint, run_id)
+    # Node 0's torchrun hosts the rendezvous store for this run alone, so the id need only be
+    # one every node computes alike: not the run directory's path, which a shared filesystem
+    # mounted at different places spells differently (different ids would wait 10 minutes).
+    # Nodes that meet but disagree on the run are stopped right after (publish_staged_run).
+    return Rendezvous(nnodes, node_rank, endpoint, RENDEZVOUS_ID)
 
 
 def train_command(
@@ -140,6 +150,7 @@ def train_command(
     scan_data: bool = typer.Option(
         True, "--scan-data/--no-scan-data",
         help="Open every image file of a folder data set before training starts."),
+    allow_root: list[Path] = allow_root_option(),
 ) -> None:
     """Train a spec with the seed's recipe (SGD + Nesterov, linear lr scaling, step/cosine).
 
@@ -225,6 +236,7 @@ def evaluate_command(
         None, "--predictions", help="Write each image's top-1 answer as CSV "
         "(image,target,predicted,label,logit)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    allow_root: list[Path] = allow_root_option(),
 ) -> None:
     """Single-crop top-1/top-5 error on the validation split (the paper's table metric)."""
     from resnext_compiler.runtimes.evaluation import write_predictions
@@ -269,6 +281,7 @@ def plot_command(
     output: Path | None = typer.Option(
         None, "--output", "-o", help="PNG (default: RUN/curves.png, or curves.png for several)."),
     title: str | None = typer.Option(None, "--title"),
+    allow_root: list[Path] = allow_root_option(),
 ) -> None:
     """Top-1 error against epochs, train dashed and val solid (like the paper's Figure 5)."""
     require("matplotlib", "plot")

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from resnext_compiler.errors import UserError
 from resnext_compiler.importers.fit import ImportResult, fit_to_graph, save_safetensors
 from resnext_compiler.ir import Graph
+from resnext_compiler.named_files import WEIGHTS, named_file
 from resnext_compiler.spec import Spec
 
 __all__ = ["ImportResult", "import_weights", "read_tensors", "save_safetensors"]
@@ -49,17 +49,11 @@ def read_tensors(path: Path, graph: Graph) -> tuple[Mapping[str, np.ndarray], st
 
 def import_weights(source: str | Path, spec: Spec, allow_partial: bool = False) -> ImportResult:
     """Read `source` and fit it to `spec` (in the spec's block form). Raises UserError."""
-    from resnext_compiler.passes.forms import convert_weights
     from resnext_compiler.pipeline import compile_spec
+    from resnext_compiler.weights import fit_form
 
-    path = Path(source)
-    if not path.is_file():
-        raise UserError(f"weights file not found: {path}")
+    path = named_file(source, WEIGHTS, None)  # a FIFO or device is refused, not read
     graph = compile_spec(spec)
     tensors, source_format = read_tensors(path, graph)
-    try:
-        tensors = convert_weights(tensors, graph)
-    except ValueError as exc:
-        raise UserError(f"{path}: {exc}") from None
-    return fit_to_graph(dict(tensors), graph, source_format, allow_partial,
-                        source_name=path.name)
+    tensors = fit_form(tensors, graph, f"weights {path.name}")  # names checked before reading
+    return fit_to_graph(tensors, graph, source_format, allow_partial, source_name=path.name)

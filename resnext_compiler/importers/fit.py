@@ -8,6 +8,7 @@ never reads it) is filled with 0 when the source lacks it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from resnext_compiler.weights import (
     compare_weights,
     fill_step_counters,
     graph_shapes,
+    weight_shape,
     weight_shapes,
 )
 
@@ -53,13 +55,16 @@ class ImportResult:
         return text
 
 
-def fit_to_graph(tensors: dict[str, np.ndarray], graph: Graph, source_format: str,
+def fit_to_graph(tensors: Mapping[str, np.ndarray], graph: Graph, source_format: str,
                  allow_partial: bool = False, source_name: str = "weights") -> ImportResult:
-    """Check `tensors` against `graph.params()`; raise UserError listing mismatches."""
+    """Check `tensors` against `graph.params()`; raise UserError listing mismatches.
+
+    Names and shapes are compared first (a lazy mapping reads nothing for it); only tensors
+    that fit are then read."""
     params = graph.params()
     filled = [p.name for p in params
               if p.name.endswith(OPTIONAL_SUFFIXES) and p.name not in tensors]
-    tensors = dict(fill_step_counters(tensors, graph))
+    tensors = fill_step_counters(tensors, graph)
     report = compare_weights(graph_shapes(graph), weight_shapes(tensors), graph.name)
     if report.problems and not allow_partial:
         raise UserError(
@@ -69,9 +74,9 @@ def fit_to_graph(tensors: dict[str, np.ndarray], graph: Graph, source_format: st
     result = ImportResult({}, source_format, graph.name, len(params), report.missing,
                           report.unexpected, report.wrong_shapes, filled, dict(graph.metadata))
     for param in params:
-        value = tensors.get(param.name)
-        if value is None or tuple(np.shape(value)) != param.shape:
+        if param.name not in tensors or weight_shape(tensors, param.name) != param.shape:
             continue
+        value = tensors[param.name]
         dtype = np.int64 if param.dtype == "int64" else np.float32
         # np.require keeps 0-d counters 0-d (np.ascontiguousarray would make them 1-d).
         result.tensors[param.name] = np.require(np.asarray(value, dtype=dtype), requirements="C")

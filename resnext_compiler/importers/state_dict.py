@@ -10,13 +10,13 @@ names are mapped here. Reading uses `torch.load(weights_only=True)`: no pickled 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
 
 from resnext_compiler.ir import Graph
-from resnext_compiler.weights import read_weights, strip_wrapper_prefixes
+from resnext_compiler.weights import read_weights, strip_wrapper_prefixes, weight_shape
 
 # (old prefix or infix, IR spelling), applied in order.
 RENAMES: tuple[tuple[str, str], ...] = (
@@ -39,16 +39,33 @@ def rename(key: str) -> str:
     return key
 
 
+class RenamedWeights(Mapping[str, np.ndarray]):
+    """`source` keyed by IR names; as lazy as `source` (a safetensors file reads a tensor only
+    when it is looked up, so names and shapes are checked before any data is read)."""
+
+    def __init__(self, source: Mapping[str, np.ndarray]):
+        self._source = source
+        self._keys = {rename(key): key for key in source}
+        self.fresh_arrays = getattr(source, "fresh_arrays", False)
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return np.asarray(self._source[self._keys[name]])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return weight_shape(self._source, self._keys[name])
+
+
 def read_state_dict(path: Path, graph: Graph | None = None
                     ) -> tuple[Mapping[str, np.ndarray], str]:
-    """(tensors keyed by IR names, a description of the format). The names are already the
-    graph's (the importers' one signature passes it); a file that needs no renaming is
-    returned as read, lazily."""
+    """(tensors keyed by IR names, read on demand; a description of the format). `graph` is
+    the importers' one signature; names are mapped by `rename` alone."""
     del graph
-    raw = read_weights(path)
-    if all(rename(key) == key for key in raw):
-        tensors: Mapping[str, np.ndarray] = raw
-    else:
-        tensors = {rename(key): np.asarray(raw[key]) for key in raw}
+    tensors = RenamedWeights(read_weights(path))
     kind = "safetensors state dict" if path.suffix == ".safetensors" else "PyTorch state dict"
     return tensors, kind

@@ -16,6 +16,8 @@ running_var; legacy `running_std` (1/sqrt(var + eps)) is converted to a variance
 
 from __future__ import annotations
 
+import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ import numpy as np
 
 from resnext_compiler.errors import UserError
 from resnext_compiler.ir import Graph, Node
+from resnext_compiler.named_files import WEIGHTS, open_named
 from resnext_compiler.ops import BN_STEP_COUNTER, Add, BatchNorm, Conv, Linear
 from resnext_compiler.weights import list_problems
 
@@ -82,18 +85,52 @@ def _children(fields: dict[str, Any]) -> list[Any] | None:
     return None
 
 
-def walk(obj: Any, path: str = "") -> list[Torch7Layer]:
+MAX_DEPTH = 64  # containers inside containers; the seed's models nest 4 deep
+MAX_MODULES = 60_000  # module visits; ResNeXt-101 64x4d in form B has about 16,000 modules
+MAX_TENSOR_DIMS = 8
+
+
+class _Walk:
+    """Bounds on one walk: a module inside itself is refused, and shared references (a module
+    listed in many containers) count every time they are visited, so a 4 KB file of tables
+    that list one another 40 deep cannot expand to 2**40 visits."""
+
+    def __init__(self) -> None:
+        self.visits = 0
+        self.open: set[int] = set()  # ids of the containers on the current path
+        self.read: dict[int, tuple[str, dict[str, Any]]] = {}  # id -> (typename, fields)
+
+    def typename_and_fields(self, obj: Any) -> tuple[str, dict[str, Any]]:
+        """Each object's fields are decoded once, however often it is referenced."""
+        key = id(obj)
+        if key not in self.read:
+            self.read[key] = (_text(obj.torch_typename()), _fields(obj))
+        return self.read[key]
+
+
+def walk(obj: Any, path: str = "", bounds: _Walk | None = None) -> list[Torch7Layer]:
     """Parameterised layers of a Torch7 module tree, depth first, children in order."""
+    bounds = bounds or _Walk()
+    bounds.visits += 1
+    where = path or "top"
+    if bounds.visits > MAX_MODULES:
+        raise UserError(f"the Torch7 model has more than {MAX_MODULES:,} modules (counting "
+                        f"each shared reference where it is used; at [{where}])")
+    if path.count(".") >= MAX_DEPTH:
+        raise UserError(f"Torch7 containers nest more than {MAX_DEPTH} deep at [{where}]")
+    if id(obj) in bounds.open:
+        raise UserError(f"the Torch7 module at [{where}] contains itself")
     if not hasattr(obj, "torch_typename"):
         raise UserError(f"Torch7 object at [{path or 'top'}] is a {type(obj).__name__}, "
                         "not an nn module")
-    typename = _text(obj.torch_typename())
-    fields = _fields(obj)
+    typename, fields = bounds.typename_and_fields(obj)
     children = _children(fields)
     if children is not None:
         out: list[Torch7Layer] = []
+        bounds.open.add(id(obj))
         for i, child in enumerate(children, start=1):
-            out += walk(child, f"{path}.{i}" if path else str(i))
+            out += walk(child, f"{path}.{i}" if path else str(i), bounds)
+        bounds.open.discard(id(obj))
         return out
     kind = LAYER_KINDS.get(typename.rsplit(".", 1)[-1])
     if kind is not None:
@@ -106,12 +143,88 @@ def walk(obj: Any, path: str = "") -> list[Torch7Layer]:
     return []
 
 
+def _checked_tensor_reader(dtype: type) -> Any:
+    """torchfile's tensor reader, with the view checked against its storage first: torchfile
+    would hand any sizes and strides to `as_strided`, reading outside the storage (a crash or
+    a leak of memory) or repeating it (stride 0: 2**64 elements from 4 bytes)."""
+
+    def read(reader: Any, version: Any) -> np.ndarray:
+        ndim = reader.read_int()
+        if not 0 <= ndim <= MAX_TENSOR_DIMS:
+            raise ValueError(f"a tensor with {ndim} dimensions")
+        size = [int(v) for v in reader.read_long_array(ndim)]
+        stride = [int(v) for v in reader.read_long_array(ndim)]
+        offset = reader.read_long() - 1
+        storage = reader.read_obj()
+        if storage is None or ndim == 0:
+            return np.empty(0, dtype)
+        if not isinstance(storage, np.ndarray) or storage.dtype != np.dtype(dtype):
+            raise ValueError("a tensor whose storage is not a storage of its type")
+        elements = math.prod(size)
+        if min(size) < 0 or min(stride) < 0 or offset < 0:
+            raise ValueError(f"a tensor with sizes {size}, strides {stride}, offset {offset}")
+        if elements == 0:
+            return np.empty(size, dtype)
+        last = offset + sum((n - 1) * step for n, step in zip(size, stride, strict=True))
+        if last >= storage.size or elements > storage.size:
+            raise ValueError(f"a tensor of sizes {size} and strides {stride} reaches outside "
+                             f"(or repeats) its storage of {storage.size} elements")
+        itemsize = storage.dtype.itemsize
+        return np.lib.stride_tricks.as_strided(storage[offset:], shape=size,
+                                               strides=[itemsize * step for step in stride])
+
+    return read
+
+
+def _checked_storage_reader(dtype: type) -> Any:
+    """torchfile's storage reader, with the declared length checked against the file."""
+
+    def read(reader: Any, version: Any) -> np.ndarray:
+        count = reader.read_long()
+        handle = reader.f
+        here = handle.tell()
+        left = os.fstat(handle.fileno()).st_size - here
+        if not 0 <= count * np.dtype(dtype).itemsize <= left:
+            raise ValueError(f"a storage of {count} elements in the {left} bytes left")
+        storage = np.empty(count, dtype)  # a fresh, writable array, as np.fromfile gave
+        if handle.readinto(memoryview(storage).cast("B")) != storage.nbytes:
+            raise ValueError(f"the file ends inside a storage of {count} elements")
+        return storage
+
+    return read
+
+
+def install_checked_readers(torchfile: Any) -> None:
+    """Replace torchfile's tensor and storage readers with the checked ones above."""
+    handlers = torchfile.type_handlers
+    for name, handler in list(handlers.items()):
+        text = name.decode() if isinstance(name, bytes) else str(name)
+        kind = text.removeprefix("torch.").removeprefix("Cuda")
+        dtype = TORCH7_DTYPES.get(kind.removesuffix("Tensor").removesuffix("Storage") or "Float")
+        if dtype is None or getattr(handler, "checked", False):
+            continue
+        if text.endswith("Tensor"):
+            handlers[name] = _checked_tensor_reader(dtype)
+        elif text.endswith("Storage"):
+            handlers[name] = _checked_storage_reader(dtype)
+        handlers[name].checked = True
+
+
+TORCH7_DTYPES = {"Byte": np.uint8, "Char": np.int8, "Short": np.int16, "Int": np.int32,
+                 "Long": np.int64, "Float": np.float32, "Double": np.float64}
+
+
 def read_torch7(path: str | Path) -> list[Torch7Layer]:
     """Parse a `.t7` file with torchfile and return its parameterised layers in order."""
     import torchfile
 
+    install_checked_readers(torchfile)
     try:
-        model = torchfile.load(str(path))
+        # torchfile.load(path) would open a FIFO and wait: the opener refuses it first
+        with open_named(path, WEIGHTS, None) as handle:
+            model = torchfile.T7Reader(handle).read_obj()
+    except UserError:
+        raise
     except Exception as exc:  # torchfile raises bare struct/ValueErrors on foreign files
         raise UserError(f"{path}: cannot read as a Torch7 file: {type(exc).__name__}: "
                         f"{exc}") from None

@@ -78,7 +78,7 @@ def create_app(models: list[LoadedModel], config: ServeConfig,
                         media_type=CONTENT_TYPE_LATEST)
 
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=config.max_body_bytes,
-                       max_inflight_bytes=config.max_inflight_bytes,
+                       in_flight=service.in_flight,
                        body_timeout_s=config.body_timeout_s)
     app.add_middleware(MetricsMiddleware, metrics=service.metrics)
     return app

@@ -5,11 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from resnext_compiler.limits import DEFAULT_MAX_BATCH, MAX_ACTIVATION_BYTES, MAX_IMAGE_PIXELS
+from resnext_compiler.limits import DEFAULT_MAX_BATCH, MAX_IMAGE_PIXELS
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
-DEFAULT_MAX_MEMORY = MAX_ACTIVATION_BYTES  # the compiler's activation budget, at the batch
 
 
 @dataclass(frozen=True)
@@ -28,7 +27,8 @@ class ServeConfig:
     max_inflight_bytes: int = 256 * MiB  # all buffered bodies together; more -> 503
     header_timeout_s: float = 10.0  # request line + headers must arrive within this
     body_timeout_s: float = 60.0  # the whole body must arrive within this after the headers
-    max_memory_bytes: int = DEFAULT_MAX_MEMORY  # activations at max batch, checked at load
+    # weights + activations at max batch, checked at load (None: half the machine's memory)
+    max_memory_bytes: int | None = None
     max_image_pixels: int = MAX_IMAGE_PIXELS  # source and resize target, checked before decoding
     default_top_k: int = 5
     intra_op_threads: int = 0  # 0: onnxruntime's default (one per core)

@@ -9,12 +9,15 @@ servicer decodes each call into the same values the HTTP routes use and calls th
 
 Refusals map to gRPC status codes as Triton's do: INVALID_ARGUMENT for a malformed request,
 NOT_FOUND for an unknown model or version, UNAVAILABLE while shutting down,
-RESOURCE_EXHAUSTED for a full queue or a message over `max_body_bytes` (enforced by gRPC
-itself, before the message is decoded).
+RESOURCE_EXHAUSTED for a full queue, for a message over `max_body_bytes` (enforced by gRPC
+itself, before the message is decoded) and for a message that would pass the bytes-in-flight
+budget HTTP bodies share (`in_flight.InFlight`); the retriable ones carry `retry-after` and
+`grpc-retry-pushback-ms` trailers.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import math
@@ -31,6 +34,7 @@ from tritonclient.grpc import service_pb2
 from tritonclient.grpc import service_pb2 as pb
 
 from resnext_compiler.errors import UserError
+from resnext_compiler.runtimes.serve.batching import RETRY_AFTER_S
 from resnext_compiler.runtimes.serve.config import ServeConfig
 from resnext_compiler.runtimes.serve.datatypes import V2_TO_NUMPY
 from resnext_compiler.runtimes.serve.errors import ServeError, bad_request
@@ -60,7 +64,9 @@ CONTENTS_FIELD = {
 SERVICE_NAME = service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 SERVED_METHODS = ("ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata",
                   "ModelInfer", "ModelStatistics", "ModelConfig", "RepositoryIndex")
-PEER_WINDOW_S = 1.0  # a client that called within this window counts as connected
+PEER_WINDOW_S = 1.0
+BUDGETED_METHODS = ("ModelInfer",)  # read only when the bytes-in-flight budget allows
+RECEIVE_POLL_S = 0.01  # a client that called within this window counts as connected
 
 
 def status_code(error: ServeError) -> grpc.StatusCode:
@@ -69,6 +75,8 @@ def status_code(error: ServeError) -> grpc.StatusCode:
         return grpc.StatusCode.NOT_FOUND
     if error.status == 413:
         return grpc.StatusCode.RESOURCE_EXHAUSTED
+    if error.status == 408:
+        return grpc.StatusCode.DEADLINE_EXCEEDED
     if error.status == 503:
         return (grpc.StatusCode.RESOURCE_EXHAUSTED if error.overloaded
                 else grpc.StatusCode.UNAVAILABLE)
@@ -109,18 +117,28 @@ def _rpc(request_type: type[Message]) -> Callable:
         name = method.__name__
 
         @functools.wraps(method)
-        async def handler(self: InferenceServicer, raw: bytes, context: grpc.aio.ServicerContext
-                          ) -> Message:
+        async def handler(self: InferenceServicer, raw: bytes | Any,
+                          context: grpc.aio.ServicerContext) -> Message:
             started = time.perf_counter()
             code = grpc.StatusCode.OK
             try:
-                try:
-                    request = request_type.FromString(raw)
-                except DecodeError as exc:
-                    raise bad_request(f"malformed {request_type.__name__}: {exc}") from None
-                return await method(self, request, context)
+                if not isinstance(raw, bytes):  # a method served as stream-unary: read it here
+                    raw = await self.receive(context)
+                # the message is held (and decoded) against the HTTP side's budget too
+                with self.service.in_flight.holding(len(raw)):
+                    try:
+                        request = request_type.FromString(raw)
+                    except DecodeError as exc:
+                        raise bad_request(f"malformed {request_type.__name__}: {exc}") from None
+                    del raw
+                    return await method(self, request, context)
             except ServeError as exc:
                 code = status_code(exc)
+                if "Retry-After" in exc.headers:  # seconds, as HTTP's header; gRPC's pushback
+                    seconds = exc.headers["Retry-After"]
+                    context.set_trailing_metadata((
+                        ("retry-after", seconds),
+                        ("grpc-retry-pushback-ms", str(int(float(seconds) * 1000)))))
                 await context.abort(code, exc.message)
             except Exception as exc:  # a server fault, not the client's: logged, INTERNAL
                 log.exception("internal error in gRPC %s", name, exc_info=exc)
@@ -142,6 +160,31 @@ class InferenceServicer:
     def __init__(self, service: InferenceService, peers: PeerTracker | None = None):
         self.service = service
         self.peers = peers or PeerTracker()
+
+    async def receive(self, context: grpc.aio.ServicerContext) -> bytes:
+        """The call's one message, read only once the bytes-in-flight budget can hold a
+        message of the largest size allowed (its real size is unknown until it is read: HTTP
+        has a Content-Length, gRPC does not). Until then gRPC's flow control keeps the
+        message at the client; after RETRY_AFTER_S of waiting the call is refused."""
+        config = self.service.config
+        in_flight = self.service.in_flight
+        largest = config.max_body_bytes
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + RETRY_AFTER_S
+        while not in_flight.reserve(largest):
+            if loop.time() > deadline:
+                raise in_flight.refusal()
+            await asyncio.sleep(RECEIVE_POLL_S)
+        try:
+            raw = await asyncio.wait_for(context.read(), config.body_timeout_s)
+        except TimeoutError:
+            raise ServeError(408, f"request message not received within "
+                             f"{config.body_timeout_s:g} s (--body-timeout-s)") from None
+        finally:
+            in_flight.release(largest)
+        if not isinstance(raw, bytes):
+            raise bad_request("the call carried no request message")
+        return raw
 
     @_rpc(pb.ServerLiveRequest)
     async def ServerLive(self, request: pb.ServerLiveRequest, context: Any  # noqa: N802
@@ -282,12 +325,16 @@ def _serialize(message: Message) -> bytes:
 
 def method_handlers(servicer: InferenceServicer) -> grpc.GenericRpcHandler:
     """The service's methods, taking request bytes (decoded by `_rpc`); methods we do not
-    implement (model control, shared memory, ...) get gRPC's UNIMPLEMENTED."""
+    implement (model control, shared memory, ...) get gRPC's UNIMPLEMENTED. ModelInfer, the
+    one call with large messages, is registered as stream-unary (the same on the wire: one
+    message each way) so that its message is read only when the budget allows
+    (`InferenceServicer.receive`)."""
     handlers = {}
     for name in SERVED_METHODS:
-        handlers[name] = grpc.unary_unary_rpc_method_handler(
-            getattr(servicer, name), request_deserializer=None,
-            response_serializer=_serialize)
+        kind = (grpc.stream_unary_rpc_method_handler if name in BUDGETED_METHODS
+                else grpc.unary_unary_rpc_method_handler)
+        handlers[name] = kind(getattr(servicer, name), request_deserializer=None,
+                              response_serializer=_serialize)
     return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)
 
 

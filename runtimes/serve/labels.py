@@ -4,17 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from resnext_compiler.errors import UserError
-from resnext_compiler.input_contract import parse_labels
+from resnext_compiler.errors import sanitise
+from resnext_compiler.input_contract import check_label_count, parse_labels
+from resnext_compiler.named_files import LABELS, read_named_text
 
 
-def load_labels(path: Path, num_classes: int) -> list[str]:
-    """The labels in `path`; blank lines at the end are ignored and the count must match."""
-    try:
-        names = parse_labels(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"labels {path}: cannot read it ({exc})") from None
-    if len(names) != num_classes:
-        raise UserError(f"labels {path}: {len(names)} labels for a model with {num_classes} "
-                        "classes")
+def load_labels(path: Path, num_classes: int, root: Path | None = None,
+                where: str = "--labels") -> list[str]:
+    """The labels in `path` (under `root`, a Triton model's folder; None for `--labels`, a file
+    the user named); blank lines at the end are ignored and the count must match."""
+    names = parse_labels(read_named_text(path, LABELS, root, where))
+    check_label_count(names, num_classes, f"labels {sanitise(str(path))}")
     return list(names)

@@ -1,13 +1,14 @@
-"""Every bound the server puts on a client, in one place (HTTP today, gRPC can reuse them).
+"""Every bound the HTTP server puts on a client (the bytes-in-flight budget is the service's).
 
 - Request bodies: a declared `Content-Length` over `max_body_bytes` is refused at once,
   unread (413); a chunked body is counted while it streams and refused as soon as it passes
   the limit. Bodies that fit are buffered and replayed to the app.
 - Bytes in flight: all buffered request bodies over `SMALL_BODY_BYTES` together stay under
-  `max_inflight_bytes`; a request that would pass it is refused with 503 + Retry-After before
-  its body is read. Small requests (health checks, one image, one 224x224 tensor) are not
-  counted, so clients that stall large bodies cannot lock out everyone else (small bodies are
-  bounded by the body timeout).
+  `max_inflight_bytes`, one budget shared with gRPC's messages (`in_flight.InFlight`); a request
+  that would pass it is refused with 503 + Retry-After before its body is read. Small
+  requests (health checks, one image, one 224x224 tensor) are not counted, so clients that
+  stall large bodies cannot lock out everyone else (small bodies are bounded by the body
+  timeout).
 - Time: a request's headers must arrive within `header_timeout_s` of the connection opening
   (or of the previous response), its body within `body_timeout_s` of the headers; otherwise
   408 and the connection is closed. A client sending one byte a second is dropped.
@@ -31,11 +32,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from resnext_compiler.runtimes.serve.errors import ServeError, error_body
+from resnext_compiler.runtimes.serve.in_flight import SMALL_BODY_BYTES, InFlight
 
 log = logging.getLogger("resnext_compiler.serve")
-RETRY_AFTER_S = 1
 LOG_EVERY_S = 10.0
-SMALL_BODY_BYTES = 1024 * 1024  # one image upload or one 224x224 fp32 tensor fits
 
 
 def ascii_integer(text: str) -> int | None:
@@ -53,33 +53,16 @@ def check_pixels(what: str, width: int, height: int, max_pixels: int) -> None:
                          "(--max-image-pixels)")
 
 
-class InFlight:
-    """Bytes of request bodies buffered right now, against one budget for the server."""
-
-    def __init__(self, limit: int):
-        self.limit = limit
-        self.used = 0
-
-    def reserve(self, amount: int) -> bool:
-        if self.used + amount > self.limit:
-            return False
-        self.used += amount
-        return True
-
-    def release(self, amount: int) -> None:
-        self.used -= amount
-
-
 class BodyLimitMiddleware:
     """413 for bodies over `max_body_bytes`, 400 for a malformed Content-Length, 503 when the
     bodies in flight would pass `max_inflight_bytes`, 408 for a body slower than
     `body_timeout_s`."""
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int, max_inflight_bytes: int | None = None,
+    def __init__(self, app: ASGIApp, max_body_bytes: int, in_flight: InFlight,
                  body_timeout_s: float = 30.0):
         self.app = app
         self.max_body_bytes = max_body_bytes
-        self.in_flight = InFlight(max_inflight_bytes or 4 * max_body_bytes)
+        self.in_flight = in_flight  # the service's: gRPC messages count against it too
         self.body_timeout_s = body_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -107,8 +90,9 @@ class BodyLimitMiddleware:
                     # reserve the declared length at once, a chunked body as it grows
                     want = max(expected, len(body))
                     if not self.in_flight.reserve(want - reserved):
-                        await refuse(send, 503, "too many request bytes in flight; retry later",
-                                     {"retry-after": str(RETRY_AFTER_S)})
+                        busy = self.in_flight.refusal()
+                        await refuse(send, busy.status, busy.message,
+                                     {k.lower(): v for k, v in busy.headers.items()})
                         return
                     reserved = want
                 try:

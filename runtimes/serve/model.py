@@ -8,26 +8,28 @@ a silent fallback to CPU.
 from __future__ import annotations
 
 import logging
-import math
 import re
 from pathlib import Path
 
 import numpy as np
 
-from resnext_compiler.errors import UserError
+from resnext_compiler.errors import UserError, sanitise
 from resnext_compiler.input_contract import (
     FLOAT_NCHW,
+    KEY_LABELS,
     KEY_PREFIX,
     InputContract,
+    check_label_count,
     contract_from_metadata,
     default_contract,
     onnx_input_layout,
 )
 from resnext_compiler.limits import DEVICES
+from resnext_compiler.onnx_cost import check_cost, memory_budget, model_cost, read_structure
 from resnext_compiler.onnxruntime_install import import_onnxruntime
-from resnext_compiler.runtimes.serve.config import DEFAULT_MAX_MEMORY
 from resnext_compiler.runtimes.serve.datatypes import ORT_TO_V2, V2_TO_NUMPY, TensorInfo
 from resnext_compiler.runtimes.serve.repository import ModelSource
+from resnext_compiler.runtimes.serve.warmup import warm_up_in_child
 
 log = logging.getLogger("resnext_compiler.serve")
 
@@ -51,66 +53,56 @@ def choose_providers(device: str) -> list[str]:
 
 
 class LoadedModel:
-    """One onnxruntime session with its single batched input and its outputs."""
+    """One onnxruntime session with its single batched input and its outputs.
+
+    The file is read and costed (`onnx_cost`) before onnxruntime sees it: a model whose weights
+    and activations at its batch exceed the memory budget is refused, located, before a
+    session or a warm-up allocates anything; one whose sizes are known only when it runs is
+    warmed up first in a memory-limited child (`warmup.py`).
+    """
 
     def __init__(self, source: ModelSource, device: str = "auto", max_batch: int = 32,
-                 intra_op_threads: int = 0, max_memory_bytes: int = DEFAULT_MAX_MEMORY):
-        ort = import_onnxruntime()
+                 intra_op_threads: int = 0, max_memory_bytes: int | None = None):
         self.name, self.version, self.path = source.name, source.version, source.onnx_path
-        options = ort.SessionOptions()
-        # idle onnxruntime threads spin by default, taking cores from the event loop that
-        # parses the next requests; a server is better off letting them sleep
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        if intra_op_threads:
-            options.intra_op_num_threads = intra_op_threads
-        try:
-            self.session = ort.InferenceSession(str(self.path), options,
-                                                providers=choose_providers(device))
-        except UserError:
-            raise
-        except Exception as exc:
-            raise UserError(f"cannot load ONNX model {self.path}: {exc}") from None
+        structure = read_structure(self.path, max_memory_bytes)
+        self.metadata = structure.metadata
+        feeds = structure.inputs
+        if len(feeds) != 1:
+            raise UserError(f"{self.path}: expected one input, found {len(feeds)}")
+        first = feeds[0].type.tensor_type.shape.dim
+        self.static_batch = first[0].dim_value if first and first[0].dim_value > 0 else None
+        limits = [max_batch] + ([source.config_max_batch] if source.config_max_batch else [])
+        self.max_batch = self.static_batch or min(limits)
+        budget, origin = memory_budget(max_memory_bytes)
+        cost = model_cost(structure, self.max_batch, budget)
+        check_cost(cost, self.path, budget, origin, "lower --max-batch or raise --max-memory-gb")
+        self.session = _session(self.path, device, intra_op_threads)
         self.provider = self.session.get_providers()[0]
         if device == "cuda" and self.provider != CUDA:
             raise UserError(f"--device cuda: onnxruntime could not start the CUDA execution "
                             f"provider for {self.path} (it fell back to {self.provider}); check "
                             "the CUDA/cuDNN libraries or use --device cpu")
-        inputs = self.session.get_inputs()
-        if len(inputs) != 1:
-            raise UserError(f"{self.path}: expected one input, found {len(inputs)}")
-        self.input = _tensor_info(inputs[0], self.path)
+        self.input = _tensor_info(self.session.get_inputs()[0], self.path)
         if len(self.input.shape) != 4 or any(dim < 1 for dim in self.input.shape[1:]):
             raise UserError(f"{self.path}: input {self.input.name!r} needs 4 dimensions, static "
                             f"after the batch, got {list(self.input.shape)}")
         self.outputs = [_tensor_info(out, self.path) for out in self.session.get_outputs()]
-        self.static_batch = self.input.shape[0] if self.input.shape[0] > 0 else None
-        limits = [max_batch] + ([source.config_max_batch] if source.config_max_batch else [])
-        self.max_batch = self.static_batch or min(limits)
-        self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
         spec_name = self.metadata.get("spec_name", "")
         if source.name_from_metadata and re.fullmatch(r"[A-Za-z0-9_.-]+", spec_name):
             self.name = spec_name  # the ONNX backend records the spec's name here
         self.contract, self.contract_recorded = _contract(self.metadata, self.input.shape,
                                                           self.path)
-        self._check_memory(max_memory_bytes)
-        self.run(np.zeros((self.static_batch or 1, *self.input.shape[1:]), self.input_dtype))
+        check_label_count(self.contract.labels, self.outputs[0].shape[-1],
+                          f"{self.path}: metadata {KEY_LABELS}")
+        warm_up = np.zeros((self.static_batch or 1, *self.input.shape[1:]), self.input_dtype)
+        if cost.unknown:
+            shape = [self.max_batch, *self.input.shape[1:]]
+            warm_up_in_child(self.path, {self.input.name: (shape, self.input_dtype.str)},
+                             budget, cost.unknown)
+        self.run(warm_up)
         log.info("loaded model %s (version %s) from %s on %s; input %s %s, max batch %d",
                  self.name, self.version, self.path, self.provider, self.input.name,
                  list(self.input.shape), self.max_batch)
-
-    def _check_memory(self, limit: int) -> None:
-        """Refuse, before warm-up, a model whose activations at its batch exceed `limit`.
-
-        Our ONNX backend records the activation bytes per sample; for other models the input
-        tensor itself is the (lower) bound."""
-        recorded = self.metadata.get("activation_bytes", "")
-        per_sample = int(recorded) if recorded.isascii() and recorded.isdigit() else 0
-        per_sample = max(per_sample, math.prod(self.input.shape[1:]) * self.input_dtype.itemsize)
-        needed = per_sample * self.max_batch
-        if needed > limit:
-            raise UserError(f"{self.path}: serving at batch {self.max_batch} needs about "
-                            f"{needed:,} bytes of activations, over the budget of {limit:,} "
-                            "(lower --max-batch or raise --max-memory-gb)")
 
     @property
     def input_dtype(self) -> np.dtype:
@@ -119,6 +111,25 @@ class LoadedModel:
     def run(self, batch: np.ndarray) -> list[np.ndarray]:
         """All outputs for one batch (called from the batcher's worker thread)."""
         return self.session.run(None, {self.input.name: batch})
+
+
+def _session(path: Path, device: str, intra_op_threads: int):  # noqa: ANN202 - onnxruntime's
+    ort = import_onnxruntime()
+    ort.set_default_logger_severity(3)  # onnxruntime's own log: errors only (they raise)
+    options = ort.SessionOptions()
+    # idle onnxruntime threads spin by default, taking cores from the event loop that
+    # parses the next requests; a server is better off letting them sleep
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # onnxruntime's own log carries names from the file; errors reach us as exceptions
+    options.log_severity_level = 3
+    if intra_op_threads:
+        options.intra_op_num_threads = intra_op_threads
+    try:
+        return ort.InferenceSession(str(path), options, providers=choose_providers(device))
+    except UserError:
+        raise
+    except Exception as exc:
+        raise UserError(f"cannot load ONNX model {path}: {sanitise(str(exc))[:500]}") from None
 
 
 def _contract(metadata: dict[str, str], shape: tuple[int, ...],

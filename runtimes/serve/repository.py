@@ -2,7 +2,7 @@
 
 A Triton repository is `REPO/<name>/config.pbtxt` + `REPO/<name>/<version>/model.onnx`
 (the layout the triton backend writes); as Triton's default version policy does, the highest
-numeric version is served.
+numeric version is served. Every file a repository names is read through `named_files`.
 """
 
 from __future__ import annotations
@@ -11,7 +11,20 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from resnext_compiler.errors import UserError
+from resnext_compiler.errors import UserError, sanitise
+from resnext_compiler.input_contract import newest_model_file
+from resnext_compiler.named_files import (
+    LABELS,
+    ONNX_MODEL,
+    TRITON_CONFIG,
+    contained,
+    named_file,
+    named_folder,
+    read_named_text,
+)
+
+CONFIG = "config.pbtxt"
+MAX_MODELS = 256  # model folders in one repository, counted before any model loads
 
 
 @dataclass(frozen=True)
@@ -24,44 +37,68 @@ class ModelSource:
     config_max_batch: int | None = None  # Triton config.pbtxt's max_batch_size, if any
     name_from_metadata: bool = False  # a bare .onnx file: prefer its spec_name metadata
     labels_path: Path | None = None  # Triton: the output's label_filename in the model folder
+    folder: Path | None = None  # Triton: the model folder, which its label_filename stays under
 
 
 def find_models(path: Path) -> list[ModelSource]:
-    """The models under `path`: an ONNX file, a Triton model directory, or a repository."""
+    """The models under `path`: an ONNX file, a Triton model directory, or a repository.
+
+    A repository is bounded before any model loads: at most `MAX_MODELS` model folders, each
+    one's files (config.pbtxt, label_filename, version folders) under the repository (see
+    `named_files`), config.pbtxt of at most 1 MiB, and no two models with one name.
+    """
     if not path.exists():
         raise UserError(f"model not found: {path}")
-    if path.is_file():
+    if not path.is_dir():  # one file: regular (a FIFO is refused, not waited on), <= 2 GiB
+        named_file(path, ONNX_MODEL, None)
         return [ModelSource(name=path.stem, version="1", onnx_path=path,
                             name_from_metadata=True)]
-    if (path / "config.pbtxt").is_file():
-        return [_triton_model(path)]
-    found = [_triton_model(child) for child in sorted(path.iterdir())
-             if child.is_dir() and (child / "config.pbtxt").is_file()]
-    if not found:
+    root = path.resolve()
+    if (path / CONFIG).exists():
+        return [_triton_model(path, root)]
+    model_dirs = []
+    for child in sorted(path.iterdir()):
+        if not (child / CONFIG).exists():
+            continue
+        model_dirs.append(child)
+        if len(model_dirs) > MAX_MODELS:
+            raise UserError(f"{path}: more than {MAX_MODELS} models (folders with a {CONFIG}); "
+                            "serve a repository of fewer models")
+    if not model_dirs:
         raise UserError(f"{path} is neither an ONNX file nor a Triton model repository "
-                        "(expected REPO/<name>/config.pbtxt and REPO/<name>/1/model.onnx)")
+                        f"(expected REPO/<name>/{CONFIG} and REPO/<name>/1/model.onnx)")
+    found = [_triton_model(child, root) for child in model_dirs]
+    first: dict[str, Path] = {}
+    for model_dir, source in zip(model_dirs, found, strict=True):
+        if source.name in first:
+            raise UserError(f"{path}: two models are named {sanitise(source.name)!r} "
+                            f"({first[source.name] / CONFIG} and {model_dir / CONFIG}); "
+                            "model names must be unique")
+        first[source.name] = model_dir
     return found
 
 
-def _triton_model(model_dir: Path) -> ModelSource:
-    config = (model_dir / "config.pbtxt").read_text(errors="replace")
+def _triton_model(model_dir: Path, root: Path) -> ModelSource:
+    config_path = model_dir / CONFIG
+    folder = named_folder(model_dir, root)
+    config = read_named_text(config_path, TRITON_CONFIG, root)
     platform = re.search(r'^\s*(?:platform|backend)\s*:\s*"([^"]+)"', config, re.MULTILINE)
     if platform and platform.group(1) not in ("onnxruntime_onnx", "onnxruntime"):
-        raise UserError(f"{model_dir}/config.pbtxt: platform {platform.group(1)!r} is not "
+        raise UserError(f"{config_path}: platform {sanitise(platform.group(1))!r} is not "
                         "ONNX; this server runs onnxruntime_onnx models only")
     name = re.search(r'^\s*name\s*:\s*"([^"]+)"', config, re.MULTILINE)
-    max_batch = re.search(r"^\s*max_batch_size\s*:\s*(\d+)", config, re.MULTILINE)
+    max_batch = re.search(r"^\s*max_batch_size\s*:\s*([0-9]{1,9})\s*$", config, re.MULTILINE)
     label_file = re.search(r'^\s*label_filename\s*:\s*"([^"/\\]+)"', config, re.MULTILINE)
-    versions = sorted((int(child.name), child) for child in model_dir.iterdir()
-                      if child.name.isdigit() and (child / "model.onnx").is_file())
-    if not versions:
-        raise UserError(f"{model_dir}: no version directory with model.onnx (e.g. "
-                        f"{model_dir}/1/model.onnx)")
-    version, version_dir = versions[-1]
+    version, onnx_path = newest_model_file(model_dir, root)
+    labels_path = None
+    if label_file:
+        labels_path = contained(model_dir / label_file.group(1), folder,
+                                f"{config_path}: label_filename", LABELS)
     return ModelSource(
         name=name.group(1) if name else model_dir.name,
         version=str(version),
-        onnx_path=version_dir / "model.onnx",
+        onnx_path=onnx_path,
         config_max_batch=int(max_batch.group(1)) if max_batch and int(max_batch.group(1)) else None,
-        labels_path=model_dir / label_file.group(1) if label_file else None,
+        labels_path=labels_path,
+        folder=folder,
     )

@@ -43,8 +43,11 @@ def load_models(model_path: Path, config: ServeConfig) -> tuple[list, dict[str, 
                             config.max_memory_bytes)
         models.append(model)
         path = config.labels or source.labels_path
-        if path is not None:
-            labels[model.name] = load_labels(path, model.outputs[0].shape[-1])
+        if config.labels is not None:
+            labels[model.name] = load_labels(config.labels, model.outputs[0].shape[-1])
+        elif source.labels_path is not None:
+            labels[model.name] = load_labels(source.labels_path, model.outputs[0].shape[-1],
+                                             source.folder, "config.pbtxt: label_filename")
         elif model.contract.labels is not None:
             labels[model.name] = list(model.contract.labels)
         announce_contract(model, labels.get(model.name), path)
@@ -56,16 +59,17 @@ def announce_contract(model: LoadedModel, labels: list[str] | None = None,
     """Say once, at start-up, how /v1/classify prepares images for `model` and which class
     names it answers with (a labels file's, where one is given, over the model's own)."""
     contract = model.contract.with_labels(labels) if labels is not None else model.contract
-    lines = contract.describe()
-    if labels_path is not None:
-        lines = [f"{line} (from {labels_path})" if line.startswith("classes") else line
-                 for line in lines]
-    text = "\n  ".join(sanitise(line) for line in lines)
+    # one record per line: each line's names are escaped (newlines too) by the log filter
     if model.contract_recorded:
-        log.info("model %s input contract (from the model file):\n  %s", model.name, text)
+        log.info("model %s input contract (from the model file):", model.name)
     else:
         log.warning("model %s records no input contract; /v1/classify uses the defaults "
-                    "(docs/serving.md):\n  %s", model.name, text)
+                    "(docs/serving.md):", model.name)
+    for line in contract.describe():
+        if labels_path is not None and line.startswith("classes"):
+            log.info("  %s (from %s)", sanitise(line), labels_path)
+        else:
+            log.info("  %s", sanitise(line))
 
 
 def bind_socket(host: str, port: int) -> socket.socket:

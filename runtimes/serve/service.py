@@ -20,6 +20,7 @@ from resnext_compiler.runtimes.serve.batching import DynamicBatcher
 from resnext_compiler.runtimes.serve.config import ServeConfig
 from resnext_compiler.runtimes.serve.datatypes import triton_type
 from resnext_compiler.runtimes.serve.errors import ServeError
+from resnext_compiler.runtimes.serve.in_flight import InFlight
 from resnext_compiler.runtimes.serve.metrics import ServeMetrics
 from resnext_compiler.runtimes.serve.model import LoadedModel
 from resnext_compiler.runtimes.serve.protocol import InferRequest, check_model_version
@@ -70,6 +71,7 @@ class InferenceService:
     def __init__(self, models: list[LoadedModel], config: ServeConfig,
                  labels: dict[str, list[str]] | None = None):
         self.config = config
+        self.in_flight = InFlight(config.max_inflight_bytes)  # HTTP bodies and gRPC messages
         self.metrics = ServeMetrics(max(model.max_batch for model in models))
         # each front end adds a count of its open client connections (see DynamicBatcher)
         self.connection_counters: list[Callable[[], int]] = []

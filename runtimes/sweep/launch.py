@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from resnext_compiler.artifacts import write_text_atomic
-from resnext_compiler.errors import UserError
+from resnext_compiler.errors import ResnextError, UserError
+from resnext_compiler.named_files import RUN_SETTINGS, read_named_text
 from resnext_compiler.naming import file_stem
 from resnext_compiler.runtimes.sweep.point import (
     FAILED,
@@ -269,15 +270,17 @@ def submit_slurm(plan: SweepPlan, out: Path, tasks: list[PointTask], jobs: int) 
     import submitit
 
     recorded = out / SLURM_JOBS
+    earlier: list[Any] = []
     if recorded.is_file():
-        with contextlib.suppress(ValueError, OSError):
-            for job_id in json.loads(recorded.read_text()):
-                state = submitit.SlurmJob(out / LOGS, str(job_id)).state
-                if state in ACTIVE_SLURM_STATES:
-                    raise UserError(
-                        f"Slurm job {job_id} of this sweep is still {state}; re-run "
-                        "when it has ended (or scancel it)"
-                    )
+        with contextlib.suppress(ValueError, TypeError, OSError, ResnextError):  # unreadable
+            earlier = list(json.loads(read_named_text(recorded, RUN_SETTINGS, out)))
+    for job_id in earlier:
+        state = submitit.SlurmJob(out / LOGS, str(job_id)).state
+        if state in ACTIVE_SLURM_STATES:
+            raise UserError(
+                f"Slurm job {job_id} of this sweep is still {state}; re-run "
+                "when it has ended (or scancel it)"
+            )
     submitted = slurm_executor(plan, out, jobs).map_array(run_point, tasks)
     write_text_atomic(recorded, json.dumps([job.job_id for job in submitted]))
     return submitted

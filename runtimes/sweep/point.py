@@ -22,6 +22,7 @@ from typing import Any
 
 from resnext_compiler.artifacts import write_text_atomic
 from resnext_compiler.errors import ResnextError, error_text
+from resnext_compiler.named_files import RUN_SETTINGS, read_named_text
 
 STATUS_FILE = "sweep_point.json"
 FINISHED, INTERRUPTED, FAILED, NEW, RUNNING = "finished", "interrupted", "failed", "new", "running"
@@ -52,8 +53,8 @@ class PointOutcome:
 def read_status(run_dir: Path) -> dict[str, Any]:
     """The sweep's record of a point (empty when it never ran or the file is unreadable)."""
     try:
-        data = json.loads((run_dir / STATUS_FILE).read_text())
-    except (OSError, ValueError, RecursionError):
+        data = json.loads(read_named_text(run_dir / STATUS_FILE, RUN_SETTINGS, run_dir))
+    except (OSError, ValueError, RecursionError, ResnextError):
         return {}
     return data if isinstance(data, dict) else {}
 
@@ -68,7 +69,8 @@ def point_state(run_dir: Path) -> str:
     if not (run_dir / CHECKPOINT).is_file():
         return NEW
     try:
-        epochs = TrainConfig.from_json((run_dir / CONFIG_FILE).read_text()).epochs
+        epochs = TrainConfig.from_json(read_named_text(run_dir / CONFIG_FILE, RUN_SETTINGS,
+                                                       run_dir)).epochs
         done = len(read_metrics(run_dir))
     except (OSError, ValueError, TypeError, KeyError, ResnextError):
         return NEW  # prepare_run refuses a directory with a checkpoint; the worker says so

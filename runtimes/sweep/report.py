@@ -17,6 +17,7 @@ from typing import Any
 
 from resnext_compiler.artifacts import write_text_atomic
 from resnext_compiler.errors import UserError
+from resnext_compiler.named_files import RUN_SETTINGS, read_named_text
 from resnext_compiler.runtimes.sweep.launch import PLAN_FILE, POINTS
 from resnext_compiler.runtimes.sweep.point import FAILED, FINISHED, point_state, read_status
 
@@ -65,7 +66,7 @@ def read_plan(out: Path) -> dict[str, Any]:
             "SWEEP.yaml` makes one)"
         )
     try:
-        plan = json.loads(path.read_text())
+        plan = json.loads(read_named_text(path, RUN_SETTINGS, out))
         points = plan["points"]
         if not isinstance(points, list):
             raise TypeError("points is not a list")

@@ -17,6 +17,8 @@ import torch
 
 from resnext_compiler.artifacts import atomic_writer, write_bytes_atomic
 from resnext_compiler.errors import UserError
+from resnext_compiler.named_files import CHECKPOINT as CHECKPOINT_FILE
+from resnext_compiler.named_files import open_named
 from resnext_compiler.weights import strip_wrapper_prefixes
 
 FORMAT = "resnext-compile-train/1"
@@ -36,10 +38,14 @@ def save_training_state(path: Path, state: dict[str, Any]) -> None:
 
 
 def load_training_state(path: Path) -> dict[str, Any]:
+    """The state in a run's `checkpoints/last.pt` (kept inside the run directory)."""
     if not path.is_file():
         raise UserError(f"no checkpoint to resume from: expected {path}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with open_named(path, CHECKPOINT_FILE, path.parent.parent) as handle:
+            state = torch.load(handle, map_location="cpu", weights_only=True)
+    except UserError:
+        raise
     except Exception as exc:  # torch raises many types for a damaged file
         raise UserError(f"{path}: not a readable training checkpoint ({exc})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:

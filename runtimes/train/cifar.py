@@ -11,6 +11,7 @@ Each batch is a dict with b"data" (N, 3072) uint8 (R, G, B planes of 32x32) and 
 from __future__ import annotations
 
 import io
+import math
 import pickle
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 
 from resnext_compiler.errors import UserError
+from resnext_compiler.named_files import DATA_BATCH, read_named_bytes
 
 _LAYOUT = {
     "cifar10": (["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4",
@@ -35,18 +37,49 @@ _ALLOWED = {
 }
 
 
+_CONSTRUCTORS = {"_reconstruct", "scalar"}
+
+
 class _ArraysOnly(pickle.Unpickler):
+    """Only numpy arrays, dtypes and plain containers; every array no larger than the file.
+
+    numpy's pickled arrays are built by `_reconstruct(ndarray, shape, dtype)`, which allocates
+    the whole shape before the data arrives: a 301-byte file could ask for 4 GB that later
+    code touches. The file holds every byte a real batch has, so its size bounds each array.
+    """
+
+    def __init__(self, data: bytes):
+        super().__init__(io.BytesIO(data), encoding="bytes")
+        self.max_bytes = len(data)
+
     def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in _ALLOWED:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+        if (module, name) not in _ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+        found = super().find_class(module, name)
+        if name not in _CONSTRUCTORS:
+            return found
+
+        def bounded(*args: Any) -> Any:
+            shape = args[1] if name == "_reconstruct" and len(args) > 1 else ()
+            dtype = np.dtype(args[2] if name == "_reconstruct" and len(args) > 2 else
+                             args[0] if args else None)
+            dims = (shape,) if isinstance(shape, int) else tuple(shape)
+            if not all(isinstance(d, int) and d >= 0 for d in dims):
+                raise pickle.UnpicklingError(f"an array of shape {dims!r}")
+            if math.prod(dims) * dtype.itemsize > self.max_bytes:
+                raise pickle.UnpicklingError(
+                    f"an array of shape {list(dims)} and type {dtype} is larger than the "
+                    f"{self.max_bytes}-byte file")
+            return found(*args)
+
+        return bounded
 
 
 def _read_pickle(path: Path) -> Any:
     try:
-        return _ArraysOnly(io.BytesIO(path.read_bytes()), encoding="bytes").load()
+        return _ArraysOnly(read_named_bytes(path, DATA_BATCH, path.parent)).load()
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
-            IndexError, KeyError) as exc:
+            IndexError, KeyError, RecursionError, MemoryError) as exc:
         raise UserError(f"{path}: not a CIFAR python batch file ({exc})") from None
 
 
@@ -76,7 +109,8 @@ def _read_batch(path: Path, label_key: bytes, num_classes: int) -> tuple[np.ndar
         labels = np.asarray(batch[label_key])
     except (ValueError, TypeError):
         raise UserError(f"{path}: b'data' and {label_key!r} must be arrays") from None
-    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+    if (data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32
+            or not data.flags.c_contiguous):
         raise UserError(f"{path}: expected b'data' of shape (N, 3072) uint8; got "
                         f"{data.shape} {data.dtype}")
     if (labels.shape != (data.shape[0],) or labels.dtype.kind not in "iu" or labels.size == 0

@@ -164,10 +164,10 @@ def read_folders(spec: Spec, known: DatasetType, root: Path, recipe: str, seed: 
     # its name's position); otherwise the folders sorted by name do.
     named = list(spec.labels) if spec.labels is not None else None
     if with_train:
-        train_samples, classes = scan(root / "train", named)
-        val_samples, _ = scan(root / "val", classes)
+        train_samples, classes = scan(root / "train", named, root)
+        val_samples, _ = scan(root / "val", classes, root)
     else:
-        val_samples, classes = scan(root / "val", named)
+        val_samples, classes = scan(root / "val", named, root)
         train_samples = []
     _check_fit(spec, f"{dataset} folder {root}", len(classes), None)
     contract = resolve_contract(spec, dataset, classes)

@@ -2,7 +2,8 @@
 
 `--gpus N` runs N processes with NCCL (one GPU each); `--nproc N` runs N CPU processes with
 gloo, so the multi-process path is exercised in CI without a GPU. The launcher is PyTorch's
-own elastic runner (`python -m torch.distributed.run`), which sets RANK, WORLD_SIZE and
+own elastic runner (`torch.distributed.run`, through `torchrun.py`, which keeps a worker's exit
+status), which sets RANK, WORLD_SIZE and
 LOCAL_RANK for each worker: `--standalone` on one machine, or, across `--nnodes` machines, the
 c10d rendezvous at `--rdzv-endpoint` (hosted by the torchrun of node rank 0). c10d numbers
 the global ranks itself; global rank 0 is the one that writes the run directory.
@@ -98,7 +99,7 @@ def launch(config_path: Path, nproc: int, args: list[str],
         where = [f"--nnodes={rendezvous.nnodes}", "--rdzv-backend=c10d",
                  f"--rdzv-endpoint={rendezvous.endpoint}", f"--rdzv-id={rendezvous.run_id}",
                  f"--rdzv-conf=is_host={is_host}", "--max-restarts=0"]
-    command = [sys.executable, "-m", "torch.distributed.run", *where,
+    command = [sys.executable, "-m", "resnext_compiler.runtimes.train.torchrun", *where,
                f"--nproc-per-node={nproc}", "--module",
                "resnext_compiler.runtimes.train.worker", str(config_path), *args]
     env = dict(os.environ)

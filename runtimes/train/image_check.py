@@ -11,6 +11,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 
 from resnext_compiler.errors import UserError
+from resnext_compiler.named_files import IMAGE, open_named
 
 SHOWN = 10  # problems listed in the error
 
@@ -19,7 +20,7 @@ def _problem(path: str) -> str | None:
     from PIL import Image
 
     try:
-        with Image.open(path) as image:
+        with open_named(path, IMAGE, None) as handle, Image.open(handle) as image:
             image.verify()
     except Exception as exc:  # noqa: BLE001 - Pillow raises many types for a bad file
         return f"{path}: {exc or type(exc).__name__}"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import torch
 
 from resnext_compiler.artifacts import write_text_atomic
 from resnext_compiler.errors import UserError
+from resnext_compiler.named_files import METRICS, read_named_text
 
 COLUMNS = ("epoch", "train_loss", "train_top1_error", "train_top5_error", "val_loss",
            "val_top1_error", "val_top5_error", "lr", "images_per_s", "epoch_time_s")
@@ -43,10 +45,11 @@ def write_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     """The rows of `run_dir/metrics.jsonl` (empty when the run has not finished an epoch)."""
     path = run_dir / "metrics.jsonl"
-    if not path.is_file():
+    if not os.path.lexists(path):
         return []
     rows = []
-    for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+    text = read_named_text(path, METRICS, run_dir)
+    for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:

@@ -17,9 +17,11 @@ MARKED_EPOCHS = 20  # runs this short or shorter get a marker on every epoch
 def _run_label(run_dir: Path) -> str:
     spec_file = run_dir / "spec.yaml"
     if spec_file.is_file():
-        import yaml
+        from resnext_compiler.yaml_source import read_yaml_file
 
-        data = yaml.safe_load(spec_file.read_text())
+        # the bounded spec reader (size, nesting, aliases; under the run folder): a run
+        # folder is an input too, and a hostile spec.yaml is a located error
+        data, _ = read_yaml_file(spec_file, root=run_dir)
         if isinstance(data, dict) and isinstance(data.get("name"), str):
             return data["name"]
     return run_dir.name

@@ -21,8 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from resnext_compiler.artifacts import write_text_atomic
-from resnext_compiler.errors import ResnextError, UserError
+from resnext_compiler.errors import ResnextError, UserError, sanitise
 from resnext_compiler.input_contract import labels_text
+from resnext_compiler.named_files import LABELS, RUN_SETTINGS, read_named_text
+from resnext_compiler.naming import file_stem
 from resnext_compiler.runtimes.train.checkpoint import CHECKPOINT, WEIGHTS
 from resnext_compiler.runtimes.train.config import (
     TrainConfig,
@@ -83,11 +85,14 @@ def default_spec_path(stack: ExitStack) -> Path:
 
 
 def default_run_dir(spec: Spec, root: Path = Path("runs")) -> Path:
+    """`runs/<name>-<date>`, the name sanitised as compile's outputs are: a spec named
+    `../../x` or `/etc` still gets a folder directly under `root`."""
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    candidate = root / f"{spec.name}-{stamp}"
+    name = file_stem(spec.name)
+    candidate = root / f"{name}-{stamp}"
     suffix = 2
     while candidate.exists():
-        candidate = root / f"{spec.name}-{stamp}-{suffix}"
+        candidate = root / f"{name}-{stamp}-{suffix}"
         suffix += 1
     return candidate
 
@@ -166,7 +171,7 @@ def resume_config(run_dir: Path, epochs: int | None = None, lr: float | None = N
         raise UserError(f"--resume {run_dir}: no checkpoint yet (expected {run_dir / CHECKPOINT};"
                         " the run stopped before finishing its first epoch)")
     try:
-        config = TrainConfig.from_json(path.read_text(errors="replace"))
+        config = TrainConfig.from_json(read_named_text(path, RUN_SETTINGS, run_dir))
     except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
         raise UserError(f"{path}: corrupt run settings ({type(exc).__name__}: "
                         f"{str(exc)[:200]}); start a new run instead of --resume") from None
@@ -193,7 +198,8 @@ def resume_config(run_dir: Path, epochs: int | None = None, lr: float | None = N
     if epochs is not None or lr is not None or staging is not None:
         target = staging if staging is not None else run_dir
         if staging is not None and (run_dir / LABELS_FILE).is_file():
-            write_text_atomic(staging / LABELS_FILE, (run_dir / LABELS_FILE).read_text())
+            write_text_atomic(staging / LABELS_FILE,
+                              read_named_text(run_dir / LABELS_FILE, LABELS, run_dir))
         spec = load_spec(run_dir / "spec.yaml")
         write_text_atomic(target / "spec.yaml", effective_spec(spec, config).to_yaml())
         write_text_atomic(target / CONFIG_FILE, config.to_json())
@@ -213,11 +219,21 @@ def _extension_notice(before: TrainConfig, after: TrainConfig, done: int) -> str
             "run from the start")
 
 
-def _comparable(config: TrainConfig, spec_text: str) -> str:
-    """What every node must agree on (data paths and loader threads may differ per node)."""
+def _comparable(config: TrainConfig, spec_text: str) -> dict[str, object]:
+    """What every node must agree on: the settings, the spec and the run. Paths may be spelled
+    differently per node (a shared filesystem mounted elsewhere), as may loader threads, so
+    the run is compared by its folder's name and the data by what was resolved from it."""
     settings = {key: value for key, value in json.loads(config.to_json()).items()
-                if key not in ("data_dir", "workers", "threads")}
-    return hashlib.sha256((json.dumps(settings, sort_keys=True) + spec_text).encode()).hexdigest()
+                if key not in ("data_dir", "workers", "threads", "run_dir")}
+    settings["run"] = Path(config.run_dir).name
+    settings["spec"] = hashlib.sha256(spec_text.encode()).hexdigest()[:16]
+    return settings
+
+
+def _differences(other: dict[str, object], main: dict[str, object], rank: int) -> list[str]:
+    return [f"{key} ({sanitise(str(main.get(key)))[:60]} on rank 0, "
+            f"{sanitise(str(other.get(key)))[:60]} on rank {rank})"
+            for key in sorted(set(other) | set(main)) if other.get(key) != main.get(key)]
 
 
 def publish_staged_run(staging: Path, config: TrainConfig, context: DistContext) -> None:
@@ -225,20 +241,25 @@ def publish_staged_run(staging: Path, config: TrainConfig, context: DistContext)
     global rank 0 (alone) writes labels.txt, spec.yaml and train.json into the run directory."""
     import torch.distributed as dist
 
-    spec_text = (staging / "spec.yaml").read_text()
-    digests: list[str | None] = [None] * context.world_size
-    dist.all_gather_object(digests, _comparable(config, spec_text))
-    differing = [rank for rank, digest in enumerate(digests) if digest != digests[0]]
+    spec_text = read_named_text(staging / "spec.yaml", RUN_SETTINGS, staging)
+    resolved: list[dict | None] = [None] * context.world_size
+    dist.all_gather_object(resolved, _comparable(config, spec_text))
+    differing = [rank for rank, settings in enumerate(resolved) if settings != resolved[0]]
     if differing:
-        raise UserError(f"ranks {differing} resolved different settings or spec than rank 0; "
-                        "run the same command (same spec file and flags) on every node")
+        other = context.rank if context.rank in differing else differing[0]
+        detail = "; ".join(_differences(resolved[other] or {}, resolved[0] or {}, other))
+        raise UserError(f"ranks {differing} resolved different settings or spec than rank 0: "
+                        f"{detail}. Run the same command (same spec file, data and flags) on "
+                        "every node")
     if context.is_main:
         run_dir = Path(config.run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         if (staging / LABELS_FILE).is_file():  # first: spec.yaml names it
-            write_text_atomic(run_dir / LABELS_FILE, (staging / LABELS_FILE).read_text())
+            write_text_atomic(run_dir / LABELS_FILE,
+                              read_named_text(staging / LABELS_FILE, LABELS, staging))
         write_text_atomic(run_dir / "spec.yaml", spec_text)
-        write_text_atomic(run_dir / CONFIG_FILE, (staging / CONFIG_FILE).read_text())
+        write_text_atomic(run_dir / CONFIG_FILE,
+                          read_named_text(staging / CONFIG_FILE, RUN_SETTINGS, staging))
     context.barrier()
 
 
@@ -254,8 +275,10 @@ def _launch_workers(config: TrainConfig, resume: bool, config_path: Path,
             break
         except KeyboardInterrupt:  # workers got the signal too; wait for them to save
             continue
+    if code == 2:  # a worker's user error, which it has printed
+        raise UserError("training stopped in a worker process; see the message above")
     if code != 0:
-        raise ResnextError(f"training failed in a worker process (torchrun exit code {code}); "
+        raise ResnextError(f"training failed in a worker process (exit code {code}); "
                            "see the messages above")
 
 

@@ -13,6 +13,7 @@ from resnext_compiler.errors import ResnextError, UserError, error_text
 
 
 def main(argv: list[str] | None = None) -> int:
+    from resnext_compiler.named_files import RUN_SETTINGS, read_named_text
     from resnext_compiler.runtimes.train.config import TrainConfig
     from resnext_compiler.runtimes.train.distributed import context_from_env, shutdown
     from resnext_compiler.runtimes.train.loop import train_process
@@ -21,7 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     resume = "--resume" in args
     config_path = Path(args[0])
-    config = TrainConfig.from_json(config_path.read_text())
+    config = TrainConfig.from_json(read_named_text(config_path, RUN_SETTINGS,
+                                                   config_path.parent))
     context = context_from_env(config.device)
     settings = config_path.parent  # the run directory, or a multi-node run's staging copy
     try:
