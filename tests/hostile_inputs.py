@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import struct
 import zlib
+from pathlib import Path
 
 TINY = "input: {channels: 3, height: 32, width: 32}\nstem: cifar\n"
 
@@ -169,39 +170,47 @@ class CliRun:
                 f"err={self.err[-800:]!r})")
 
 
+# Runs in a small launcher process: it caps its address space, starts the CLI and reports the
+# CLI's own peak RSS from wait4. A child forked straight from a test worker would start with
+# the worker's peak (Linux carries ru_maxrss across fork and exec), not its own.
+_LAUNCHER = """
+import os, resource, subprocess, sys
+limit = int(sys.argv[1])
+resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+child = subprocess.Popen([sys.executable, "-m", "resnext_compiler.cli", *sys.argv[3:]])
+_, status, usage = os.wait4(child.pid, 0)
+with open(sys.argv[2], "w") as report:
+    report.write(f"{os.waitstatus_to_exitcode(status)} {usage.ru_maxrss * 1024}")
+"""
+
+
 def run_cli_bounded(*args: object, address_space: int = 6 * GiB, timeout: float = 120,
                     env: dict[str, str] | None = None) -> CliRun:
     """`resnext-compile ARGS` in a child whose address space is capped (a regression cannot
-    take the machine down), with its own peak RSS from wait4."""
+    take the machine down), with its own peak RSS from wait4 (-1 when it was killed)."""
     import os
-    import resource
+    import signal
     import subprocess
     import sys
     import tempfile
     import time
 
-    def cap() -> None:
-        resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
-
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
+            tempfile.TemporaryDirectory() as work:
+        report = Path(work) / "report"
         started = time.perf_counter()
-        child = subprocess.Popen([sys.executable, "-m", "resnext_compiler.cli",
-                                  *map(str, args)], stdout=out, stderr=err, preexec_fn=cap,
-                                 env={**os.environ, **(env or {})})
-        deadline = started + timeout
-        while True:
-            pid, status, usage = os.wait4(child.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.perf_counter() > deadline:
-                child.kill()
-                pid, status, usage = os.wait4(child.pid, 0)
-                break
-            time.sleep(0.02)
-        child.returncode = os.waitstatus_to_exitcode(status)
+        launcher = subprocess.Popen([sys.executable, "-c", _LAUNCHER, str(address_space),
+                                     str(report), *map(str, args)], stdout=out, stderr=err,
+                                    env={**os.environ, **(env or {})}, start_new_session=True)
+        try:
+            launcher.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(launcher.pid, signal.SIGKILL)  # the CLI too
+            launcher.wait()
         seconds = time.perf_counter() - started
+        code, peak = map(int, report.read_text().split()) if report.exists() else (-9, -1)
         out.seek(0)
         err.seek(0)
-        return CliRun(child.returncode, out.read().decode(errors="replace"),
-                      err.read().decode(errors="replace"), seconds, usage.ru_maxrss * 1024)
+        return CliRun(code, out.read().decode(errors="replace"),
+                      err.read().decode(errors="replace"), seconds, peak)
 

@@ -48,8 +48,9 @@ def plot_runs(runs: list[Path], output: Path, title: str | None = None) -> Path:
                             " written by `resnext-compile train`)")
         curves.append(rows)
 
+    labels = run_labels(runs)  # reads each run's spec: a bad one is refused before drawing
     figure, axes = new_figure()
-    for i, (label, rows) in enumerate(zip(run_labels(runs), curves, strict=True)):
+    for i, (label, rows) in enumerate(zip(labels, curves, strict=True)):
         colour = colour_cycle(i)
         epochs = [row["epoch"] for row in rows]
         # a line needs two points: short runs (one epoch above all) get a marker per epoch
@@ -83,15 +84,17 @@ def save_figure(figure: Any, axes: Any, output: Path, title: str, xlabel: str,
     """Label, grid and legend the axes, then write the PNG atomically; returns its path."""
     import matplotlib.pyplot as plt
 
-    axes.set_xlabel(xlabel)
-    axes.set_ylabel(ylabel)
-    axes.set_title(title)
-    axes.grid(True, alpha=0.3)
-    if axes.get_legend_handles_labels()[0]:
-        # beside the axes, never over the curves, however long the run names are
-        axes.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0),
-                    borderaxespad=0.0)
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", bbox_inches="tight")
-    plt.close(figure)
+    try:
+        axes.set_xlabel(xlabel)
+        axes.set_ylabel(ylabel)
+        axes.set_title(title)
+        axes.grid(True, alpha=0.3)
+        if axes.get_legend_handles_labels()[0]:
+            # beside the axes, never over the curves, however long the run names are
+            axes.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0),
+                        borderaxespad=0.0)
+        figure.savefig(buffer, format="png", bbox_inches="tight")
+    finally:
+        plt.close(figure)  # a failed drawing leaves no figure behind
     return write_bytes_atomic(output, buffer.getvalue())
