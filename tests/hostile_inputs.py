@@ -60,6 +60,20 @@ def merge_key_bomb(levels: int = 30) -> str:
     return "name: merges\nstages: [1]\n" + "\n".join(lines) + "\n"
 
 
+def record(seconds: float, peak_bytes: int, how: str) -> None:
+    """With HOSTILE_MEASUREMENTS set (benchmarks/hostile_corpus.py sets it), append what a case
+    took to that file: the benchmark reports the largest time and memory per surface."""
+    import json
+    import os
+
+    target = os.environ.get("HOSTILE_MEASUREMENTS")
+    if target:
+        case = os.environ.get("PYTEST_CURRENT_TEST", "?").split(" ")[0]
+        with open(target, "a") as log:
+            log.write(json.dumps({"case": case, "seconds": seconds, "bytes": peak_bytes,
+                                  "how": how}) + "\n")
+
+
 def bounded(run):  # noqa: ANN001, ANN201 - any callable, its result
     """(result, seconds, peak bytes): timed on its own, then run again under tracemalloc
     (which slows Python down several times) for the peak of Python and numpy allocations."""
@@ -75,6 +89,7 @@ def bounded(run):  # noqa: ANN001, ANN201 - any callable, its result
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
+    record(elapsed, peak, "traced")
     return result, elapsed, peak
 
 
@@ -152,6 +167,7 @@ def refused_within(call, error: type[BaseException], seconds: float, peak_bytes:
         tracemalloc.stop()
     took = time.perf_counter() - started
     grown = _rss_peak_bytes() - rss_before
+    record(took, max(traced, grown), "in process")
     assert took < seconds, f"refused after {took:.1f} s (bound {seconds} s)"
     assert traced < peak_bytes, f"allocated {traced:,} bytes (bound {peak_bytes:,})"
     assert grown < peak_bytes, f"peak RSS grew by {grown:,} bytes (bound {peak_bytes:,})"
@@ -209,6 +225,7 @@ def run_cli_bounded(*args: object, address_space: int = 6 * GiB, timeout: float 
             launcher.wait()
         seconds = time.perf_counter() - started
         code, peak = map(int, report.read_text().split()) if report.exists() else (-9, -1)
+        record(seconds, peak, "CLI child")
         out.seek(0)
         err.seek(0)
         return CliRun(code, out.read().decode(errors="replace"),

@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from hostile_inputs import jpeg_with_exif, png_header
+from hostile_inputs import jpeg_with_exif, png_header, record
 from test_serve_helpers import raw_http, write_tiny_onnx
 
 RSS_LIMIT_KIB = 1024 * 1024
@@ -40,7 +40,9 @@ class ServeProcess:
 
     def peak_rss_kib(self) -> int:
         status = Path(f"/proc/{self.process.pid}/status").read_text()
-        return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1))
+        kib = int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1))
+        record(0.0, kib * 1024, "server process")
+        return kib
 
 
 @contextlib.contextmanager
