@@ -23,13 +23,20 @@ from resnext_compiler.artifact_format import (
     LABELS_FILE,
     contract_metadata,
     model_file,
+    sample_dims,
 )
 from resnext_compiler.artifacts import write_text_atomic
 from resnext_compiler.backends.base import DTYPES, CompileOptions
 from resnext_compiler.backends.onnx import artifact_contract, export_onnx
 from resnext_compiler.backends.onnx_graph import OUTPUT
 from resnext_compiler.errors import UserError
-from resnext_compiler.input_contract import InputContract, labels_text, resolve_contract
+from resnext_compiler.input_contract import (
+    FLOAT_NCHW,
+    UINT8_NHWC,
+    InputContract,
+    labels_text,
+    resolve_contract,
+)
 from resnext_compiler.ir import INPUT, Graph
 from resnext_compiler.naming import file_stem
 from resnext_compiler.spec import Spec
@@ -53,11 +60,11 @@ def config_pbtxt(name: str, graph: Graph, options: CompileOptions,
     extension); the contract's preprocessing values are `parameters`.
     """
     data_type = TRITON_TYPES[options.dtype]
-    channels, height, width = graph.shape_of(INPUT).as_list()
     if options.image_input:
-        input_type, input_format, sample = "TYPE_UINT8", "FORMAT_NHWC", [height, width, channels]
+        input_type, triton_format, layout = "TYPE_UINT8", "FORMAT_NHWC", UINT8_NHWC
     else:
-        input_type, input_format, sample = data_type, "FORMAT_NCHW", [channels, height, width]
+        input_type, triton_format, layout = data_type, "FORMAT_NCHW", FLOAT_NCHW
+    sample = sample_dims(*graph.shape_of(INPUT).as_list(), layout)
     classes = graph.output_shape.channels
     if options.batch is None:
         max_batch, input_dims, output_dims = options.max_batch, sample, [classes]
@@ -73,7 +80,7 @@ def config_pbtxt(name: str, graph: Graph, options: CompileOptions,
         "  {",
         f'    name: "{INPUT}"',
         f"    data_type: {input_type}",
-        f"    format: {input_format}",
+        f"    format: {triton_format}",
         f"    dims: {_list(input_dims)}",
         "  }",
         "]",

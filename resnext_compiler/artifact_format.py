@@ -16,7 +16,8 @@ ONNX `metadata_props` and Triton `parameters` (docs/onnx.md): `spec_name`, `spec
 Triton keeps in the labels file instead) and an int8 file's measurements under `int8.`.
 
 The model input is float32 [N, C, H, W] or, with in-graph preprocessing, uint8 [N, H, W, C];
-`input_layout` is the one reading of (channels, height, width) from its dims.
+`input_layout` is the one reading of (channels, height, width) from its dims, `sample_dims`
+the one writing.
 """
 
 from __future__ import annotations
@@ -154,6 +155,14 @@ def input_layout(dims: list[int | None], input_format: str) -> tuple[int, int, i
     if input_format == UINT8_NHWC:
         return dims[3], dims[1], dims[2]
     return dims[1], dims[2], dims[3]
+
+
+def sample_dims(channels: int, height: int, width: int, input_format: str) -> list[int]:
+    """The model input's dims after the batch for `input_format` (the inverse of
+    `input_layout`): what the ONNX graph and Triton's config.pbtxt declare."""
+    if input_format == UINT8_NHWC:
+        return [height, width, channels]
+    return [channels, height, width]
 
 
 def contract_from_metadata(metadata: dict[str, str], channels: int, height: int, width: int,
