@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from resnext_compiler.artifact_format import INT8_PREFIX, KEY_DTYPE
+
 # Bytes of float activations the QDQ debugging run may hold: it keeps every intermediate
 # tensor of every image, and the ranking copies one tensor's values at a time.
 DEBUG_ACTIVATION_BYTES = 1 << 30
@@ -29,7 +31,6 @@ CLASSIFIER_OPS = ("Gemm", "MatMul")
 # Activations the quantizer folds into the node before them (the clamp of the QuantizeLinear)
 FOLDED_ACTIVATIONS = ("Relu", "Clip")
 
-KEY_PREFIX = "int8."
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,7 @@ class Agreement:
         if self.float32_top1_error is not None and self.int8_top1_error is not None:
             data["top1_error_float32"] = f"{self.float32_top1_error:.2f}"
             data["top1_error_int8"] = f"{self.int8_top1_error:.2f}"
-        return {KEY_PREFIX + key: value for key, value in data.items()}
+        return {INT8_PREFIX + key: value for key, value in data.items()}
 
     def summary(self) -> str:
         text = (
@@ -248,12 +249,12 @@ def median_channel_ratio(
 
 def read_int8_report(metadata: dict[str, str]) -> dict[str, object] | None:
     """An int8 file's measurements (the `int8.*` metadata), parsed; None for other files."""
-    if metadata.get("dtype") != "int8" or KEY_PREFIX + "top1_agreement" not in metadata:
+    if metadata.get(KEY_DTYPE) != "int8" or INT8_PREFIX + "top1_agreement" not in metadata:
         return None
     report: dict[str, object] = {}
     for key, value in metadata.items():
-        if key.startswith(KEY_PREFIX):
-            name = key.removeprefix(KEY_PREFIX)
+        if key.startswith(INT8_PREFIX):
+            name = key.removeprefix(INT8_PREFIX)
             report[name] = json.loads(value) if name in ("kept_float", "attempts") else value
     return report
 

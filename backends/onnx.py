@@ -3,7 +3,7 @@
 `resnext-compile SPEC --backend onnx -o OUT.onnx [--weights W] [--opset N] [--batch N|dynamic]
 [--dtype fp16 | --dtype int8 --calibrate DIR] [--no-fold-bn] [--seed N] [--image-input]`.
 The model's input contract (preprocessing and class names) is written into `metadata_props`
-(docs/onnx.md).
+(`resnext_compiler.artifact_format`, docs/onnx.md).
 Weights come from a safetensors file or checkpoint
 (`resnext_compiler.weights`) or a seeded initialisation; BatchNorm is folded into the convs
 (`passes.fold_bn`) unless asked not to; the file is streamed to disk (`onnx_writer`), so
@@ -21,6 +21,12 @@ import numpy as np
 from onnx import ModelProto, OperatorSetIdProto, StringStringEntryProto, TensorProto, helper
 
 from resnext_compiler import __version__
+from resnext_compiler.artifact_format import (
+    KEY_DTYPE,
+    KEY_SPEC_HASH,
+    KEY_SPEC_NAME,
+    contract_metadata,
+)
 from resnext_compiler.backends.base import (
     DEFAULT_OPSET,
     DTYPES,
@@ -125,13 +131,13 @@ def _model_proto(graph: Graph, opset: int, float_type: int, options: CompileOpti
     image_input = contract if options.image_input else None
     model.graph.CopyFrom(build_graph(graph, float_type, options.batch, image_input))
     metadata = {
-        "spec_name": graph.metadata.get("spec_name", graph.name),
-        "spec_hash": graph.metadata.get("spec_hash", ""),
+        KEY_SPEC_NAME: graph.metadata.get("spec_name", graph.name),
+        KEY_SPEC_HASH: graph.metadata.get("spec_hash", ""),
         "compiler_version": graph.metadata.get("compiler_version", __version__),
         "weights": weights_source,
-        "dtype": options.dtype,
+        KEY_DTYPE: options.dtype,
         "fold_bn": str(options.fold_bn).lower(),
-        **(contract.to_metadata() if contract is not None else {}),
+        **(contract_metadata(contract) if contract is not None else {}),
         # float32 outputs of every node for one sample: `serve` budgets memory with it
         "activation_bytes": str(analyse(graph).activation_bytes),
     }

@@ -16,7 +16,8 @@ import numpy as np
 from onnx import GraphProto, NodeProto, TensorProto, ValueInfoProto, helper, numpy_helper
 
 from resnext_compiler import ops
-from resnext_compiler.input_contract import InputContract
+from resnext_compiler.artifact_format import sample_dims
+from resnext_compiler.input_contract import UINT8_NHWC, InputContract
 from resnext_compiler.ir import INPUT, Graph, Node
 
 OUTPUT = "logits"
@@ -181,9 +182,9 @@ def build_graph(graph: Graph, float_type: int = TensorProto.FLOAT,
     if image_input is None:
         inputs = [emitter.tensor_info(INPUT, INPUT, 4)]
     else:
-        channels, height, width = graph.shape_of(INPUT).as_list()
+        sample = sample_dims(*graph.shape_of(INPUT).as_list(), UINT8_NHWC)
         inputs = [helper.make_tensor_value_info(INPUT, TensorProto.UINT8,
-                                                [emitter.batch, height, width, channels])]
+                                                [emitter.batch, *sample])]
     output_rank = emitter.rank[emitter.alias.get(graph.output, graph.output)]
     outputs = [emitter.tensor_info(OUTPUT, graph.output, output_rank)]
     return helper.make_graph(emitter.nodes, graph.name, inputs, outputs,

@@ -49,6 +49,7 @@ from onnxruntime.quantization import (
     quantize_static,
 )
 
+from resnext_compiler.artifact_format import INT8_PREFIX, KEY_DTYPE, contract_or_default
 from resnext_compiler.artifacts import atomic_writer
 from resnext_compiler.backends.base import (
     DEFAULT_CALIBRATION_IMAGES,
@@ -56,7 +57,6 @@ from resnext_compiler.backends.base import (
     MAX_ATTEMPTS,
 )
 from resnext_compiler.backends.int8_agreement import (
-    KEY_PREFIX,
     Agreement,
     compare_logits,
     debug_image_count,
@@ -68,6 +68,8 @@ from resnext_compiler.backends.int8_agreement import (
 )
 from resnext_compiler.errors import ResnextError, UserError
 from resnext_compiler.image_transform import IMAGE_SUFFIXES
+from resnext_compiler.input_contract import InputContract, default_contract
+from resnext_compiler.ir import INPUT
 from resnext_compiler.named_files import walk_files
 
 # The most images a compile reads (the default count is DEFAULT_CALIBRATION_IMAGES); the cap
@@ -244,8 +246,10 @@ def export_int8(graph, options, output: str | Path, description: str = "",  # no
     The calibration and held-out images are searched before anything is compiled, so a
     missing or empty folder costs nothing; the float32 model is a temporary file beside
     `output`. SIGTERM stops it like Ctrl-C: no temporary folder and no output is left.
+    The images are read through the contract the float32 model records (the default for
+    the graph's input when it records none), passed along rather than read back.
     """
-    from resnext_compiler.backends.onnx import export_onnx
+    from resnext_compiler.backends.onnx import artifact_contract, export_onnx
 
     if options.calibrate is None:
         raise UserError("--dtype int8 needs --calibrate DIR (a folder of calibration images)")
@@ -256,16 +260,21 @@ def export_int8(graph, options, output: str | Path, description: str = "",  # no
                                               check.validate)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
+    float_options = replace(options, dtype="fp32")
+    contract = artifact_contract(graph, float_options, contract)
     with _sigterm_as_interrupt(), \
             tempfile.TemporaryDirectory(prefix=".fp32-", dir=output.parent) as work:
-        float_model = export_onnx(graph, replace(options, dtype="fp32"),
-                                  Path(work) / "model.onnx", description, weights, contract)
-        return quantize_int8(float_model, output, calibration, held_out=held_out, check=check)
+        float_model = export_onnx(graph, float_options, Path(work) / "model.onnx", description,
+                                  weights, contract)
+        images_contract = contract or default_contract(*graph.shape_of(INPUT).as_list())
+        return quantize_int8(float_model, output, calibration, held_out=held_out, check=check,
+                             contract=images_contract)
 
 
 def quantize_int8(float_model: Path, output: Path, calibration: CalibrationSet,
                   method: str = CALIBRATION_METHOD, held_out: CalibrationSet | None = None,
-                  check: Int8Check | None = None) -> Path:
+                  check: Int8Check | None = None,
+                  contract: InputContract | None = None) -> Path:
     """Quantize the float32 ONNX file `float_model` to int8 at `output` (atomically).
 
     With `held_out` images, every attempt is measured against float32 on them; below
@@ -278,16 +287,17 @@ def quantize_int8(float_model: Path, output: Path, calibration: CalibrationSet,
 
     `method` (minmax | entropy | percentile) is a parameter for the measurements behind the
     default (benchmarks/int8_calibration.py); the CLI always uses CALIBRATION_METHOD.
-    The input contract is read from `float_model`'s metadata (the default contract for its
-    input shape when it records none); the output keeps every metadata entry of the float
-    model, with `dtype` int8, the calibration and the measurements recorded.
+    `contract` is the input contract the images are read through; without it, the one
+    `float_model` records (the default contract for its input layout when it records
+    none). The output keeps every metadata entry of the float model, with `dtype` int8, the
+    calibration and the measurements recorded.
     """
-    from resnext_compiler.input_contract import default_contract, read_contract
+    from resnext_compiler.onnx_cost import read_structure
 
     check = check or Int8Check()
     float_model = Path(float_model)
     header = onnx.load(str(float_model), load_external_data=False)
-    contract = read_contract(float_model) or _default_contract(header, default_contract)
+    contract = contract or contract_or_default(read_structure(float_model))
     if contract.colour is None:
         raise UserError(f"a model with {contract.channels} input channels takes no images, so "
                         "it cannot be calibrated on an image folder")
@@ -452,14 +462,14 @@ def measurement_metadata(attempts: list[Attempt], best: Attempt, measure: HeldOu
     report"): the written attempt's agreement, the nodes it keeps in float, every attempt."""
     entries = best.agreement.to_metadata()
     entries.update({
-        KEY_PREFIX + "held_out": measure.source,
-        KEY_PREFIX + "min_agreement": f"{check.min_agreement:g}",
-        KEY_PREFIX + "kept_float": json.dumps(list(best.kept_float)),
-        KEY_PREFIX + "attempts": json.dumps([
+        INT8_PREFIX + "held_out": measure.source,
+        INT8_PREFIX + "min_agreement": f"{check.min_agreement:g}",
+        INT8_PREFIX + "kept_float": json.dumps(list(best.kept_float)),
+        INT8_PREFIX + "attempts": json.dumps([
             {"kept_float": len(a.kept_float), "top1_agreement": f"{a.agreement.top1_agreement:.2f}"}
             for a in attempts]),
-        KEY_PREFIX + "check": "passed" if passed else "below the threshold, written with "
-                                                      "--accept-int8-loss",
+        INT8_PREFIX + "check": "passed" if passed else "below the threshold, written with "
+                                                       "--accept-int8-loss",
     })
     return entries
 
@@ -485,17 +495,12 @@ def calibration_metadata(calibration: CalibrationSet, images: int,
                          method: str = CALIBRATION_METHOD) -> dict[str, str]:
     """What an int8 file records about its quantization (docs/onnx.md, metadata)."""
     return {
-        "dtype": "int8",
+        KEY_DTYPE: "int8",
         "quantization": f"static QDQ, activations {ACTIVATION_TYPE} per tensor, weights "
                         f"{WEIGHT_TYPE} per channel, 7-bit range -64..64",
-        "int8.portable": "exact integer products on every CPU: 7-bit weights cannot saturate "
-                         "u8s8 kernels without VNNI (AVX2)",
+        INT8_PREFIX + "portable": "exact integer products on every CPU: 7-bit weights "
+                                  "cannot saturate u8s8 kernels without VNNI (AVX2)",
         "calibration_method": method,
         "calibration_images": str(images),
         "calibration_folder": calibration.folder.name,
     }
-
-
-def _default_contract(model: onnx.ModelProto, default_contract):  # noqa: ANN001, ANN202
-    dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
-    return default_contract(dims[1], dims[2], dims[3])

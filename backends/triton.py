@@ -1,5 +1,7 @@
 """The Triton backend: a model repository that Triton Inference Server loads unchanged.
 
+The layout (`resnext_compiler.artifact_format`, which `serve` reads with):
+
     REPO/<name>/config.pbtxt      platform onnxruntime_onnx, max_batch_size, dynamic batching
     REPO/<name>/1/model.onnx      the ONNX backend's model with a dynamic batch dimension
     REPO/<name>/labels.txt        class names, one per line (the output's label_filename)
@@ -13,19 +15,34 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from resnext_compiler.artifact_format import (
+    CONFIG_FILE,
+    KEY_CLASS_NAMES,
+    KEY_SPEC_HASH,
+    KEY_SPEC_NAME,
+    LABELS_FILE,
+    contract_metadata,
+    model_file,
+    sample_dims,
+)
 from resnext_compiler.artifacts import write_text_atomic
 from resnext_compiler.backends.base import DTYPES, CompileOptions
 from resnext_compiler.backends.onnx import artifact_contract, export_onnx
 from resnext_compiler.backends.onnx_graph import OUTPUT
 from resnext_compiler.errors import UserError
-from resnext_compiler.input_contract import KEY_LABELS, InputContract, labels_text, resolve_contract
+from resnext_compiler.input_contract import (
+    FLOAT_NCHW,
+    UINT8_NHWC,
+    InputContract,
+    labels_text,
+    resolve_contract,
+)
 from resnext_compiler.ir import INPUT, Graph
 from resnext_compiler.naming import file_stem
 from resnext_compiler.spec import Spec
 
 # The tensors clients send and receive; an int8 model takes and returns float32.
 TRITON_TYPES = {"fp32": "TYPE_FP32", "fp16": "TYPE_FP16", "int8": "TYPE_FP32"}
-LABELS_FILE = "labels.txt"
 MAX_QUEUE_DELAY_US = 100
 
 
@@ -43,11 +60,11 @@ def config_pbtxt(name: str, graph: Graph, options: CompileOptions,
     extension); the contract's preprocessing values are `parameters`.
     """
     data_type = TRITON_TYPES[options.dtype]
-    channels, height, width = graph.shape_of(INPUT).as_list()
     if options.image_input:
-        input_type, input_format, sample = "TYPE_UINT8", "FORMAT_NHWC", [height, width, channels]
+        input_type, triton_format, layout = "TYPE_UINT8", "FORMAT_NHWC", UINT8_NHWC
     else:
-        input_type, input_format, sample = data_type, "FORMAT_NCHW", [channels, height, width]
+        input_type, triton_format, layout = data_type, "FORMAT_NCHW", FLOAT_NCHW
+    sample = sample_dims(*graph.shape_of(INPUT).as_list(), layout)
     classes = graph.output_shape.channels
     if options.batch is None:
         max_batch, input_dims, output_dims = options.max_batch, sample, [classes]
@@ -63,7 +80,7 @@ def config_pbtxt(name: str, graph: Graph, options: CompileOptions,
         "  {",
         f'    name: "{INPUT}"',
         f"    data_type: {input_type}",
-        f"    format: {input_format}",
+        f"    format: {triton_format}",
         f"    dims: {_list(input_dims)}",
         "  }",
         "]",
@@ -86,10 +103,11 @@ def config_pbtxt(name: str, graph: Graph, options: CompileOptions,
     # the CPU: their speed comes from onnxruntime's CPU integer kernels (QLinearConv).
     kind = "KIND_CPU" if options.dtype == "int8" else "KIND_AUTO"
     lines += ["instance_group [", "  {", "    count: 1", f"    kind: {kind}", "  }", "]"]
-    parameters = {"spec_name": graph.metadata.get("spec_name", graph.name),
-                  "spec_hash": graph.metadata.get("spec_hash", "")}
+    parameters = {KEY_SPEC_NAME: graph.metadata.get("spec_name", graph.name),
+                  KEY_SPEC_HASH: graph.metadata.get("spec_hash", "")}
     if contract is not None:  # the class names live in the labels file
-        parameters.update((k, v) for k, v in contract.to_metadata().items() if k != KEY_LABELS)
+        parameters.update((k, v) for k, v in contract_metadata(contract).items()
+                          if k != KEY_CLASS_NAMES)
     items = list(parameters.items())
     lines += ["parameters ["]
     for position, (key, value) in enumerate(items):
@@ -140,15 +158,14 @@ class TritonBackend:
             raise UserError(f"--max-batch must be at least 1, got {options.max_batch}")
         name = file_stem(spec.name)
         model_dir = output / name
-        # The model first, so a config never points at a missing model.
         contract = artifact_contract(graph, options, resolve_contract(spec))
         # The model and labels first, so a config never points at a missing file.
-        model = export_onnx(graph, options, model_dir / "1" / "model.onnx", spec.description,
+        model = export_onnx(graph, options, model_file(model_dir), spec.description,
                             contract=contract)
         written = [model]
         if contract is not None and contract.labels is not None:
             written.append(write_text_atomic(model_dir / LABELS_FILE,
                                              labels_text(contract.labels)))
-        config = write_text_atomic(model_dir / "config.pbtxt",
+        config = write_text_atomic(model_dir / CONFIG_FILE,
                                    config_pbtxt(name, graph, options, contract))
         return [config, *written]

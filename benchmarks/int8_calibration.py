@@ -69,6 +69,7 @@ def main() -> None:
     work = args.work or Path(tempfile.mkdtemp(prefix="int8-calibration-"))
     work.mkdir(parents=True, exist_ok=True)
 
+    from resnext_compiler.artifact_format import read_contract
     from resnext_compiler.backends.base import CompileOptions
     from resnext_compiler.backends.onnx import export_onnx
     from resnext_compiler.backends.onnx_quantize import (
@@ -76,7 +77,7 @@ def main() -> None:
         quantize_int8,
     )
     from resnext_compiler.image_transform import load_images_for_model
-    from resnext_compiler.input_contract import read_contract, resolve_contract
+    from resnext_compiler.input_contract import resolve_contract
     from resnext_compiler.pipeline import compile_spec
     from resnext_compiler.spec import load_spec
 

@@ -113,6 +113,7 @@ def variants(spec: Path, work: Path, calibration: Path) -> dict[str, tuple[float
     calibration images), and form B compiled by the CLI: name -> (compile s, peak RSS)."""
     from onnxruntime.quantization import quant_pre_process
 
+    from resnext_compiler.artifact_format import read_contract
     from resnext_compiler.backends.base import DEFAULT_CALIBRATION_IMAGES
     from resnext_compiler.backends.int8_agreement import stem_and_classifier
     from resnext_compiler.backends.onnx_quantize import (
@@ -121,7 +122,6 @@ def variants(spec: Path, work: Path, calibration: Path) -> dict[str, tuple[float
         quantize_qdq,
         split_calibration,
     )
-    from resnext_compiler.input_contract import read_contract
 
     fp32 = work / f"{spec.stem}-fp32.onnx"
     prepared = work / "prepared.onnx"

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from resnext_compiler.artifact_format import KEY_DTYPE
 from resnext_compiler.artifacts import write_text_atomic
 from resnext_compiler.errors import UserError
 from resnext_compiler.image_transform import load_pixels, model_input
@@ -112,7 +113,7 @@ def evaluate_artifact(model_path: Path, data_dir: Path, batch_size: int = 64,
                         in zip(chunk, targets, best, logits, strict=True)]
     n = len(samples)
     result = EvalResult(totals[0] / n, 100 * totals[1] / n, 100 * totals[2] / n, n)
-    dtype = model.metadata.get("dtype", model.input.datatype)
+    dtype = model.metadata.get(KEY_DTYPE, model.input.datatype)
     description = (f"{model.name} ({model.path}, {dtype}) on {split}: {n} images, "
                    f"{len(classes)} classes, {contract.colour} {contract.height}x{contract.width}"
                    + ("" if model.contract_recorded else "; no recorded contract: defaults"))

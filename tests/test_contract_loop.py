@@ -193,8 +193,8 @@ def test_triton_repository_names_classes_for_the_classification_extension(
     assert 'key: "preprocess.crop_fraction"' in config and 'key: "preprocess.mean"' in config
     assert (model_dir / "labels.txt").read_text().splitlines() == sorted(RGB_CLASSES)
 
+    from resnext_compiler.artifact_format import read_contract
     from resnext_compiler.image_transform import load_images_for_model
-    from resnext_compiler.input_contract import read_contract
 
     contract = read_contract(root / "repo")
     assert contract.labels == tuple(sorted(RGB_CLASSES)) and contract.crop_fraction == 0.875
@@ -220,8 +220,9 @@ def test_in_graph_preprocessing_equals_the_external_transform(trained_rgb_run: P
                                                               run_cli) -> None:
     import onnxruntime as ort
 
+    from resnext_compiler.artifact_format import read_contract
     from resnext_compiler.image_transform import load_pixels, normalise
-    from resnext_compiler.input_contract import UINT8_NHWC, read_contract
+    from resnext_compiler.input_contract import UINT8_NHWC
 
     root = trained_rgb_run
     common = [root / "run" / "spec.yaml", "--weights", root / "run" / "model.safetensors"]

@@ -172,13 +172,13 @@ def test_folders_named_unlike_the_model_s_classes_are_refused_before_evaluating(
     from PIL import Image
     from test_serve_helpers import write_tiny_onnx
 
-    from resnext_compiler.input_contract import KEY_LABELS
+    from resnext_compiler.artifact_format import KEY_CLASS_NAMES
 
     model = write_tiny_onnx(tmp_path / "tiny.onnx")
     named = tmp_path / "named.onnx"
     loaded = onnx.load(model)
     entry = loaded.metadata_props.add()
-    entry.key, entry.value = KEY_LABELS, json.dumps([f"digit{i}" for i in range(10)])
+    entry.key, entry.value = KEY_CLASS_NAMES, json.dumps([f"digit{i}" for i in range(10)])
     onnx.save(loaded, named)
     for name in ("digit1", "cat"):
         (tmp_path / "val" / name).mkdir(parents=True)

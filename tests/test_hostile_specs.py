@@ -263,6 +263,7 @@ def test_class_names_from_a_model_file_are_escaped_by_inspect(tmp_path: Path, ru
     import onnx
     from test_serve_helpers import write_tiny_onnx
 
+    from resnext_compiler.artifact_format import contract_metadata
     from resnext_compiler.input_contract import InputContract
 
     path = write_tiny_onnx(tmp_path / "tiny.onnx")
@@ -270,7 +271,7 @@ def test_class_names_from_a_model_file_are_escaped_by_inspect(tmp_path: Path, ru
     contract = InputContract(3, 32, 32, "direct", 1.0, labels=labels)
     model = onnx.load(str(path))
     onnx.helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props},
-                                        **contract.to_metadata()})
+                                        **contract_metadata(contract)})
     onnx.save(model, str(path))
     result = run_cli("inspect", path)
     assert result.code == 0, result

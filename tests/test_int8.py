@@ -105,8 +105,8 @@ def test_int8_file_serves_through_classify_and_tritonclient(trained, run_cli):
     import onnxruntime as ort
     from test_serve_helpers import running_server
 
+    from resnext_compiler.artifact_format import read_contract
     from resnext_compiler.image_transform import load_images_for_model
-    from resnext_compiler.input_contract import read_contract
     from resnext_compiler.runtimes.serve.config import ServeConfig
     from resnext_compiler.runtimes.serve.server import load_models
 
@@ -501,8 +501,8 @@ def test_in_graph_preprocessing_quantizes_like_the_external_transform(run_cli, t
                                                                        tmp_path):
     import onnxruntime as ort
 
+    from resnext_compiler.artifact_format import read_contract
     from resnext_compiler.image_transform import model_input
-    from resnext_compiler.input_contract import read_contract
 
     write_images(tmp_path / "calib", 8)
     for name, extra in (("pixels", ("--image-input",)), ("floats", ())):
@@ -559,3 +559,34 @@ def test_an_outlier_channel_scores_low_and_dead_channels_are_skipped():
     outlier = median_channel_ratio(values, 1000 / 255, *uint8)
     print(f"median channel SQNR: normal {normal:.1f} dB, with an outlier {outlier:.1f} dB")
     assert normal > 40 and outlier < 10
+
+
+def test_a_uint8_model_that_records_no_contract_calibrates_on_its_nhwc_layout(run_cli, tiny_spec,
+                                                                              tmp_path):
+    """A model taking uint8 [N, H, W, C] with no `preprocess.*` metadata (one made elsewhere)
+    is read as NHWC: 1 channel of 8x8 here, not 8 channels of 8x1."""
+    import onnxruntime as ort
+
+    from resnext_compiler.artifact_format import PREPROCESS_PREFIX, contract_or_default
+    from resnext_compiler.backends.onnx_quantize import quantize_int8, split_calibration
+    from resnext_compiler.input_contract import UINT8_NHWC
+    from resnext_compiler.onnx_cost import read_structure
+
+    result = run_cli(tiny_spec, "--image-input", "-o", tmp_path / "pixels.onnx")
+    assert result.code == 0, result
+    model = onnx.load(str(tmp_path / "pixels.onnx"))
+    kept = [entry for entry in model.metadata_props if not entry.key.startswith(PREPROCESS_PREFIX)]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    onnx.save(model, str(tmp_path / "bare.onnx"))
+
+    contract = contract_or_default(read_structure(tmp_path / "bare.onnx"))
+    assert (contract.channels, contract.height, contract.width) == (1, 8, 8)
+    assert contract.input_format == UINT8_NHWC and contract.colour == "grey"
+
+    calibration, held_out = split_calibration(write_images(tmp_path / "calib", 8), 8, None)
+    quantize_int8(tmp_path / "bare.onnx", tmp_path / "int8.onnx", calibration, held_out=held_out)
+    session = ort.InferenceSession(str(tmp_path / "int8.onnx"), providers=["CPUExecutionProvider"])
+    pixels = np.random.default_rng(3).integers(0, 256, (2, 8, 8, 1), np.uint8)
+    logits = session.run(None, {"input": pixels})[0]
+    assert logits.shape == (2, 10) and np.isfinite(logits).all()

@@ -8,12 +8,9 @@ import re
 import pytest
 from conftest import tiny_digits_spec
 
+from resnext_compiler.artifact_format import read_contract
 from resnext_compiler.dataset_types import dataset_types
-from resnext_compiler.input_contract import (
-    default_contract,
-    read_contract,
-    resolve_contract,
-)
+from resnext_compiler.input_contract import default_contract, resolve_contract
 from resnext_compiler.spec import parse_spec
 
 BASE = "spec_version: 1\nname: n\ninput: {channels: 3, height: 32, width: 32}\nstages: [1]\n" \

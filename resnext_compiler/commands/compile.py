@@ -270,7 +270,7 @@ def inspect_command(
 def _inspect_artifact(path: Path, as_json: bool) -> None:
     from dataclasses import asdict
 
-    from resnext_compiler.input_contract import contract_of, find_onnx_file
+    from resnext_compiler.artifact_format import contract_of, find_onnx_file
     from resnext_compiler.onnx_cost import read_structure
 
     onnx_file = find_onnx_file(path)
@@ -305,6 +305,8 @@ def onnx_summary(structure: OnnxStructure) -> dict:
 
     import onnx
 
+    from resnext_compiler.artifact_format import KEY_DTYPE
+
     model = structure.model
     graph = model.graph
 
@@ -313,7 +315,7 @@ def onnx_summary(structure: OnnxStructure) -> dict:
 
     inputs = structure.inputs
     element = inputs[0].type.tensor_type.elem_type if inputs else onnx.TensorProto.UNDEFINED
-    stored = structure.metadata.get("dtype")
+    stored = structure.metadata.get(KEY_DTYPE)
     dtype = (str(onnx.helper.tensor_dtype_to_np_dtype(element))
              if element != onnx.TensorProto.UNDEFINED else "unknown")
     return {

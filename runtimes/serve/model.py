@@ -13,17 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
-from resnext_compiler.errors import UserError, sanitise
-from resnext_compiler.input_contract import (
-    FLOAT_NCHW,
-    KEY_LABELS,
-    KEY_PREFIX,
-    InputContract,
-    check_label_count,
-    contract_from_metadata,
-    default_contract,
-    onnx_input_layout,
+from resnext_compiler.artifact_format import (
+    KEY_SPEC_NAME,
+    contract_or_default,
+    records_preprocessing,
 )
+from resnext_compiler.errors import UserError, sanitise
 from resnext_compiler.limits import DEVICES
 from resnext_compiler.onnx_cost import check_cost, memory_budget, model_cost, read_structure
 from resnext_compiler.onnxruntime_install import import_onnxruntime
@@ -87,13 +82,12 @@ class LoadedModel:
             raise UserError(f"{self.path}: input {self.input.name!r} needs 4 dimensions, static "
                             f"after the batch, got {list(self.input.shape)}")
         self.outputs = [_tensor_info(out, self.path) for out in self.session.get_outputs()]
-        spec_name = self.metadata.get("spec_name", "")
+        spec_name = self.metadata.get(KEY_SPEC_NAME, "")
         if source.name_from_metadata and re.fullmatch(r"[A-Za-z0-9_.-]+", spec_name):
             self.name = spec_name  # the ONNX backend records the spec's name here
-        self.contract, self.contract_recorded = _contract(self.metadata, self.input.shape,
-                                                          self.path)
-        check_label_count(self.contract.labels, self.outputs[0].shape[-1],
-                          f"{self.path}: metadata {KEY_LABELS}")
+        # the recorded contract (its class names one per output), else the defaults
+        self.contract = contract_or_default(structure)
+        self.contract_recorded = records_preprocessing(self.metadata)
         warm_up = np.zeros((self.static_batch or 1, *self.input.shape[1:]), self.input_dtype)
         if cost.unknown:
             shape = [self.max_batch, *self.input.shape[1:]]
@@ -130,20 +124,6 @@ def _session(path: Path, device: str, intra_op_threads: int):  # noqa: ANN202 - 
         raise
     except Exception as exc:
         raise UserError(f"cannot load ONNX model {path}: {sanitise(str(exc))[:500]}") from None
-
-
-def _contract(metadata: dict[str, str], shape: tuple[int, ...],
-              path: Path) -> tuple[InputContract, bool]:
-    """(the model's input contract, whether the file records one) -- else the defaults."""
-    fmt = metadata.get(KEY_PREFIX + "input_format", FLOAT_NCHW)
-    try:
-        channels, height, width = onnx_input_layout(list(shape), fmt)
-        recorded = contract_from_metadata(metadata, channels, height, width)
-    except UserError as exc:
-        raise UserError(f"{path}: {exc}") from None
-    if recorded is not None and KEY_PREFIX + "resize" in metadata:
-        return recorded, True
-    return recorded or default_contract(channels, height, width), False
 
 
 def _tensor_info(arg, path: Path) -> TensorInfo:  # noqa: ANN001 - onnxruntime NodeArg

@@ -1,8 +1,9 @@
 """Finding the ONNX models to serve: one `.onnx` file or a Triton model repository.
 
 A Triton repository is `REPO/<name>/config.pbtxt` + `REPO/<name>/<version>/model.onnx`
-(the layout the triton backend writes); as Triton's default version policy does, the highest
-numeric version is served. Every file a repository names is read through `named_files`.
+(the layout the triton backend writes, stated in `resnext_compiler.artifact_format`); as
+Triton's default version policy does, the highest numeric version is served. Every file a
+repository names is read through `named_files`.
 """
 
 from __future__ import annotations
@@ -11,8 +12,14 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from resnext_compiler.artifact_format import (
+    CONFIG_FILE,
+    FIRST_VERSION,
+    MODEL_FILE,
+    is_model_folder,
+    newest_model_file,
+)
 from resnext_compiler.errors import UserError, sanitise
-from resnext_compiler.input_contract import newest_model_file
 from resnext_compiler.named_files import (
     LABELS,
     ONNX_MODEL,
@@ -23,7 +30,6 @@ from resnext_compiler.named_files import (
     read_named_text,
 )
 
-CONFIG = "config.pbtxt"
 MAX_MODELS = 256  # model folders in one repository, counted before any model loads
 
 
@@ -54,32 +60,33 @@ def find_models(path: Path) -> list[ModelSource]:
         return [ModelSource(name=path.stem, version="1", onnx_path=path,
                             name_from_metadata=True)]
     root = path.resolve()
-    if (path / CONFIG).exists():
+    if is_model_folder(path):
         return [_triton_model(path, root)]
     model_dirs = []
     for child in sorted(path.iterdir()):
-        if not (child / CONFIG).exists():
+        if not is_model_folder(child):
             continue
         model_dirs.append(child)
         if len(model_dirs) > MAX_MODELS:
-            raise UserError(f"{path}: more than {MAX_MODELS} models (folders with a {CONFIG}); "
-                            "serve a repository of fewer models")
+            raise UserError(f"{path}: more than {MAX_MODELS} models (folders with a "
+                            f"{CONFIG_FILE}); serve a repository of fewer models")
     if not model_dirs:
         raise UserError(f"{path} is neither an ONNX file nor a Triton model repository "
-                        f"(expected REPO/<name>/{CONFIG} and REPO/<name>/1/model.onnx)")
+                        f"(expected REPO/<name>/{CONFIG_FILE} and "
+                        f"REPO/<name>/{FIRST_VERSION}/{MODEL_FILE})")
     found = [_triton_model(child, root) for child in model_dirs]
     first: dict[str, Path] = {}
     for model_dir, source in zip(model_dirs, found, strict=True):
         if source.name in first:
             raise UserError(f"{path}: two models are named {sanitise(source.name)!r} "
-                            f"({first[source.name] / CONFIG} and {model_dir / CONFIG}); "
+                            f"({first[source.name] / CONFIG_FILE} and {model_dir / CONFIG_FILE}); "
                             "model names must be unique")
         first[source.name] = model_dir
     return found
 
 
 def _triton_model(model_dir: Path, root: Path) -> ModelSource:
-    config_path = model_dir / CONFIG
+    config_path = model_dir / CONFIG_FILE
     folder = named_folder(model_dir, root)
     config = read_named_text(config_path, TRITON_CONFIG, root)
     platform = re.search(r'^\s*(?:platform|backend)\s*:\s*"([^"]+)"', config, re.MULTILINE)

@@ -21,6 +21,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from resnext_compiler.artifact_format import CONFIG_FILE
 from resnext_compiler.errors import UserError, sanitise
 from resnext_compiler.runtimes.serve.config import ServeConfig
 
@@ -47,7 +48,7 @@ def load_models(model_path: Path, config: ServeConfig) -> tuple[list, dict[str, 
             labels[model.name] = load_labels(config.labels, model.outputs[0].shape[-1])
         elif source.labels_path is not None:
             labels[model.name] = load_labels(source.labels_path, model.outputs[0].shape[-1],
-                                             source.folder, "config.pbtxt: label_filename")
+                                             source.folder, f"{CONFIG_FILE}: label_filename")
         elif model.contract.labels is not None:
             labels[model.name] = list(model.contract.labels)
         announce_contract(model, labels.get(model.name), path)
