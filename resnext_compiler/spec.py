@@ -25,7 +25,7 @@ from pydantic import (
 )
 
 from resnext_compiler.blocks import BlockType, block_options, block_type, block_types
-from resnext_compiler.dataset_types import dataset_types
+from resnext_compiler.dataset_types import AUGMENTS, dataset_types
 from resnext_compiler.errors import (
     Diagnostic,
     Location,
@@ -166,7 +166,7 @@ class TrainSpec(_Model):
     momentum: float = Field(0.9, ge=0, lt=1)
     nesterov: bool = True
     label_smoothing: float = Field(0.0, ge=0, lt=1)
-    augment: Literal["auto", "none", "crop", "crop-flip", "rrc-flip"] = "auto"
+    augment: _choice(AUGMENTS) = "auto"  # type: ignore[valid-type]
 
 
 class PreprocessSpec(_Model):
