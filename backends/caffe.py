@@ -42,10 +42,9 @@ from resnext_compiler.backends.base import CompileOptions
 from resnext_compiler.caffe_proto import NET_LAYER, NET_NAME, blob_frame_prefix, message_classes
 from resnext_compiler.errors import Diagnostic, SpecError, UserError
 from resnext_compiler.ir import INPUT, Graph, Node
-from resnext_compiler.lower import diagnostic
 from resnext_compiler.naming import file_stem
 from resnext_compiler.protobuf_wire import PROTOBUF_LIMIT, frame
-from resnext_compiler.spec import Spec
+from resnext_compiler.spec import Spec, field_diagnostic
 from resnext_compiler.weights import model_weights
 
 OUTPUT = "logits"
@@ -124,7 +123,7 @@ class _NetBuilder:
 
     def refuse(self, node: Node, message: str) -> None:
         self.blob[node.name] = node.name  # keep going: every problem is reported at once
-        self.problems.append(diagnostic(self.spec, node.origin, message) if node.origin
+        self.problems.append(field_diagnostic(self.spec, node.origin, message) if node.origin
                              else Diagnostic(f"{node.name}: {message}"))
 
     def add(self, layer: Layer) -> Layer:

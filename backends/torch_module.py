@@ -1,9 +1,8 @@
 """IR -> in-memory `torch.nn.Module` (a `torch.fx.GraphModule`), built by walking the graph.
 
 Submodules sit at the IR node names (`layer1.0.conv2`), so `state_dict()` keys are
-torchvision's. Initialisation follows torchvision's ResNet: Kaiming normal (fan_out, ReLU)
-for convs, BN weight 1 and bias 0, optional zero-init of each block's last BN, PyTorch's
-default for the classifier.
+torchvision's. Initialisation is the one rule of `resnext_compiler.initialisation`
+(torchvision's ResNet: Kaiming normal fan_out convs, BN 1 and 0, PyTorch's default classifier).
 """
 
 from __future__ import annotations
@@ -17,6 +16,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from resnext_compiler import ops
+from resnext_compiler.initialisation import parameter_starts
 from resnext_compiler.ir import INPUT, Graph, Node
 from resnext_compiler.naming import class_name
 from resnext_compiler.weights import compare_weights
@@ -118,20 +118,13 @@ def _attach(root: nn.Module, path: str, module: nn.Module) -> None:
 
 
 def initialise(model: nn.Module, graph: Graph) -> None:
-    """torchvision's ResNet initialisation, driven by the IR's ops."""
-    for node in graph.nodes:
-        module = model.get_submodule(node.name) if _has_module(node) else None
-        if isinstance(module, nn.Conv2d):
-            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.BatchNorm2d):
-            nn.init.constant_(module.weight, 0.0 if node.op.zero_init else 1.0)
-            nn.init.zeros_(module.bias)
-
-
-def _has_module(node: Node) -> bool:
-    return node.op.kind in ("conv", "batchnorm", "linear", "dropout")
+    """Every tensor of `model` as the one rule says (`initialisation.parameter_starts`), drawn
+    from torch's generator in `graph.params()` order."""
+    tensors = model.state_dict(keep_vars=True)
+    with torch.no_grad():
+        for param, start in parameter_starts(graph):
+            method, args = start.torch_call()
+            getattr(tensors[param.name], method)(*args)
 
 
 def build_module(graph: Graph, seed: int | None = 0) -> fx.GraphModule:

@@ -18,6 +18,7 @@ from resnext_compiler.artifacts import write_text_atomic
 from resnext_compiler.backends.base import CompileOptions, SingleFileBackend
 from resnext_compiler.blocks import block_type
 from resnext_compiler.errors import UserError
+from resnext_compiler.initialisation import parameter_starts
 from resnext_compiler.input_contract import resolve_contract
 from resnext_compiler.ir import INPUT, BlockRecord, Graph
 from resnext_compiler.naming import class_name
@@ -134,6 +135,20 @@ def _init_lines(graph: Graph) -> list[str]:
     return out
 
 
+def _reset_lines(graph: Graph) -> list[str]:
+    """One statement per parameter, written from the one rule (`initialisation`): the file
+    imports nothing of ours, so it gets the rule's values, not a copy of its code. Buffers
+    (running statistics, step counters) start at their constructors' values, which are the
+    rule's."""
+    lines = []
+    for param, start in parameter_starts(graph, include_buffers=False):
+        method, args = start.torch_call()
+        suffix = param.name[len(param.node) + 1 :]
+        values = ", ".join(repr(float(value)) for value in args)
+        lines.append(f"{_access(param.node)}.{suffix}.{method}({values})")
+    return lines
+
+
 def _forward_lines(graph: Graph) -> list[str]:
     """Straight-line forward; variables are reused once their value is dead."""
     last_use: dict[str, int] = {}
@@ -191,9 +206,6 @@ def render_source(graph: Graph, spec: Spec) -> str:
     from resnext_compiler.passes.complexity import analyse
 
     cost = analyse(graph)
-    zero_init = [
-        ascii(n.name) for n in graph.nodes if isinstance(n.op, ops.BatchNorm) and n.op.zero_init
-    ]
     shape = graph.input_shape
     contract = resolve_contract(spec)
     return env.get_template("torch_module.py.j2").render(
@@ -214,7 +226,7 @@ def render_source(graph: Graph, spec: Spec) -> str:
         input_text=f"{shape.channels}x{shape.height}x{shape.width}",
         num_classes=graph.output_shape.channels,
         params_text=f"{cost.params:,}",
-        zero_init=zero_init,
+        reset_lines=_reset_lines(graph),
         init_lines=_init_lines(graph),
         forward_lines=_forward_lines(graph),
     )

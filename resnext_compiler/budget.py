@@ -18,7 +18,7 @@ from dataclasses import dataclass, fields, replace
 
 from resnext_compiler.errors import SpecError, UserError
 from resnext_compiler.limits import MAX_ACTIVATION_BYTES, MAX_CHANNELS
-from resnext_compiler.spec import ResolvedStage, Spec
+from resnext_compiler.spec import ResolvedStage, Spec, field_diagnostic
 
 GiB = 1024**3
 
@@ -102,9 +102,7 @@ def _stage_field(stage: ResolvedStage) -> str:
 
 
 def _refuse(spec: Spec, field: str, message: str) -> SpecError:
-    from resnext_compiler.lower import diagnostic
-
-    return SpecError([diagnostic(spec, field, message)])
+    return SpecError([field_diagnostic(spec, field, message)])
 
 
 def estimate(spec: Spec, budget: Budget = DEFAULT_BUDGET) -> tuple[Estimate, dict[str, str]]:

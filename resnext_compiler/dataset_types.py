@@ -21,6 +21,13 @@ _READERS = "resnext_compiler.runtimes.train.datasets"
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
+# Training augmentation recipes, the only list of them (the spec's `train.augment`,
+# `train --augment`): `runtimes/train/augment.py` applies them (rrc-flip per image in
+# `folder.py` for image folders); `auto` picks the data set's own, `DatasetType.augment`.
+AUGMENT_RECIPES = ("none", "crop", "crop-flip", "rrc-flip")
+AUGMENTS = ("auto", *AUGMENT_RECIPES)
+
+
 @dataclass(frozen=True)
 class DatasetType:
     """One training data set. `mean`/`std` are per channel in 0-1 units (the published

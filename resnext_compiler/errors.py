@@ -121,3 +121,14 @@ def format_field_path(path: tuple[str | int, ...]) -> str:
         else:
             out += f".{part}" if out else str(part)
     return out
+
+
+def parse_field_path(text: str) -> tuple[str | int, ...]:
+    """`stages[1].depth` -> `('stages', 1, 'depth')`; the inverse of `format_field_path`."""
+    out: list[str | int] = []
+    for part in text.replace("]", "").split("."):
+        name, *indices = part.split("[")
+        if name:
+            out.append(name)
+        out.extend(int(i) for i in indices)
+    return tuple(out)

@@ -19,23 +19,8 @@ from resnext_compiler.ops import (
     ReLU,
     TensorShape,
 )
-from resnext_compiler.spec import ResolvedStage, Spec
+from resnext_compiler.spec import ResolvedStage, Spec, field_diagnostic
 from resnext_compiler.stems import stem_types
-
-
-def _field_tuple(path: str) -> tuple[str | int, ...]:
-    """`stages[1].stride` -> ('stages', 1, 'stride')."""
-    out: list[str | int] = []
-    for part in path.replace("]", "").split("."):
-        name, *indices = part.split("[")
-        if name:
-            out.append(name)
-        out.extend(int(i) for i in indices)
-    return tuple(out)
-
-
-def diagnostic(spec: Spec, field: str, message: str) -> Diagnostic:
-    return Diagnostic(message, field, spec.locate(_field_tuple(field)))
 
 
 def check_spec(spec: Spec) -> list[Diagnostic]:
@@ -56,17 +41,17 @@ def _check_stage(spec: Spec, stage: ResolvedStage) -> list[Diagnostic]:
     out = []
     for name in stage.foreign_options():
         reads = ", ".join(block_type.options) or "no block options"
-        out.append(diagnostic(spec, stage.origin(name),
-                              f"the {block_type.name} block has no {name} (it reads {reads}); "
-                              f"remove {name} or choose another block type"))
+        out.append(field_diagnostic(spec, stage.origin(name),
+                                    f"the {block_type.name} block has no {name} (it reads "
+                                    f"{reads}); remove {name} or choose another block type"))
     for name, message in block_type.check(stage):
-        out.append(diagnostic(spec, stage.origin(name), message))
+        out.append(field_diagnostic(spec, stage.origin(name), message))
     return out
 
 
 def _shortcut_problem(spec: Spec, stage: ResolvedStage, in_channels: int) -> Diagnostic | None:
     if spec.shortcut == "A" and stage.out_channels < in_channels:
-        return diagnostic(
+        return field_diagnostic(
             spec,
             f"stages[{stage.index}].width",
             f"shortcut A cannot reduce channels ({in_channels} -> {stage.out_channels}); "

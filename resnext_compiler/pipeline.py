@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING
 from resnext_compiler.budget import DEFAULT_BUDGET, Budget, Estimate, check_budget
 from resnext_compiler.errors import Diagnostic, SpecError
 from resnext_compiler.ir import Graph
-from resnext_compiler.lower import _field_tuple, lower
+from resnext_compiler.lower import lower
 from resnext_compiler.passes.manager import LOWERED_FACTS, PassState, run_passes
 from resnext_compiler.passes.shapes import SHAPES, ShapeProblem
-from resnext_compiler.spec import Spec
+from resnext_compiler.spec import Spec, field_diagnostic
 from resnext_compiler.validate import structural_problems
 
 if TYPE_CHECKING:
@@ -69,10 +69,7 @@ def _locate_node(spec: Spec, graph: Graph, node_name: str, message: str,
             origin = graph.node(node_name).origin
         except KeyError:
             origin = ""
-    text = f"{message} (at node {node_name})"
-    return Diagnostic(
-        text, origin, spec.locate(_field_tuple(origin)) if origin else spec.locate(())
-    )
+    return field_diagnostic(spec, origin, f"{message} (at node {node_name})")
 
 
 def compile_spec(spec: Spec, budget: Budget = DEFAULT_BUDGET, batch: int = 1) -> Graph:

@@ -25,12 +25,13 @@ from pydantic import (
 )
 
 from resnext_compiler.blocks import BlockType, block_options, block_type, block_types
-from resnext_compiler.dataset_types import dataset_types
+from resnext_compiler.dataset_types import AUGMENTS, dataset_types
 from resnext_compiler.errors import (
     Diagnostic,
     Location,
     SpecError,
     format_field_path,
+    parse_field_path,
     sanitise,
 )
 from resnext_compiler.input_contract import parse_labels
@@ -166,7 +167,7 @@ class TrainSpec(_Model):
     momentum: float = Field(0.9, ge=0, lt=1)
     nesterov: bool = True
     label_smoothing: float = Field(0.0, ge=0, lt=1)
-    augment: Literal["auto", "none", "crop", "crop-flip", "rrc-flip"] = "auto"
+    augment: _choice(AUGMENTS) = "auto"  # type: ignore[valid-type]
 
 
 class PreprocessSpec(_Model):
@@ -402,6 +403,15 @@ def _merge(base: Any, override: Any, path: FieldPath, replaced: set[FieldPath]) 
     return override
 
 
+def field_diagnostic(where: Spec | SourceMap, field: str | FieldPath, message: str
+                     ) -> Diagnostic:
+    """`message` located at a spec field, the one way to build a problem once a file has been
+    read: `field` as written (`stages[1].stride`) or as a path (`('stages', 1, 'stride')`),
+    located at that field or its nearest ancestor with a location; `""` is the file's top."""
+    path = parse_field_path(field) if isinstance(field, str) else tuple(field)
+    return Diagnostic(message, format_field_path(path), where.locate(path))
+
+
 # top-level fields a spec does not take from the one it `extends`
 NOT_INHERITED = ("extends", "reference", "description")
 
@@ -414,35 +424,34 @@ def _resolve_extends(
     if not isinstance(data, dict) or "extends" not in data:
         return data, source
     target = data["extends"]
-    field_loc = source.locations.get(("extends",))
+
+    def refuse(message: str, *more: Diagnostic) -> SpecError:
+        return SpecError([field_diagnostic(source, "extends", message), *more])
+
     if not isinstance(target, str) or not target:
-        raise SpecError([Diagnostic("must be a path to a base spec", "extends", field_loc)])
+        raise refuse("must be a path to a base spec")
     if len(chain) >= MAX_EXTENDS:
-        raise SpecError([Diagnostic(f"extends chain is longer than {MAX_EXTENDS} files",
-                                    "extends", field_loc)])
+        raise refuse(f"extends chain is longer than {MAX_EXTENDS} files")
     try:
         base_path = contained(filename.parent / target, root, kind=BASE_SPEC)
     except NamedFileError as exc:
-        raise SpecError([Diagnostic(str(exc), "extends", field_loc)]) from None
+        raise refuse(str(exc)) from None
     if not base_path.name.lower().endswith((".yaml", ".yml")):
         # only a spec is ever parsed: the lines of any other file must not reach a message
-        raise SpecError([Diagnostic(f"{target!r} is not a spec (a .yaml or .yml file)",
-                                    "extends", field_loc)])
+        raise refuse(f"{target!r} is not a spec (a .yaml or .yml file)")
     if base_path in chain:
         cycle = " -> ".join(sanitise(str(p)) for p in (*chain, base_path))
-        raise SpecError([Diagnostic(f"circular extends: {cycle}", "extends", field_loc)])
+        raise refuse(f"circular extends: {cycle}")
     try:
         base_data, base_source = read_yaml_file(base_path, BASE_SPEC, root)
     except SpecError as exc:
         # say which line of this file led there, then the base file's own problems
-        raise SpecError([Diagnostic(f"in base spec {sanitise(str(base_path))}:", "extends",
-                                    field_loc),
-                         *exc.diagnostics]) from None
+        raise refuse(f"in base spec {sanitise(str(base_path))}:", *exc.diagnostics) from None
     base_data, base_source = _resolve_extends(
         base_data, base_source, base_path, (*chain, base_path), root
     )
     if not isinstance(base_data, dict):
-        raise SpecError([Diagnostic("base spec is not a YAML mapping", "extends", field_loc)])
+        raise refuse("base spec is not a YAML mapping")
     merged_source = SourceMap(dict(base_source.locations), source.files + base_source.files)
     override = {k: v for k, v in data.items() if k != "extends"}
     # a child is another network: the parent's published numbers and prose are not its own
@@ -455,7 +464,7 @@ def _resolve_extends(
     for key, loc in source.locations.items():
         merged_source.locations.setdefault(key, loc)
     merged_source.locations[()] = source.locations[()]
-    merged_source.locations[("extends",)] = field_loc
+    merged_source.locations[("extends",)] = source.locations.get(("extends",))
     return merged, merged_source
 
 
@@ -510,7 +519,7 @@ def model_diagnostics(exc: ValidationError, source: SourceMap,
             message = "required field is missing"
         elif "input" in err and err["type"] not in ("missing",):
             message += f" (got {err['input']!r})" if _short(err["input"]) else ""
-        out.append(Diagnostic(message, format_field_path(clean), source.locate(clean)))
+        out.append(field_diagnostic(source, clean, message))
     return sorted(out, key=_position)
 
 
@@ -532,15 +541,8 @@ def _short(value: Any) -> bool:
 
 def _validate(data: Any, source: SourceMap, root: Path) -> Spec:
     if not isinstance(data, dict):
-        raise SpecError(
-            [
-                Diagnostic(
-                    f"a spec must be a YAML mapping, got {type(data).__name__}",
-                    "",
-                    source.locate(()),
-                )
-            ]
-        )
+        raise SpecError([field_diagnostic(
+            source, "", f"a spec must be a YAML mapping, got {type(data).__name__}")])
     try:
         spec = Spec.model_validate(data)
     except ValidationError as exc:
@@ -561,8 +563,7 @@ def _preprocess_problems(spec: Spec, root: Path
     problems = []
 
     def problem(field: str, message: str) -> None:
-        path = ("preprocess", field)
-        problems.append(Diagnostic(message, format_field_path(path), spec.locate(path)))
+        problems.append(field_diagnostic(spec, ("preprocess", field), message))
 
     channels = spec.input.channels
     for field in ("mean", "std"):

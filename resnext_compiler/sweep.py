@@ -31,7 +31,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from resnext_compiler.budget import SweepBudget, check_budget
-from resnext_compiler.errors import Diagnostic, SpecError, UserError, format_field_path
+from resnext_compiler.errors import SpecError, UserError, format_field_path
 from resnext_compiler.limits import (
     MAX_CARDINALITY,
     MAX_SWEEP_EPOCHS,
@@ -43,6 +43,7 @@ from resnext_compiler.named_files import SPEC, read_named_text
 from resnext_compiler.naming import file_stem
 from resnext_compiler.spec import (
     Spec,
+    field_diagnostic,
     model_diagnostics,
     spec_from_data,
     validate_spec,
@@ -265,24 +266,15 @@ def load_sweep(path: str | Path) -> tuple[SweepFile, Spec, SourceMap, str]:
     file = Path(path)
     data, source = read_yaml_file(file)
     if not isinstance(data, dict):
-        raise SpecError(
-            [
-                Diagnostic(
-                    f"a sweep file must be a YAML mapping, got {type(data).__name__}",
-                    "",
-                    source.locate(()),
-                )
-            ]
-        )
+        raise SpecError([field_diagnostic(
+            source, "", f"a sweep file must be a YAML mapping, got {type(data).__name__}")])
     try:
         sweep = SweepFile.model_validate(data)
     except ValidationError as exc:
         raise SpecError(model_diagnostics(exc, source, SweepFile)) from None
     problems = [
-        Diagnostic(
-            f"{text!r} is not a spec field path like train.lr or stages[1].depth",
-            format_field_path(where),
-            source.locate(where),
+        field_diagnostic(
+            source, where, f"{text!r} is not a spec field path like train.lr or stages[1].depth"
         )
         for where, text in _axis_fields(sweep)
         if not _FIELD_PATH.fullmatch(text)
@@ -359,7 +351,7 @@ def plan_sweep(path: str | Path) -> SweepPlan:
     )
 
     def refuse(where: FieldPath, message: str) -> SpecError:
-        return SpecError([Diagnostic(message, format_field_path(where), source.locate(where))])
+        return SpecError([field_diagnostic(source, where, message)])
 
     seeds = seeds_of(sweep)
     if isinstance(sweep.seeds, int) and not 1 <= sweep.seeds <= MAX_SWEEP_SEEDS:
@@ -490,7 +482,7 @@ def _variant(template: Spec, overrides: tuple[_Override, ...], sweep_source: Sou
         where = sweep_source.locate(override.where)
         message = _assign(data, override.path, copy.deepcopy(override.value))
         if message:
-            problems.append(Diagnostic(message, format_field_path(override.where), where))
+            problems.append(field_diagnostic(sweep_source, override.where, message))
             continue
         source.replace_under({override.path}, None)
         if where is not None:

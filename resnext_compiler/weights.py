@@ -10,7 +10,8 @@ tensor at a time so an exporter can stream them:
 - a PyTorch checkpoint (`.pt`/`.pth`): a plain state dict or a dict holding one under `"model"`
   or `"state_dict"`, with DDP/`torch.compile` prefixes stripped; torch is imported only here
   and `torch.load(..., weights_only=True)` never runs pickled code;
-- `initial_weights(graph, seed)`: deterministic initialisation (same seed, same bytes).
+- `InitialWeights(graph, seed)`: deterministic initialisation by the one rule in
+  `initialisation.py` (same seed, same bytes).
 
 `compare_weights` is the one missing/unexpected/wrong-shape report.
 """
@@ -29,6 +30,7 @@ import numpy as np
 
 from resnext_compiler import ops
 from resnext_compiler.errors import UserError
+from resnext_compiler.initialisation import Constant, Normal, Start, parameter_starts
 from resnext_compiler.ir import Graph, Param
 from resnext_compiler.named_files import WEIGHTS, open_named
 
@@ -266,55 +268,43 @@ def weight_shape(weights: Mapping[str, np.ndarray], name: str) -> tuple[int, ...
 
 
 class InitialWeights(Mapping[str, np.ndarray]):
-    """Deterministic initial weights, generated on demand, one tensor at a time.
+    """Deterministic initial weights by the one rule (`initialisation.parameter_starts`),
+    generated on demand, one tensor at a time.
 
-    Each tensor has its own random stream seeded by (seed, crc32(name)), so the bytes do not
-    depend on the order tensors are asked for. Convs follow torchvision's ResNet init
-    (He et al. 2015, fan_out, gain sqrt(2)) with the same variance 2 / fan_out, drawn from a
-    uniform distribution (bound sqrt(6 / fan_out)) because it is 3x cheaper to sample than a
-    normal one; BN weight 1 (0 for a zero-init last BN), bias 0, mean 0, variance 1; the
-    classifier uses PyTorch's nn.Linear default U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+    Each random tensor has its own stream seeded by (seed, crc32(name)), so the bytes do not
+    depend on the order tensors are asked for. The distributions are the torch module's; the
+    bytes are not (numpy and torch draw differently).
     """
 
     fresh_arrays = True  # every lookup returns a new array that the caller may modify
 
     def __init__(self, graph: Graph, seed: int = 0):
         self.seed = seed
-        self._params: dict[str, Param] = {p.name: p for p in graph.params()}
-        self._ops = {node.name: node.op for node in graph.nodes}
+        self._starts: dict[str, tuple[Param, Start]] = {
+            param.name: (param, start) for param, start in parameter_starts(graph)}
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._params)
+        return iter(self._starts)
 
     def __len__(self) -> int:
-        return len(self._params)
+        return len(self._starts)
 
     def shape(self, name: str) -> tuple[int, ...]:
-        return self._params[name].shape
+        return self._starts[name][0].shape
 
     def __getitem__(self, name: str) -> np.ndarray:
-        param = self._params[name]
-        op = self._ops[param.node]
-        suffix = name[len(param.node) + 1:]
-        if param.dtype == "int64":
-            return np.zeros(param.shape, np.int64)
-        if isinstance(op, ops.BatchNorm):
-            one = suffix == "running_var" or (suffix == "weight" and not op.zero_init)
-            return np.full(param.shape, 1.0 if one else 0.0, np.float32)
-        if isinstance(op, ops.Conv):
-            if suffix == "bias":
-                return np.zeros(param.shape, np.float32)
-            fan_out = op.out_channels * op.kernel_size**2
-            return self._uniform(name, param.shape, math.sqrt(6.0 / fan_out))
-        if isinstance(op, ops.Linear):
-            return self._uniform(name, param.shape, 1.0 / math.sqrt(op.in_features))
-        raise KeyError(f"no initialiser for {name} ({op.kind})")
-
-    def _uniform(self, name: str, shape: tuple[int, ...], bound: float) -> np.ndarray:
+        param, start = self._starts[name]
+        if isinstance(start, Constant):
+            return np.full(param.shape, start.value, np.dtype(param.dtype))
         seed = np.random.SeedSequence([self.seed % 2**64, zlib.crc32(name.encode())])
-        values = np.random.Generator(np.random.SFC64(seed)).random(shape, np.float32)
-        values *= np.float32(2 * bound)  # in place: U[0, 1) -> U[-bound, bound)
-        values -= np.float32(bound)
+        generator = np.random.Generator(np.random.SFC64(seed))
+        if isinstance(start, Normal):
+            values = generator.standard_normal(param.shape, np.float32)
+            values *= np.float32(start.std)  # in place: N(0, 1) -> N(0, std^2)
+            return values
+        values = generator.random(param.shape, np.float32)
+        values *= np.float32(2 * start.bound)  # in place: U[0, 1) -> U[-bound, bound)
+        values -= np.float32(start.bound)
         return values
 
 

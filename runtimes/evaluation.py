@@ -54,16 +54,30 @@ def write_predictions(path: Path, predictions: list[Prediction],
     return write_text_atomic(path, buffer.getvalue())
 
 
+def top_k_misses(logits: np.ndarray, targets: np.ndarray, k: int = TOP_K) -> tuple[int, int]:
+    """(top-1 misses, top-k misses) of one batch of logits (N, classes); k is capped at the
+    class count. The one top-k error rule, for training, `evaluate` and artifacts alike.
+
+    A target is in the top k when fewer than k classes rank ahead of it: a larger logit, or an
+    equal one at a lower index (a stable sort's order); a NaN target logit is a miss.
+    """
+    rows = np.asarray(logits, dtype=np.float64)
+    targets = np.asarray(targets, dtype=np.int64)
+    k = min(k, rows.shape[1])
+    own = np.take_along_axis(rows, targets[:, None], axis=1)
+    earlier = np.arange(rows.shape[1]) < targets[:, None]
+    ahead = ((rows > own) | ((rows == own) & earlier)).sum(axis=1)
+    ahead[np.isnan(own[:, 0])] = rows.shape[1]
+    return int((ahead >= 1).sum()), int((ahead >= k).sum())
+
+
 def error_sums(logits: np.ndarray, targets: np.ndarray) -> tuple[float, int, int]:
     """(cross-entropy sum, top-1 misses, top-k misses) of one batch, in float64."""
     rows = logits.astype(np.float64)
     shifted = rows - rows.max(axis=1, keepdims=True)
     log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
     loss = -float(log_probs[np.arange(len(targets)), targets].sum())
-    k = min(TOP_K, rows.shape[1])
-    order = np.argsort(-rows, axis=1, kind="stable")[:, :k]
-    hits = order == targets[:, None]
-    return loss, int((~hits[:, 0]).sum()), int((~hits.any(axis=1)).sum())
+    return (loss, *top_k_misses(rows, targets))
 
 
 def evaluate_artifact(model_path: Path, data_dir: Path, batch_size: int = 64,

@@ -15,7 +15,6 @@ import pytest
 import tritonclient.http as triton
 from PIL import Image
 
-from resnext_compiler.runtimes.serve.app import create_app
 from resnext_compiler.runtimes.serve.config import ServeConfig
 from resnext_compiler.runtimes.serve.server import BackgroundServer, load_models
 
@@ -119,7 +118,7 @@ def test_served_evaluated_and_trained_forms_agree_image_for_image(
 
     models, labels = load_models(model, ServeConfig(device="cpu", max_batch=4))
     served, served_logits = {}, {}
-    with BackgroundServer(create_app(models, ServeConfig(), labels)) as server:
+    with BackgroundServer(models, labels=labels) as server:
         for image in onnx_answers:
             data = Path(image).read_bytes()
             reply = httpx.post(f"{server.url}/v1/classify?top_k=1",
@@ -201,7 +200,7 @@ def test_triton_repository_names_classes_for_the_classification_extension(
     images = sorted((root / "data" / "val").glob("*/0.png"))
     batch = load_images_for_model(images, contract)
     models, labels = load_models(root / "repo", ServeConfig(device="cpu", max_batch=4))
-    with BackgroundServer(create_app(models, ServeConfig(), labels)) as server:
+    with BackgroundServer(models, labels=labels) as server:
         with triton.InferenceServerClient(f"127.0.0.1:{server.port}") as client:
             tensor = triton.InferInput("input", list(batch.shape), "FP32")
             tensor.set_data_from_numpy(batch)

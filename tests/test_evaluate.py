@@ -186,3 +186,20 @@ def test_folders_named_unlike_the_model_s_classes_are_refused_before_evaluating(
     result = run_cli("evaluate", named, "--data", tmp_path / "val")
     assert result.code == 2, result
     assert "class folders ['cat'] are not among the model's classes (digit0, digit1" in result.err
+
+
+def test_top_k_misses_rank_ties_as_a_stable_sort_and_cap_k_at_the_class_count() -> None:
+    import numpy as np
+
+    from resnext_compiler.runtimes.evaluation import top_k_misses
+
+    logits = np.array([[1.0, 3.0, 2.0], [2.0, 2.0, 2.0], [2.0, 2.0, 2.0], [0.0, float("nan"), 1.0]])
+    # row 0: the target ranks third; rows 1, 2: a tie puts the lower index ahead; row 3: NaN
+    assert top_k_misses(logits, np.array([0, 0, 1, 1]), k=2) == (3, 2)
+    assert top_k_misses(logits, np.array([0, 0, 1, 1]), k=5) == (3, 1)  # k = 3 classes
+    rows = np.random.default_rng(0).normal(size=(64, 10)).round(1)  # ties included
+    targets = np.arange(64) % 10
+    order = np.argsort(-rows, axis=1, kind="stable")
+    expected = (int((order[:, 0] != targets).sum()),
+                int((~(order[:, :5] == targets[:, None]).any(axis=1)).sum()))
+    assert top_k_misses(rows, targets) == expected

@@ -346,7 +346,7 @@ def test_a_full_queue_is_resource_exhausted_and_shutdown_unavailable(tiny_path: 
             assert grpc.StatusCode.RESOURCE_EXHAUSTED in codes
             assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}
             # the batchers stop first (as at the end of a shutdown): not ready, UNAVAILABLE
-            running.app.state.service.served["tiny"].batcher.close()
+            running.service.served["tiny"].batcher.close()
             assert not stub.ServerReady(pb.ServerReadyRequest()).ready
             assert not stub.ModelReady(pb.ModelReadyRequest(name="tiny")).ready
             with pytest.raises(grpc.RpcError) as caught:

@@ -11,7 +11,6 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from resnext_compiler.runtimes.serve.app import create_app
 from resnext_compiler.runtimes.serve.config import ServeConfig
 from resnext_compiler.runtimes.serve.model import LoadedModel
 from resnext_compiler.runtimes.serve.repository import ModelSource
@@ -61,7 +60,7 @@ def running_server(models: list[LoadedModel], labels: dict | None = None,
                    **settings: object) -> Iterator[BackgroundServer]:
     """A real uvicorn server on 127.0.0.1:<free port> serving `models`."""
     config = ServeConfig(log_level="warning", **settings)  # type: ignore[arg-type]
-    with BackgroundServer(create_app(models, config, labels), config) as server:
+    with BackgroundServer(models, config, labels) as server:
         yield server
 
 

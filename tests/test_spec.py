@@ -163,3 +163,18 @@ def test_extends_does_not_inherit_the_parent_s_reference_or_description(tmp_path
     own.write_text("extends: resnext29_8x64d.yaml\nname: mine\n"
                    "description: my variant\n")
     assert load_spec(own).description == "my variant"
+
+
+def test_a_field_diagnostic_points_at_the_field_however_the_field_is_written(tmp_path):
+    from resnext_compiler.errors import format_field_path, parse_field_path
+    from resnext_compiler.spec import field_diagnostic
+
+    path = tmp_path / "s.yaml"
+    path.write_text("name: s\nstages:\n  - {depth: 1, width: 64}\n  - {depth: 2, width: 128}\n")
+    spec = load_spec(path)
+    written = field_diagnostic(spec, "stages[1].width", "too wide")
+    assert field_diagnostic(spec, ("stages", 1, "width"), "too wide") == written
+    assert written.format() == f"{path}:4:16: stages[1].width: too wide"
+    assert field_diagnostic(spec, "", "whole file").format() == f"{path}:1:1: whole file"
+    assert parse_field_path(format_field_path(("stages", 1, "block", "se_ratio"))) == (
+        "stages", 1, "block", "se_ratio")

@@ -67,6 +67,29 @@ def test_initialisation_follows_torchvision():
     assert w.std().item() == pytest.approx((2 / 576) ** 0.5, rel=0.15)
 
 
+def test_torch_module_and_numpy_weights_follow_the_same_rule():
+    from resnext_compiler.initialisation import Constant, Normal, parameter_starts
+    from resnext_compiler.weights import InitialWeights
+
+    graph = compile_spec(parse_spec(
+        "name: n\nstem: cifar\ninput: {height: 8, width: 8}\n"
+        "block: {cardinality: 8, base_width: 16, zero_init_last_bn: true}\n"
+        "stages: [1, 1]\nhead: {num_classes: 300}\n"))
+    from_torch = build_module(graph, seed=1).state_dict()
+    from_numpy = InitialWeights(graph, 1)
+    for param, start in parameter_starts(graph):
+        ours, theirs = from_torch[param.name].double(), torch.from_numpy(
+            from_numpy[param.name]).double()
+        if isinstance(start, Constant):
+            assert torch.all(ours == start.value) and torch.all(theirs == start.value)
+        elif param.numel >= 4096:  # large enough for the spread to say which distribution
+            assert ours.std().item() == pytest.approx(theirs.std().item(), rel=0.1), param.name
+            normal = isinstance(start, Normal)
+            for values in (ours, theirs):  # normal: some beyond 2 std; uniform: none
+                beyond = (values.abs() > 2 * values.std()).double().mean().item()
+                assert (beyond > 0.02) == normal, param.name
+
+
 def test_same_seed_same_weights_different_seed_different_weights():
     graph = compile_spec(
         parse_spec("name: n\nstem: cifar\ninput: {height: 8, width: 8}\nstages: [1]\n")

@@ -88,6 +88,19 @@ def test_generated_module_equals_in_memory_module(fields, tmp_path, run_cli):
         assert torch.allclose(generated(x), reference(x), atol=1e-6, rtol=0)
 
 
+def test_generated_module_starts_with_the_in_memory_modules_weights(tmp_path, run_cli):
+    spec_path = _write(tmp_path, se="0.25", form="C, zero_init_last_bn: true")
+    out = _compile(run_cli, spec_path, tmp_path / "model.py")
+    graph = compile_spec(load_spec(spec_path))
+    reference = build_module(graph, seed=11).state_dict()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(11)
+        generated = _import(out).build().state_dict()
+    assert list(generated) == list(reference)
+    assert all(torch.equal(generated[k], reference[k]) for k in reference)
+    assert torch.all(reference["layer1.0.bn3.weight"] == 0)  # the zero-init rule reached both
+
+
 def test_generated_source_imports_only_torch_and_defines_class_and_build(tmp_path, run_cli):
     out = _compile(run_cli, _write(tmp_path, name="resnext-tiny_4x8d"), tmp_path / "m.py")
     tree = ast.parse(out.read_text())

@@ -17,7 +17,7 @@ from resnext_compiler.commands.options import (
     choice,
     number_range,
 )
-from resnext_compiler.dataset_types import dataset_names_help
+from resnext_compiler.dataset_types import AUGMENTS, dataset_names_help
 from resnext_compiler.errors import UserError, sanitise
 from resnext_compiler.extras import require
 from resnext_compiler.limits import MAX_BATCH, MAX_EPOCHS, MAX_LR
@@ -111,7 +111,7 @@ def train_command(
     label_smoothing: float | None = typer.Option(None, "--label-smoothing",
                                                  callback=number_range(0, 1, max_open=True)),
     augment: str | None = typer.Option(
-        None, "--augment", help="auto | none | crop | crop-flip | rrc-flip"),
+        None, "--augment", help=" | ".join(AUGMENTS)),
     accum_steps: int = typer.Option(
         1, "--accum-steps", help="Gradient accumulation steps per optimizer step.",
         callback=number_range(1, 1024)),

@@ -35,7 +35,6 @@ from resnext_compiler.runtimes.serve.images import (
 )
 from resnext_compiler.runtimes.serve.limits import BodyLimitMiddleware
 from resnext_compiler.runtimes.serve.metrics import MetricsMiddleware
-from resnext_compiler.runtimes.serve.model import LoadedModel
 from resnext_compiler.runtimes.serve.protocol import (
     InferRequest,
     encode_infer_response,
@@ -51,25 +50,20 @@ PARSE_IN_PROCESS_BYTES = 1024 * 1024
 IMAGE_TYPES = ("image/jpeg", "image/png", "application/octet-stream")
 
 
-def create_app(models: list[LoadedModel], config: ServeConfig,
-               labels: dict[str, list[str]] | None = None) -> FastAPI:
-    """The ASGI app serving `models`; its `state.service` is what gRPC serves too."""
-    service = InferenceService(models, config, labels)
+def create_app(service: InferenceService, config: ServeConfig) -> FastAPI:
+    """The ASGI app fronting `service` over HTTP (`server.py` builds the service once and hands
+    the same one to gRPC; it closes it after uvicorn stops)."""
+    parsers = ParserProcesses()
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
-        # uvicorn has already let in-flight requests finish; drain and stop the batchers
-        await service.close()
-        app.state.parsers.close()
+        parsers.close()
 
     app = FastAPI(title=SERVER_NAME, version=__version__, lifespan=lifespan, docs_url=None,
                   redoc_url=None, openapi_url=None)
-    app.state.service = service
-    app.state.served = service.served
-    app.state.metrics = service.metrics
     install_error_handlers(app)
-    _add_protocol_routes(app, service, config)
+    _add_protocol_routes(app, service, config, parsers)
     _add_classify_route(app, service, config)
 
     @app.get("/metrics")
@@ -82,13 +76,6 @@ def create_app(models: list[LoadedModel], config: ServeConfig,
                        body_timeout_s=config.body_timeout_s)
     app.add_middleware(MetricsMiddleware, metrics=service.metrics)
     return app
-
-
-def count_connections_of(app: FastAPI, server: object) -> None:
-    """Let the batchers see uvicorn's open connections (uvicorn.Server.server_state)."""
-    state = getattr(server, "server_state", None)
-    if state is not None and hasattr(state, "connections"):
-        app.state.service.connection_counters.append(lambda: len(state.connections))
 
 
 class ParserProcesses:
@@ -113,9 +100,8 @@ class ParserProcesses:
             self._pool = None
 
 
-def _add_protocol_routes(app: FastAPI, service: InferenceService, config: ServeConfig) -> None:
-    parsers = ParserProcesses()
-    app.state.parsers = parsers
+def _add_protocol_routes(app: FastAPI, service: InferenceService, config: ServeConfig,
+                         parsers: ParserProcesses) -> None:
 
     @app.get("/v2/health/live")
     async def live() -> dict:

@@ -1,12 +1,14 @@
-"""Running the app under uvicorn: in the foreground (the CLI) or in a thread (tests, benchmark).
+"""Running the server: in the foreground (the CLI) or in a thread (tests, benchmark).
 
-With `--grpc-port` the gRPC server runs in uvicorn's event loop and shares the app's
-`InferenceService`; at shutdown it stops (in-flight calls finish) before the batchers close.
+The `InferenceService` is built here, once, and handed to both front ends: the HTTP app
+(`app.create_app`) under uvicorn and, with `--grpc-port`, the gRPC server in uvicorn's event
+loop. After uvicorn stops, the service is closed: the gRPC server stops (in-flight calls
+finish), then the batchers.
 
 The listening socket is bound here, before uvicorn starts, so a busy port or a bad host is a
 `UserError` (exit 2) instead of uvicorn's own exit. On SIGINT/SIGTERM uvicorn stops accepting
-connections, lets in-flight requests finish (up to `graceful_timeout_s`), then the app's
-lifespan drains and stops the batchers.
+connections and lets in-flight requests finish (up to `graceful_timeout_s`); then the
+service drains and stops the batchers.
 """
 
 from __future__ import annotations
@@ -26,7 +28,10 @@ from resnext_compiler.errors import UserError, sanitise
 from resnext_compiler.runtimes.serve.config import ServeConfig
 
 if TYPE_CHECKING:  # onnxruntime is imported only when models are loaded
+    from fastapi import FastAPI
+
     from resnext_compiler.runtimes.serve.model import LoadedModel
+    from resnext_compiler.runtimes.serve.service import InferenceService
 
 log = logging.getLogger("resnext_compiler.serve")
 
@@ -93,10 +98,22 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _uvicorn_server(app, config: ServeConfig, log_config: dict | None):  # noqa: ANN001, ANN202
+def front_ends(models: list[LoadedModel], config: ServeConfig,
+               labels: dict[str, list[str]] | None = None
+               ) -> tuple[InferenceService, FastAPI]:
+    """The one `InferenceService` for `models` and the HTTP app fronting it; gRPC, when asked
+    for, is started on the same service by `_serve`."""
+    from resnext_compiler.runtimes.serve.app import create_app
+    from resnext_compiler.runtimes.serve.service import InferenceService
+
+    service = InferenceService(models, config, labels)
+    return service, create_app(service, config)
+
+
+def _uvicorn_server(app, service: InferenceService, config: ServeConfig,  # noqa: ANN001
+                    log_config: dict | None):  # noqa: ANN202
     import uvicorn
 
-    from resnext_compiler.runtimes.serve.app import count_connections_of
     from resnext_compiler.runtimes.serve.limits import AcceptErrorLog, bounded_h11_protocol
 
     class Server(uvicorn.Server):
@@ -109,20 +126,32 @@ def _uvicorn_server(app, config: ServeConfig, log_config: dict | None):  # noqa:
                               lifespan="on", log_config=log_config, server_header=False,
                               http=bounded_h11_protocol(config.header_timeout_s))
     server = Server(settings)
-    count_connections_of(app, server)
+    _count_connections(service, server)
     return server
 
 
-async def _serve(server, sock: socket.socket, app, config: ServeConfig,  # noqa: ANN001
-                 on_grpc_port: Callable[[int], None] | None = None) -> None:
-    """uvicorn on `sock` and, with `config.grpc_port`, gRPC in the same event loop."""
-    if config.grpc_port is not None:
-        from resnext_compiler.runtimes.serve.grpc_service import start_grpc_server
+def _count_connections(service: InferenceService, server: object) -> None:
+    """Let the batchers see uvicorn's open connections (uvicorn.Server.server_state)."""
+    state = getattr(server, "server_state", None)
+    if state is not None and hasattr(state, "connections"):
+        service.connection_counters.append(lambda: len(state.connections))
 
-        _, port = await start_grpc_server(app.state.service, config.host, config.grpc_port)
-        if on_grpc_port is not None:
-            on_grpc_port(port)
-    await server.serve(sockets=[sock])
+
+async def _serve(server, sock: socket.socket, service: InferenceService,  # noqa: ANN001
+                 config: ServeConfig, on_grpc_port: Callable[[int], None] | None = None
+                 ) -> None:
+    """uvicorn on `sock` and, with `config.grpc_port`, gRPC in the same event loop, both on
+    `service`; once uvicorn has stopped (in-flight requests finished), the service closes."""
+    try:
+        if config.grpc_port is not None:
+            from resnext_compiler.runtimes.serve.grpc_service import start_grpc_server
+
+            _, port = await start_grpc_server(service, config.host, config.grpc_port)
+            if on_grpc_port is not None:
+                on_grpc_port(port)
+        await server.serve(sockets=[sock])
+    finally:
+        await service.close()
 
 
 def _run_loop(server, main: Coroutine) -> None:  # noqa: ANN001
@@ -135,8 +164,6 @@ def _run_loop(server, main: Coroutine) -> None:  # noqa: ANN001
 def serve(model_path: Path, config: ServeConfig) -> None:
     """Load, bind, serve until interrupted (the `resnext-compile serve` command)."""
     import uvicorn.config
-
-    from resnext_compiler.runtimes.serve.app import create_app
 
     models, labels = load_models(model_path, config)
     sock = bind_socket(config.host, config.port)
@@ -151,22 +178,24 @@ def serve(model_path: Path, config: ServeConfig) -> None:
     def grpc_started(port: int) -> None:
         log.info("gRPC (inference.GRPCInferenceService) on %s:%d", config.host, port)
 
-    app = create_app(models, config, labels)
-    server = _uvicorn_server(app, config, uvicorn.config.LOGGING_CONFIG)
-    _run_loop(server, _serve(server, sock, app, config, grpc_started))
+    service, app = front_ends(models, config, labels)
+    server = _uvicorn_server(app, service, config, uvicorn.config.LOGGING_CONFIG)
+    _run_loop(server, _serve(server, sock, service, config, grpc_started))
 
 
 class BackgroundServer:
-    """A real uvicorn server on 127.0.0.1 and a free port, in a thread (`with` block).
+    """`models` served by a real uvicorn server on 127.0.0.1 and a free port, in a thread
+    (`with` block), built as `serve` builds it (`front_ends`).
 
-    With `config.grpc_port` set (0: a free port), the same app's service is also served over
-    gRPC; `grpc_target` is then its `host:port`.
+    With `config.grpc_port` set (0: a free port), the same service is also served over gRPC;
+    `grpc_target` is then its `host:port`.
     """
 
-    def __init__(self, app, config: ServeConfig | None = None):  # noqa: ANN001 - ASGI app
+    def __init__(self, models: list[LoadedModel], config: ServeConfig | None = None,
+                 labels: dict[str, list[str]] | None = None):
         self.config = config or ServeConfig(log_level="warning")
-        self.app = app
-        self._server = _uvicorn_server(app, self.config, None)
+        self.service, self.app = front_ends(models, self.config, labels)
+        self._server = _uvicorn_server(self.app, self.service, self.config, None)
         self._socket = bind_socket("127.0.0.1", 0)
         self.port = self._socket.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
@@ -184,8 +213,8 @@ class BackgroundServer:
             self.grpc_port = port
 
         try:
-            _run_loop(self._server, _serve(self._server, self._socket, self.app, self.config,
-                                           started))
+            _run_loop(self._server, _serve(self._server, self._socket, self.service,
+                                           self.config, started))
         except BaseException as exc:  # reported by __enter__
             self._failure = exc
 

@@ -12,14 +12,13 @@ import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from resnext_compiler.dataset_types import dataset_type, dataset_types
+from resnext_compiler.dataset_types import AUGMENTS, dataset_type, dataset_types
 from resnext_compiler.errors import UserError
 from resnext_compiler.input_contract import InputContract
 from resnext_compiler.limits import DEFAULT_WORKERS
 from resnext_compiler.spec import Spec
 
 SCHEDULES = ("step", "cosine")
-AUGMENTS = ("auto", "none", "crop", "crop-flip", "rrc-flip")
 AMP_DTYPES = ("bf16", "fp16")
 
 

@@ -19,12 +19,12 @@ import numpy as np
 import torch
 
 from resnext_compiler.dataset_types import DatasetType, dataset_names_help, dataset_type
-from resnext_compiler.errors import Diagnostic, SpecError, UserError
+from resnext_compiler.errors import SpecError, UserError
 from resnext_compiler.input_contract import SMALL_INPUT, InputContract, resolve_contract
 from resnext_compiler.runtimes.image_folders import scan
 from resnext_compiler.runtimes.train.folder import FolderImages
 from resnext_compiler.runtimes.train.images import ImageSet, InMemoryImages, resize_all
-from resnext_compiler.spec import Spec
+from resnext_compiler.spec import Spec, field_diagnostic
 
 SYNTHETIC_TRAIN, SYNTHETIC_VAL = 512, 128
 
@@ -49,7 +49,7 @@ def resolve_augment(augment: str, dataset: str, size: int) -> str:
 
 
 def _spec_problem(spec: Spec, field: tuple[str, ...], message: str) -> SpecError:
-    return SpecError([Diagnostic(message, ".".join(field), spec.locate(field))])
+    return SpecError([field_diagnostic(spec, field, message)])
 
 
 def _check_fit(spec: Spec, dataset: str, num_classes: int, channels: int | None) -> None:

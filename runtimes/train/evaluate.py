@@ -17,7 +17,7 @@ from resnext_compiler.runtimes.evaluation import EvalResult, Prediction
 from resnext_compiler.runtimes.train.distributed import DistContext
 from resnext_compiler.runtimes.train.images import ImageSet
 from resnext_compiler.runtimes.train.loader import batches
-from resnext_compiler.runtimes.train.metrics import topk_wrong
+from resnext_compiler.runtimes.train.metrics import batch_sums
 from resnext_compiler.runtimes.train.sampler import shard
 
 
@@ -56,8 +56,7 @@ def evaluate_model(model: torch.nn.Module, images: ImageSet, batch_size: int = 2
             best = logits.max(dim=1)
             predictions.extend(zip(best.indices.tolist(), best.values.tolist(), strict=True))
         loss = F.cross_entropy(logits, y, reduction="sum")
-        totals += torch.cat([loss.double().reshape(1), topk_wrong(logits, y),
-                             torch.tensor([len(y)], dtype=torch.float64, device=y.device)]).cpu()
+        totals += batch_sums(loss, logits, y)
     totals = context.all_reduce_sum(totals)
     model.train(was_training)
     n = max(1.0, float(totals[3]))

@@ -38,7 +38,7 @@ from resnext_compiler.runtimes.train.datasets import DataSplits, open_dataset
 from resnext_compiler.runtimes.train.distributed import DistContext
 from resnext_compiler.runtimes.train.evaluate import autocast, evaluate_model
 from resnext_compiler.runtimes.train.loader import batches
-from resnext_compiler.runtimes.train.metrics import topk_wrong, write_metrics
+from resnext_compiler.runtimes.train.metrics import batch_sums, write_metrics
 from resnext_compiler.runtimes.train.progress import Progress
 from resnext_compiler.runtimes.train.sampler import GlobalBatchSampler
 from resnext_compiler.runtimes.train.schedule import LRSchedule
@@ -237,9 +237,7 @@ class Trainer:
             logits = logits.float()
             loss = F.cross_entropy(logits, y, label_smoothing=self.config.label_smoothing)
             self.scaler.scale(loss / self.config.accum_steps).backward()
-        n = torch.tensor([len(y)], dtype=torch.float64, device=y.device)
-        return torch.cat([loss.detach().double().reshape(1) * len(y), topk_wrong(logits, y),
-                          n]).cpu()
+        return batch_sums(loss.detach().double() * len(y), logits, y)
 
     def train_step(self, micro_batches: Iterable[tuple[torch.Tensor, torch.Tensor]], lr: float,
                    stop: bool = False) -> torch.Tensor:

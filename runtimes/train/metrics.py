@@ -1,4 +1,5 @@
-"""Top-k error (the seed's table metric) and the per-epoch metrics log of a run.
+"""Per-batch sums (loss, top-k misses: the seed's table metric) and the per-epoch metrics
+log of a run.
 
 The log is `metrics.jsonl` (one JSON object per epoch) and `metrics.csv` (the same rows),
 both rewritten atomically from the history kept in the checkpoint, so a killed run never
@@ -19,17 +20,19 @@ import torch
 from resnext_compiler.artifacts import write_text_atomic
 from resnext_compiler.errors import UserError
 from resnext_compiler.named_files import METRICS, read_named_text
+from resnext_compiler.runtimes.evaluation import top_k_misses
 
 COLUMNS = ("epoch", "train_loss", "train_top1_error", "train_top5_error", "val_loss",
            "val_top1_error", "val_top5_error", "lr", "images_per_s", "epoch_time_s")
 
 
-def topk_wrong(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """[top-1 misses, top-5 misses] as a float64 tensor (top-k capped at the class count)."""
-    k = min(5, logits.shape[1])
-    top = logits.topk(k, dim=1).indices
-    hit = top == target[:, None]
-    return torch.stack([(~hit[:, 0]).sum(), (~hit.any(dim=1)).sum()]).to(torch.float64)
+def batch_sums(loss_sum: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor
+               ) -> torch.Tensor:
+    """[loss sum, top-1 misses, top-5 misses, images] of one batch, float64 on the CPU; the
+    misses are counted by the one rule, `runtimes.evaluation.top_k_misses`."""
+    misses = top_k_misses(logits.detach().cpu().numpy(), targets.cpu().numpy())
+    return torch.tensor([float(loss_sum.detach().double()), *misses, len(targets)],
+                        dtype=torch.float64)
 
 
 def write_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
