@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from resnext_compiler.errors import UserError, sanitise
+from resnext_compiler.errors import UserError, sanitise, shown
 from resnext_compiler.input_contract import newest_model_file
 from resnext_compiler.named_files import (
     LABELS,
@@ -48,7 +48,7 @@ def find_models(path: Path) -> list[ModelSource]:
     `named_files`), config.pbtxt of at most 1 MiB, and no two models with one name.
     """
     if not path.exists():
-        raise UserError(f"model not found: {path}")
+        raise UserError(f"model not found: {shown(path)}")
     if not path.is_dir():  # one file: regular (a FIFO is refused, not waited on), <= 2 GiB
         named_file(path, ONNX_MODEL, None)
         return [ModelSource(name=path.stem, version="1", onnx_path=path,
@@ -62,18 +62,18 @@ def find_models(path: Path) -> list[ModelSource]:
             continue
         model_dirs.append(child)
         if len(model_dirs) > MAX_MODELS:
-            raise UserError(f"{path}: more than {MAX_MODELS} models (folders with a {CONFIG}); "
-                            "serve a repository of fewer models")
+            raise UserError(f"{shown(path)}: more than {MAX_MODELS} models (folders with a "
+                            f"{CONFIG}); serve a repository of fewer models")
     if not model_dirs:
-        raise UserError(f"{path} is neither an ONNX file nor a Triton model repository "
+        raise UserError(f"{shown(path)} is neither an ONNX file nor a Triton model repository "
                         f"(expected REPO/<name>/{CONFIG} and REPO/<name>/1/model.onnx)")
     found = [_triton_model(child, root) for child in model_dirs]
     first: dict[str, Path] = {}
     for model_dir, source in zip(model_dirs, found, strict=True):
         if source.name in first:
-            raise UserError(f"{path}: two models are named {sanitise(source.name)!r} "
-                            f"({first[source.name] / CONFIG} and {model_dir / CONFIG}); "
-                            "model names must be unique")
+            raise UserError(f"{shown(path)}: two models are named {sanitise(source.name)!r} "
+                            f"({shown(first[source.name] / CONFIG)} and "
+                            f"{shown(model_dir / CONFIG)}); model names must be unique")
         first[source.name] = model_dir
     return found
 
@@ -84,7 +84,7 @@ def _triton_model(model_dir: Path, root: Path) -> ModelSource:
     config = read_named_text(config_path, TRITON_CONFIG, root)
     platform = re.search(r'^\s*(?:platform|backend)\s*:\s*"([^"]+)"', config, re.MULTILINE)
     if platform and platform.group(1) not in ("onnxruntime_onnx", "onnxruntime"):
-        raise UserError(f"{config_path}: platform {sanitise(platform.group(1))!r} is not "
+        raise UserError(f"{shown(config_path)}: platform {sanitise(platform.group(1))!r} is not "
                         "ONNX; this server runs onnxruntime_onnx models only")
     name = re.search(r'^\s*name\s*:\s*"([^"]+)"', config, re.MULTILINE)
     max_batch = re.search(r"^\s*max_batch_size\s*:\s*([0-9]{1,9})\s*$", config, re.MULTILINE)
