@@ -169,10 +169,29 @@ class CliRun:
                 f"err={self.err[-800:]!r})")
 
 
+# The CLI with its own peak RSS written at exit: wait4's ru_maxrss also counts the test
+# process's pages that the child held between fork and exec, so a test worker grown past the
+# bound by earlier tests would fail a child that stayed well under it. VmHWM is this image's
+# high-water mark; RUSAGE_CHILDREN covers the processes the CLI started and waited for.
+_REPORT_PEAK = """
+import atexit, os, re, resource, runpy, sys
+def report():
+    status = open("/proc/self/status").read()
+    own = int(re.search(r"VmHWM:\\s+(\\d+) kB", status).group(1))
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    with open(os.environ["RESNEXT_TEST_PEAK_FILE"], "w") as peak:
+        peak.write(str(1024 * max(own, children)))
+atexit.register(report)
+sys.argv[0] = "resnext-compile"
+runpy.run_module("resnext_compiler.cli", run_name="__main__", alter_sys=True)
+"""
+
+
 def run_cli_bounded(*args: object, address_space: int = 6 * GiB, timeout: float = 120,
                     env: dict[str, str] | None = None) -> CliRun:
     """`resnext-compile ARGS` in a child whose address space is capped (a regression cannot
-    take the machine down), with its own peak RSS from wait4."""
+    take the machine down), with its own peak RSS (reported by the child at exit; wait4's,
+    which overstates it, when the child was killed)."""
     import os
     import resource
     import subprocess
@@ -183,11 +202,14 @@ def run_cli_bounded(*args: object, address_space: int = 6 * GiB, timeout: float 
     def cap() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
 
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
+            tempfile.TemporaryDirectory() as folder:
+        peak_file = os.path.join(folder, "peak")
         started = time.perf_counter()
-        child = subprocess.Popen([sys.executable, "-m", "resnext_compiler.cli",
-                                  *map(str, args)], stdout=out, stderr=err, preexec_fn=cap,
-                                 env={**os.environ, **(env or {})})
+        child = subprocess.Popen([sys.executable, "-c", _REPORT_PEAK, *map(str, args)],
+                                 stdout=out, stderr=err, preexec_fn=cap,
+                                 env={**os.environ, **(env or {}),
+                                      "RESNEXT_TEST_PEAK_FILE": peak_file})
         deadline = started + timeout
         while True:
             pid, status, usage = os.wait4(child.pid, os.WNOHANG)
@@ -202,6 +224,11 @@ def run_cli_bounded(*args: object, address_space: int = 6 * GiB, timeout: float 
         seconds = time.perf_counter() - started
         out.seek(0)
         err.seek(0)
+        try:
+            with open(peak_file) as reported:
+                peak = int(reported.read())
+        except (OSError, ValueError):
+            peak = usage.ru_maxrss * 1024
         return CliRun(child.returncode, out.read().decode(errors="replace"),
-                      err.read().decode(errors="replace"), seconds, usage.ru_maxrss * 1024)
+                      err.read().decode(errors="replace"), seconds, peak)
 
