@@ -12,7 +12,6 @@ torch.
 from __future__ import annotations
 
 import json
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ import numpy as np
 import onnx
 
 from resnext_compiler.artifact_format import INT8_PREFIX, KEY_DTYPE
+from resnext_compiler.artifacts import work_folder
 
 # Bytes of float activations the QDQ debugging run may hold: it keeps every intermediate
 # tensor of every image, and the ranking copies one tensor's values at a time.
@@ -179,7 +179,7 @@ def worst_tensors(float_model: Path, qdq_model: Path, reader) -> list[tuple[str,
     qdq = onnx.load(str(qdq_model))
     ranges = quantization_ranges(qdq)
     shapes = channel_shapes(onnx.load(str(float_model), load_external_data=False))
-    with tempfile.TemporaryDirectory(prefix=".int8-debug-", dir=Path(qdq_model).parent) as work:
+    with work_folder(Path(qdq_model).parent, "int8-debug") as work:
         augmented = str(Path(work) / "float.onnx")
         modify_model_output_intermediate_tensors(str(float_model), augmented)
         reader.rewind()

@@ -32,7 +32,6 @@ from __future__ import annotations
 import contextlib
 import json
 import signal
-import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -50,7 +49,7 @@ from onnxruntime.quantization import (
 )
 
 from resnext_compiler.artifact_format import INT8_PREFIX, KEY_DTYPE, contract_or_default
-from resnext_compiler.artifacts import atomic_writer
+from resnext_compiler.artifacts import atomic_writer, work_folder
 from resnext_compiler.backends.base import (
     DEFAULT_CALIBRATION_IMAGES,
     DEFAULT_MIN_AGREEMENT,
@@ -245,7 +244,8 @@ def export_int8(graph, options, output: str | Path, description: str = "",  # no
 
     The calibration and held-out images are searched before anything is compiled, so a
     missing or empty folder costs nothing; the float32 model is a temporary file beside
-    `output`. SIGTERM stops it like Ctrl-C: no temporary folder and no output is left.
+    `output`. SIGTERM stops it like Ctrl-C: no temporary folder and no output is left; the
+    folders of a compile that was killed outright are removed by the next one there.
     The images are read through the contract the float32 model records (the default for
     the graph's input when it records none), passed along rather than read back.
     """
@@ -263,7 +263,7 @@ def export_int8(graph, options, output: str | Path, description: str = "",  # no
     float_options = replace(options, dtype="fp32")
     contract = artifact_contract(graph, float_options, contract)
     with _sigterm_as_interrupt(), \
-            tempfile.TemporaryDirectory(prefix=".fp32-", dir=output.parent) as work:
+            work_folder(output.parent, "fp32") as work:
         float_model = export_onnx(graph, float_options, Path(work) / "model.onnx", description,
                                   weights, contract)
         images_contract = contract or default_contract(*graph.shape_of(INPUT).as_list())
@@ -310,7 +310,7 @@ def quantize_int8(float_model: Path, output: Path, calibration: CalibrationSet,
         ("every other image of the --calibrate folder" if held_out.folder == calibration.folder
          else f"--validate folder {held_out.folder.name}"))
     reader = _reader(header, contract, calibration_part)
-    with tempfile.TemporaryDirectory(prefix=".int8-", dir=Path(output).parent) as work:
+    with work_folder(Path(output).parent, "int8") as work:
         prepared = Path(work) / "prepared.onnx"
         # The graph declares every value's shape already (value_info), so onnxruntime's
         # symbolic shape inference has nothing to add; its module imports torch whenever

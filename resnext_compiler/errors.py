@@ -25,6 +25,12 @@ def sanitise(text: str, keep_newlines: bool = False) -> str:
     return pattern.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
 
 
+def shown(value: object) -> str:
+    """A path or name from a file as a message shows it, on one line: a newline or escape
+    sequence in it cannot start a forged line or reach the terminal."""
+    return sanitise(str(value))
+
+
 class EscapeLogArguments(logging.Filter):
     """Escapes every string argument of a log record (`sanitise`, newlines included): the
     names a log line carries come from files and models, the format strings are ours."""

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from resnext_compiler.errors import UserError, sanitise
+from resnext_compiler.errors import UserError, sanitise, shown
 
 # Folders outside an owner's root that the user allows on purpose (os.pathsep-separated). An
 # environment variable so data-loader workers, torchrun children and Slurm jobs inherit it.
@@ -88,12 +88,6 @@ def _prefix(where: str) -> str:
     return f"{sanitise(where)}: " if where else ""
 
 
-def _shown(path: str | Path) -> str:
-    """A path as a message shows it: a newline or escape sequence in a file name cannot start a
-    forged line or reach the terminal."""
-    return sanitise(str(path))
-
-
 def contained(path: str | Path, root: Path | None, where: str = "",
               kind: FileKind | None = None) -> Path:
     """`path` with every symlink resolved, refused unless it lies under `root` (or under an
@@ -104,17 +98,17 @@ def contained(path: str | Path, root: Path | None, where: str = "",
     try:
         resolved = Path(path).resolve(strict=True)
     except FileNotFoundError:
-        raise NamedFileError(f"{_prefix(where)}{what} not found: {_shown(path)}") from None
+        raise NamedFileError(f"{_prefix(where)}{what} not found: {shown(path)}") from None
     except (OSError, RuntimeError) as exc:  # a symlink loop, a path component not a folder
-        raise NamedFileError(f"{_prefix(where)}cannot resolve {_shown(path)}: "
+        raise NamedFileError(f"{_prefix(where)}cannot resolve {shown(path)}: "
                              f"{getattr(exc, 'strerror', None) or exc}") from None
     if root is None:
         return resolved
     roots = (Path(root).resolve(), *allowed_roots())
     if not any(resolved.is_relative_to(r) for r in roots):
         raise NamedFileError(
-            f"{_prefix(where)}{_shown(path)} leads to {_shown(resolved)}, outside "
-            f"{_shown(roots[0])}; files an input names must stay under its folder (allow "
+            f"{_prefix(where)}{shown(path)} leads to {shown(resolved)}, outside "
+            f"{shown(roots[0])}; files an input names must stay under its folder (allow "
             f"another folder on purpose with --allow-root DIR or {ALLOW_ROOT_ENV})")
     return resolved
 
@@ -122,7 +116,7 @@ def contained(path: str | Path, root: Path | None, where: str = "",
 def _check_regular(mode: int, path: str | Path, kind: FileKind, where: str) -> None:
     if not stat.S_ISREG(mode):
         shape = "got a directory" if stat.S_ISDIR(mode) else "a device, FIFO or socket"
-        raise NamedFileError(f"{_prefix(where)}{kind.what} {_shown(path)} is not a regular "
+        raise NamedFileError(f"{_prefix(where)}{kind.what} {shown(path)} is not a regular "
                              f"file ({shape})")
 
 
@@ -136,13 +130,13 @@ def open_named(path: str | Path, kind: FileKind, root: Path | None, where: str =
     try:
         fd = os.open(resolved, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as exc:
-        raise NamedFileError(f"{_prefix(where)}cannot read {kind.what} {_shown(path)}: "
+        raise NamedFileError(f"{_prefix(where)}cannot read {kind.what} {shown(path)}: "
                              f"{exc.strerror or exc}") from None
     try:
         info = os.fstat(fd)  # the descriptor's file, whatever the path points at by now
         _check_regular(info.st_mode, path, kind, where)
         if info.st_size > kind.max_bytes:
-            raise NamedFileError(f"{_prefix(where)}{kind.what} {_shown(path)} is larger than "
+            raise NamedFileError(f"{_prefix(where)}{kind.what} {shown(path)} is larger than "
                                  f"the {kind.max_bytes}-byte limit ({info.st_size} bytes)",
                                  too_large=True)
         os.set_blocking(fd, True)
@@ -161,7 +155,7 @@ def named_file(path: str | Path, kind: FileKind, root: Path | None, where: str =
     info = resolved.stat()
     _check_regular(info.st_mode, path, kind, where)
     if info.st_size > kind.max_bytes:
-        raise NamedFileError(f"{_prefix(where)}{kind.what} {_shown(path)} is larger than the "
+        raise NamedFileError(f"{_prefix(where)}{kind.what} {shown(path)} is larger than the "
                              f"{kind.max_bytes}-byte limit ({info.st_size} bytes)",
                              too_large=True)
     return resolved
@@ -186,10 +180,10 @@ def read_named_bytes(path: str | Path, kind: FileKind, root: Path | None,
                 total += len(chunk)
             data = parts[0] if len(parts) == 1 else b"".join(parts)
         except OSError as exc:
-            raise NamedFileError(f"{_prefix(where)}cannot read {kind.what} {_shown(path)}: "
+            raise NamedFileError(f"{_prefix(where)}cannot read {kind.what} {shown(path)}: "
                                  f"{exc.strerror or exc}") from None
     if len(data) > kind.max_bytes:
-        raise NamedFileError(f"{_prefix(where)}{kind.what} {_shown(path)} is larger than the "
+        raise NamedFileError(f"{_prefix(where)}{kind.what} {shown(path)} is larger than the "
                              f"{kind.max_bytes}-byte limit", too_large=True)
     return data
 
@@ -201,7 +195,7 @@ def read_named_text(path: str | Path, kind: FileKind, root: Path | None,
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise NamedFileError(f"{_prefix(where)}{kind.what} {_shown(path)} is not UTF-8 text "
+        raise NamedFileError(f"{_prefix(where)}{kind.what} {shown(path)} is not UTF-8 text "
                              f"({exc.reason} at byte {exc.start})") from None
 
 
@@ -209,7 +203,7 @@ def named_folder(path: str | Path, root: Path | None, where: str = "") -> Path:
     """A folder an input names, resolved and kept under `root`; anything else is refused."""
     resolved = contained(path, root, where)
     if not resolved.is_dir():
-        raise NamedFileError(f"{_prefix(where)}{_shown(path)} is not a folder")
+        raise NamedFileError(f"{_prefix(where)}{shown(path)} is not a folder")
     return resolved
 
 
@@ -229,7 +223,7 @@ def walk_files(folder: str | Path, root: Path, where: str = "",
     visited = 0
 
     def refuse_special(path: Path) -> NamedFileError:
-        return NamedFileError(f"{_prefix(where)}{_shown(path)} is not a regular file (a "
+        return NamedFileError(f"{_prefix(where)}{shown(path)} is not a regular file (a "
                               "device, FIFO or socket)")
 
     def walk(directory: Path, real: Path) -> Iterator[Path]:
@@ -244,13 +238,13 @@ def walk_files(folder: str | Path, root: Path, where: str = "",
             with os.scandir(directory) as listing:
                 entries = sorted(listing, key=lambda entry: entry.name)
         except OSError as exc:
-            raise NamedFileError(f"{_prefix(where)}cannot list {_shown(directory)}: "
+            raise NamedFileError(f"{_prefix(where)}cannot list {shown(directory)}: "
                                  f"{exc.strerror or exc}") from None
         for entry in entries:
             visited += 1
             if visited > max_entries:
                 raise NamedFileError(f"{_prefix(where)}more than {max_entries} files searched "
-                                     f"under {_shown(start)}; point it at a smaller folder")
+                                     f"under {shown(start)}; point it at a smaller folder")
             path = directory / entry.name
             wanted = not suffixes or entry.name.lower().endswith(suffixes)
             if not entry.is_symlink():

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from resnext_compiler import ops
-from resnext_compiler.errors import UserError
+from resnext_compiler.errors import UserError, shown
 from resnext_compiler.initialisation import Constant, Normal, Start, parameter_starts
 from resnext_compiler.ir import Graph, Param
 from resnext_compiler.named_files import WEIGHTS, open_named
@@ -76,7 +76,7 @@ class SafetensorsWeights(Mapping[str, np.ndarray]):
         with open_named(self.path, WEIGHTS, None) as handle:
             handle.seek(self._data_start + begin)
             if handle.readinto(memoryview(array).cast("B")) != end - begin:
-                raise UserError(f"{self.path}: file ends inside tensor {name!r}")
+                raise UserError(f"{shown(self.path)}: file ends inside tensor {name[:80]!r}")
         if dtype_name == "BF16":
             return (array.astype(np.uint32) << 16).view(np.float32)
         return array
@@ -98,16 +98,16 @@ def _read_safetensors_header(path: Path) -> tuple[dict, int]:
         prefix = handle.read(8)
         length = int.from_bytes(prefix, "little") if len(prefix) == 8 else -1
         if not 2 <= length <= min(_MAX_HEADER_BYTES, size - 8):
-            raise UserError(f"{path}: not a safetensors file (bad header length)")
+            raise UserError(f"{shown(path)}: not a safetensors file (bad header length)")
         try:
             header = json.loads(handle.read(length))
         except (UnicodeDecodeError, json.JSONDecodeError):
-            raise UserError(f"{path}: not a safetensors file (header is not JSON)") from None
+            raise UserError(f"{shown(path)}: not a safetensors file (header is not JSON)") from None
         except RecursionError:
-            raise UserError(f"{path}: not a safetensors file (header JSON nested too deeply)"
+            raise UserError(f"{shown(path)}: not a safetensors file (header JSON nested too deeply)"
                             ) from None
     if not isinstance(header, dict):
-        raise UserError(f"{path}: not a safetensors file (header is not a JSON object)")
+        raise UserError(f"{shown(path)}: not a safetensors file (header is not a JSON object)")
     data_size = size - 8 - length
     entries = {}
     for name, info in header.items():
@@ -120,11 +120,11 @@ def _read_safetensors_header(path: Path) -> tuple[dict, int]:
             if not all(_is_count(n) for n in (*shape, begin, end)):
                 raise ValueError("shape and offsets must be non-negative integers")
         except (KeyError, TypeError, ValueError):
-            raise UserError(f"{path}: tensor {name[:80]!r} has an unsupported or malformed "
+            raise UserError(f"{shown(path)}: tensor {name[:80]!r} has an unsupported or malformed "
                             f"entry {str(info)[:200]}") from None
         if not (0 <= begin <= end <= data_size and end - begin == math.prod(shape) * itemsize):
-            raise UserError(f"{path}: tensor {name!r} has data offsets {begin}..{end} that do "
-                            f"not fit its shape {list(shape)} or the file")
+            raise UserError(f"{shown(path)}: tensor {name[:80]!r} has data offsets "
+                            f"{begin}..{end} that do not fit its shape {list(shape)} or the file")
         entries[name] = (dtype_name, shape, (begin, end))
     _check_no_overlap(path, entries)
     return entries, 8 + length
@@ -137,7 +137,7 @@ def _check_no_overlap(path: Path, entries: dict) -> None:
                    if end > begin)
     for (_, first_end, first), (second_begin, _, second) in zip(spans, spans[1:], strict=False):
         if second_begin < first_end:
-            raise UserError(f"{path}: tensors {first[:80]!r} and "
+            raise UserError(f"{shown(path)}: tensors {first[:80]!r} and "
                             f"{second[:80]!r} overlap in the file (safetensors "
                             "tensors each have their own bytes)")
 
@@ -148,23 +148,22 @@ def _is_count(value: object) -> bool:
 
 def read_torch_checkpoint(path: str | Path) -> dict[str, np.ndarray]:
     """A state dict from a PyTorch checkpoint, as float32/int64 numpy arrays."""
-    import pickle
 
     from resnext_compiler.extras import require
 
-    torch = require("torch", f"reading the PyTorch checkpoint {Path(path).name}")
+    torch = require("torch", f"reading the PyTorch checkpoint {shown(Path(path).name)}")
 
     try:
         with open_named(path, WEIGHTS, None) as handle:
             loaded = torch.load(handle, map_location="cpu", weights_only=True)
     except UserError:
         raise
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
+    # pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError and any other
+    # failure to unpickle a file are the file's fault
+    except Exception as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{path}: cannot read as a PyTorch checkpoint: {first_line}") from None
-    except Exception as exc:  # any other failure to unpickle a file is the file's fault
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{path}: cannot read as a PyTorch checkpoint: {first_line}") from None
+        raise UserError(f"{shown(path)}: cannot read as a PyTorch checkpoint: "
+                        f"{shown(first_line)}") from None
     state = loaded
     if isinstance(loaded, dict):
         for key in ("model", "state_dict", "model_state_dict"):
@@ -172,11 +171,13 @@ def read_torch_checkpoint(path: str | Path) -> dict[str, np.ndarray]:
                 state = loaded[key]
                 break
     if not isinstance(state, dict) or not state:
-        raise UserError(f"{path}: expected a state dict (or a dict with a 'model' state dict)")
+        raise UserError(f"{shown(path)}: expected a state dict (or a dict with a 'model' "
+                        "state dict)")
     out: dict[str, np.ndarray] = {}
     for key, value in state.items():
         if not isinstance(value, torch.Tensor):
-            raise UserError(f"{path}: entry {key!r} is a {type(value).__name__}, not a tensor")
+            raise UserError(f"{shown(path)}: entry {str(key)[:80]!r} is a "
+                            f"{type(value).__name__}, not a tensor")
         name = strip_wrapper_prefixes(key)
         if value.dtype == torch.bfloat16:
             value = value.float()
@@ -193,7 +194,7 @@ def read_weights(path: str | Path) -> Mapping[str, np.ndarray]:
         return read_torch_checkpoint(file)  # zip (torch.save) or legacy pickle
     if len(head) == 9 and head[8:9] == b"{":
         return SafetensorsWeights(file)
-    raise UserError(f"{file}: not a safetensors file or a PyTorch checkpoint")
+    raise UserError(f"{shown(file)}: not a safetensors file or a PyTorch checkpoint")
 
 
 def list_problems(problems: list[str]) -> str:
@@ -239,7 +240,8 @@ def compare_weights(expected: Mapping[str, tuple[int, ...]], given: Mapping[str,
         elif tuple(given[name]) != tuple(shape):
             report.wrong_shapes.append(f"{name}: expected shape {list(shape)}, "
                                        f"got {list(given[name])}")
-    report.unexpected = [f"{name}: not a parameter of {owner} (shape {list(shape)})"
+    # only these names come from the file alone; the others are also the graph's
+    report.unexpected = [f"{shown(name)}: not a parameter of {owner} (shape {list(shape)})"
                          for name, shape in given.items() if name not in expected]
     return report
 
@@ -319,7 +321,7 @@ def fit_form(weights: Mapping[str, np.ndarray], graph: Graph, source: str
     try:
         return convert_weights(weights, graph)
     except ValueError as exc:
-        raise UserError(f"{source} do not fit this spec: {exc}") from None
+        raise UserError(f"{source} do not fit this spec: {shown(exc)}") from None
 
 
 # A file in another block form holds the same parameters in other shapes; one that declares
@@ -380,7 +382,7 @@ def _read_for(graph: Graph, path: str | Path) -> Mapping[str, np.ndarray]:
 
     file = Path(path)
     if not file.is_file():
-        raise UserError(f"weights file not found: {file}")
+        raise UserError(f"weights file not found: {shown(file)}")
     return read_tensors(file, graph)[0]
 
 
@@ -388,7 +390,7 @@ def model_weights(graph: Graph, path: str | Path | None, seed: int = 0) -> Mappi
     """Weights for `graph`: read from `path`, fitted to its forms and checked, or initialised."""
     if path is None:
         return InitialWeights(graph, seed)
-    source = f"weights {Path(path).name}"
+    source = f"weights {shown(Path(path).name)}"
     weights = fill_step_counters(fit_form(_read_for(graph, path), graph, source), graph)
     check_weights(graph, weights, source=source)
     return weights
@@ -400,7 +402,7 @@ def fine_tune_weights(graph: Graph, path: str | Path, seed: int = 0
     (ImageNet weights fine-tuned on a 10-class folder), which is initialised from `seed`.
     Returns the weights and the names initialised afresh; anything else that does not fit is
     an error, as in `model_weights`."""
-    source = f"weights {Path(path).name}"
+    source = f"weights {shown(Path(path).name)}"
     weights = fill_step_counters(fit_form(_read_for(graph, path), graph, source), graph)
     classifier = {p.name for node in graph.nodes if isinstance(node.op, ops.Linear)
                   for p in graph.params() if p.node == node.name}

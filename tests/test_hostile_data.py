@@ -133,6 +133,34 @@ def test_cifar_batch_with_bad_labels_is_a_user_error(tmp_path: Path, labels: obj
     assert str(tmp_path) in str(refused.value)
 
 
+def test_cifar_batch_with_odd_keys_is_named_briefly(tmp_path: Path) -> None:
+    """Keys the file chose (mixed types, long, a newline, thousands) show as a few short
+    reprs on the error's one line."""
+    from resnext_compiler.runtimes.train.cifar import read_cifar
+
+    keys = {1: 0, b"x" * 1000: 0, "k\nerror: all is well": 0, **{f"k{i}": 0 for i in range(5000)}}
+    for name in ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4",
+                 "data_batch_5", "test_batch"]:
+        (tmp_path / name).write_bytes(pickle.dumps(keys, protocol=2))
+    with pytest.raises(UserError, match=r"data_batch_1: expected a dict") as refused:
+        read_cifar(tmp_path, "cifar10")
+    message = str(refused.value)
+    assert "\n" not in message and len(message) < 1000, message
+    assert "'k\\nerror: all is well'" in message
+
+
+def test_image_scan_names_a_damaged_file_on_one_line(tmp_path: Path) -> None:
+    from resnext_compiler.runtimes.train.image_check import check_image_files
+
+    path = tmp_path / "cat\nerror: all is well.png"
+    path.write_bytes(b"not a png")
+    with pytest.raises(UserError, match="1 of 1 image file") as refused:
+        check_image_files([str(path)])
+    lines = str(refused.value).splitlines()
+    assert len(lines) == 2, lines
+    assert lines[1].startswith(f"  {tmp_path}/cat\\nerror: all is well.png: "), lines
+
+
 @pytest.fixture
 def finished_run(tmp_path: Path) -> Path:
     """A run directory as `train` leaves it (settings, spec, checkpoint, metrics)."""

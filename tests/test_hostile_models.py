@@ -340,6 +340,17 @@ def test_node_name_with_escapes_and_newlines_is_escaped_in_the_error(tmp_path: P
     assert run.code == 2 and run.err.count("\n") == 1 and "\x1b" not in run.err, run
 
 
+def test_model_folder_names_with_newlines_are_escaped_in_the_error(tmp_path: Path) -> None:
+    """Two models named alike, one in a folder whose name would forge an `error:` line."""
+    for folder in ("a\nerror: all is well", "b"):
+        (tmp_path / "repo" / folder / "1").mkdir(parents=True)
+        write_tiny_onnx(tmp_path / "repo" / folder / "1" / "model.onnx")
+        (tmp_path / "repo" / folder / "config.pbtxt").write_text('name: "m"\n')
+    error = refused_within(lambda: find_models(tmp_path / "repo"), UserError, SECONDS, PEAK)
+    assert "two models are named 'm'" in str(error) and "\n" not in str(error), str(error)
+    assert "a\\nerror: all is well" in str(error)
+
+
 def test_log_arguments_from_files_are_escaped() -> None:
     record = logging.LogRecord("x", logging.INFO, __file__, 1, "loaded model %s from %s",
                                ("evil\n\x1b[31mINFO: fake", Path("/m/\x07.onnx")), None)

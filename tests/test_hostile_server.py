@@ -44,19 +44,39 @@ class ServeProcess:
         record(0.0, kib * 1024, "server process")
         return kib
 
+    def grpc_target(self) -> str:
+        """`127.0.0.1:PORT` of a server started with `--grpc-port 0`, from its log."""
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            for line in list(self.log):
+                found = re.search(r"gRPC \(inference\.GRPCInferenceService\) on [\d.]+:(\d+)",
+                                  line)
+                if found:
+                    return f"127.0.0.1:{found.group(1)}"
+            time.sleep(0.05)
+        raise AssertionError("".join(self.log))
+
+    def metric(self, name: str) -> float:
+        """One unlabelled sample of the server's /metrics."""
+        text = httpx.get(f"{self.url}/metrics", timeout=30).text
+        return float(re.search(rf"^{name} (\S+)$", text, re.MULTILINE).group(1))
+
 
 @contextlib.contextmanager
-def serve_process(model: Path, *flags: str, nofile: int | None = None
+def serve_process(model: Path, *flags: str, nofile: int | None = None, prelude: str = ""
                   ) -> Iterator[ServeProcess]:
-    """`resnext-compile serve MODEL --port 0 FLAGS` in a child process, until it is ready."""
+    """`resnext-compile serve MODEL --port 0 FLAGS` in a child process, until it is ready;
+    `prelude`, Python run in the child before the CLI, may patch the server for a test."""
 
     def limit_files() -> None:
         if nofile is not None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
 
+    command = (["-c", f"{prelude}\nfrom resnext_compiler.cli import main\nmain()\n"] if prelude
+               else ["-m", "resnext_compiler.cli"])
     process = subprocess.Popen(
-        [sys.executable, "-m", "resnext_compiler.cli", "serve", str(model), "--port", "0",
-         *flags], stderr=subprocess.PIPE, text=True, preexec_fn=limit_files)
+        [sys.executable, *command, "serve", str(model), "--port", "0", *flags],
+        stderr=subprocess.PIPE, text=True, preexec_fn=limit_files)
     log: list[str] = []
     port = None
     deadline = time.monotonic() + 60

@@ -295,3 +295,64 @@ def test_plot_of_a_run_whose_spec_nests_5000_deep_is_located(tmp_path: Path, run
     assert f"{run / 'spec.yaml'}:1:" in str(error) and "nested more than 64" in str(error)
     result = run_cli("plot", run)
     assert result.code == 2 and "nested more than 64" in result.err, result
+
+
+# -- names that would forge a line ---------------------------------------------------------
+
+FORGED = "\nerror: forged"
+
+
+def assert_no_forged_line(err: str) -> None:
+    """The CLI prints one `error:` line; a name from the file shows escaped inside it."""
+    assert not [line for line in err.splitlines() if "forged" in line
+                and not line.startswith("error: ")], err
+    assert sum(line.startswith("error:") for line in err.splitlines()) == 1, err
+    assert "\\nerror: forged" in err, err
+
+
+def full_weights(path: Path, spec_path: Path, extra: dict[str, list[int]]) -> Path:
+    """Every parameter of the spec (zeros), plus `extra` tensors."""
+    from resnext_compiler.pipeline import compile_spec
+    from resnext_compiler.weights import graph_shapes
+
+    shapes = {**graph_shapes(compile_spec(load_spec(spec_path))), **extra}
+    entries, offset = {}, 0
+    for name, shape in shapes.items():
+        size = 4 * int(np.prod(shape))
+        entries[name] = (list(shape), offset, offset + size)
+        offset += size
+    return safetensors_file(path, entries, offset)
+
+
+@pytest.mark.parametrize("command", ["compile", "import-weights"])
+def test_a_tensor_name_with_a_newline_stays_on_its_line(tmp_path: Path, spec_path: Path,
+                                                        run_cli, command: str) -> None:
+    path = full_weights(tmp_path / "w.safetensors", spec_path, {f"junk{FORGED}": [2]})
+    args = (["compile", spec_path, "--weights", path, "-o", tmp_path / "out.onnx"]
+            if command == "compile" else
+            ["import-weights", path, "--spec", spec_path, "-o", tmp_path / "out.safetensors"])
+    result = run_cli(*args)
+    assert result.code == 2 and "1 unexpected" in result.err, result
+    forged = [line for line in result.err.splitlines() if "forged" in line]
+    assert forged == ["  junk\\nerror: forged: not a parameter of tiny (shape [2])"], result.err
+
+
+@pytest.mark.parametrize("header", [b"\x00" * 16, struct.pack("<Q", 4) + b"[1] ",
+                                    struct.pack("<Q", 2) + b"{]"],
+                         ids=["bad length", "not an object", "not JSON"])
+def test_a_weights_file_name_with_a_newline_stays_on_its_line(tmp_path: Path, spec_path: Path,
+                                                              run_cli, header: bytes) -> None:
+    path = tmp_path / f"w{FORGED}.safetensors"
+    path.write_bytes(header + b"\x00" * 16)
+    result = run_cli("compile", spec_path, "--weights", path, "-o", tmp_path / "out.onnx")
+    assert result.code == 2 and "safetensors" in result.err, result
+    assert_no_forged_line(result.err)
+    assert len(result.err.strip().splitlines()) == 1, result.err
+
+
+def test_a_mismatch_in_a_file_named_with_a_newline_stays_on_its_lines(
+        tmp_path: Path, spec_path: Path, run_cli) -> None:
+    path = safetensors_file(tmp_path / f"w{FORGED}.safetensors", {"fc.bias": ([10], 0, 40)}, 40)
+    result = run_cli("compile", spec_path, "--weights", path, "-o", tmp_path / "out.onnx")
+    assert result.code == 2 and "missing" in result.err, result
+    assert_no_forged_line(result.err)

@@ -297,24 +297,15 @@ def test_min_agreement_out_of_range_is_refused(run_cli, tiny_spec, tmp_path, val
     assert "--int8-min-agreement" in err
 
 
-@pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM"])
-def test_an_interrupted_int8_compile_leaves_nothing_behind(tiny_spec, tmp_path, signal_name):
-    import os
-    import signal
+def start_slowed_compile(spec: Path, tmp_path: Path, out: Path, env: dict[str, str]):
+    """The CLI in a child process with quantize_static slowed down: it finishes calibrating
+    (onnxruntime's own temporary folder exists), then signals that it is in the middle of the
+    work and waits. Returns the process once it is there."""
     import subprocess
     import sys
 
     write_images(tmp_path / "calib", 8)
-    out, temp = tmp_path / "out", tmp_path / "tmp"
-    out.mkdir()
-    temp.mkdir()
     started = tmp_path / "started"
-    env = {**os.environ, "TMPDIR": str(temp)}
-    # importing onnxruntime leaves a session-id file in the temporary folder: not ours
-    subprocess.run([sys.executable, "-c", "import onnxruntime"], env=env, check=True)
-    before = sorted(temp.iterdir())
-    # the CLI with quantize_static slowed down: it finishes calibrating (onnxruntime's own
-    # temporary folder exists), then signals that it is in the middle of the work and waits
     code = ("import sys, time\nfrom pathlib import Path\n"
             "from resnext_compiler.backends import onnx_quantize\n"
             "original = onnx_quantize.quantize_static\n"
@@ -325,14 +316,34 @@ def test_an_interrupted_int8_compile_leaves_nothing_behind(tiny_spec, tmp_path, 
             "onnx_quantize.quantize_static = slow\n"
             "from resnext_compiler.cli import main\nmain(sys.argv[1:])\n")
     proc = subprocess.Popen(
-        [sys.executable, "-c", code, str(tiny_spec), "--dtype", "int8", "--calibrate",
+        [sys.executable, "-c", code, str(spec), "--dtype", "int8", "--calibrate",
          str(tmp_path / "calib"), "-o", str(out / "m.onnx")],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not started.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if not started.exists():
+        proc.kill()
+        pytest.fail(str(proc.communicate()))
+    return proc
+
+
+@pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM"])
+def test_an_interrupted_int8_compile_leaves_nothing_behind(tiny_spec, tmp_path, signal_name):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    out, temp = tmp_path / "out", tmp_path / "tmp"
+    out.mkdir()
+    temp.mkdir()
+    env = {**os.environ, "TMPDIR": str(temp)}
+    # importing onnxruntime leaves a session-id file in the temporary folder: not ours
+    subprocess.run([sys.executable, "-c", "import onnxruntime"], env=env, check=True)
+    before = sorted(temp.iterdir())
+    proc = start_slowed_compile(tiny_spec, tmp_path, out, env)
     try:
-        deadline = time.monotonic() + 60
-        while not started.exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert started.exists(), proc.communicate()
         assert [p.name for p in out.iterdir() if p.name.startswith(".fp32-")]  # mid-work
         proc.send_signal(getattr(signal, signal_name))
         _, err = proc.communicate(timeout=30)
@@ -343,6 +354,42 @@ def test_an_interrupted_int8_compile_leaves_nothing_behind(tiny_spec, tmp_path, 
     assert proc.returncode == 130, err  # the CLI's exit status for an interruption
     assert "Traceback" not in err
     assert list(out.iterdir()) == [] and sorted(temp.iterdir()) == before
+
+
+def test_the_next_int8_compile_removes_what_a_killed_one_left(run_cli, tiny_spec, tmp_path):
+    """SIGKILL runs no cleanup: the work folders stay until a compile into the same folder
+    finds that their owner is gone."""
+    import os
+
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = start_slowed_compile(tiny_spec, tmp_path, out, dict(os.environ))
+    proc.kill()
+    proc.communicate(timeout=30)
+    left = sorted(p.name.split("-")[0] for p in out.iterdir())
+    assert left == [".fp32", ".int8"], left
+    result = run_cli(tiny_spec, "--dtype", "int8", "--calibrate", tmp_path / "calib",
+                     "-o", out / "m.onnx")
+    assert result.code == 0, result.err
+    assert [p.name for p in out.iterdir()] == ["m.onnx"]
+
+
+def test_an_int8_compile_leaves_the_work_folders_of_a_live_one_alone(run_cli, tiny_spec,
+                                                                      tmp_path):
+    import os
+
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = start_slowed_compile(tiny_spec, tmp_path, out, dict(os.environ))
+    try:
+        theirs = sorted(p.name for p in out.iterdir())
+        result = run_cli(tiny_spec, "--dtype", "int8", "--calibrate", tmp_path / "calib",
+                         "-o", out / "m.onnx")
+        assert result.code == 0, result.err
+        assert sorted(p.name for p in out.iterdir()) == sorted([*theirs, "m.onnx"])
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 # --- refusals: never quantize on made-up data, and say so before any work ---------------------

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from resnext_compiler.errors import shown
 from resnext_compiler.importers.fit import ImportResult, fit_to_graph, save_safetensors
 from resnext_compiler.ir import Graph
 from resnext_compiler.named_files import WEIGHTS, named_file
@@ -55,5 +56,6 @@ def import_weights(source: str | Path, spec: Spec, allow_partial: bool = False) 
     path = named_file(source, WEIGHTS, None)  # a FIFO or device is refused, not read
     graph = compile_spec(spec)
     tensors, source_format = read_tensors(path, graph)
-    tensors = fit_form(tensors, graph, f"weights {path.name}")  # names checked before reading
-    return fit_to_graph(tensors, graph, source_format, allow_partial, source_name=path.name)
+    name = shown(path.name)
+    tensors = fit_form(tensors, graph, f"weights {name}")  # names checked before reading
+    return fit_to_graph(tensors, graph, source_format, allow_partial, source_name=name)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from resnext_compiler.caffe_proto import CaffeLayer, read_net
-from resnext_compiler.errors import UserError
+from resnext_compiler.errors import UserError, shown
 from resnext_compiler.ir import Graph
 from resnext_compiler.ops import BatchNorm
 
@@ -27,7 +27,7 @@ CAFFE_DEFAULT_EPS = 1e-5  # BatchNormParameter.eps when a file leaves it out
 def _weight_and_bias(layer: CaffeLayer) -> dict[str, np.ndarray]:
     names = ("weight", "bias")
     if len(layer.blobs) > 2:
-        raise UserError(f"{layer.type} layer {layer.name!r} has {len(layer.blobs)} blobs, "
+        raise UserError(f"{shown(layer.type)} layer {layer.name!r} has {len(layer.blobs)} blobs, "
                         "expected a weight and an optional bias")
     return {f"{layer.name}.{n}": b for n, b in zip(names, layer.blobs, strict=False)}
 
@@ -75,7 +75,7 @@ def read_caffemodel(path: str | Path, graph: Graph) -> tuple[dict[str, np.ndarra
             for i, blob in enumerate(layer.blobs):
                 tensors[f"{layer.name}.blobs.{i}"] = blob
     if not with_blobs:
-        raise UserError(f"{Path(path).name}: the Caffe model has no layer with weights "
+        raise UserError(f"{shown(Path(path).name)}: the Caffe model has no layer with weights "
                         "(a deploy net without blobs?)")
     detail = f"Caffe model {net_name!r}, {with_blobs} layers with blobs"
     return tensors, detail

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from resnext_compiler.errors import UserError
+from resnext_compiler.errors import UserError, shown
 from resnext_compiler.ir import Graph, Node
 from resnext_compiler.named_files import WEIGHTS, open_named
 from resnext_compiler.ops import BN_STEP_COUNTER, Add, BatchNorm, Conv, Linear
@@ -64,7 +64,7 @@ class Torch7Layer:
         return () if value is None else tuple(value.shape)
 
     def describe(self) -> str:
-        return f"{self.typename} at [{self.path}] {list(self.shape)}"
+        return f"{shown(self.typename)} at [{self.path}] {list(self.shape)}"
 
 
 def _text(value: Any) -> str:
@@ -137,7 +137,7 @@ def walk(obj: Any, path: str = "", bounds: _Walk | None = None) -> list[Torch7La
         return [Torch7Layer(kind, typename, path, fields)]
     weight = fields.get("weight")
     if isinstance(weight, np.ndarray) and weight.size:
-        raise UserError(f"unsupported Torch7 layer {typename} at [{path}] with weights "
+        raise UserError(f"unsupported Torch7 layer {shown(typename)} at [{path}] with weights "
                         f"{list(weight.shape)}; the importer maps SpatialConvolution, "
                         "SpatialBatchNormalization and Linear")
     return []
@@ -226,13 +226,13 @@ def read_torch7(path: str | Path) -> list[Torch7Layer]:
     except UserError:
         raise
     except Exception as exc:  # torchfile raises bare struct/ValueErrors on foreign files
-        raise UserError(f"{path}: cannot read as a Torch7 file: {type(exc).__name__}: "
-                        f"{exc}") from None
+        raise UserError(f"{shown(path)}: cannot read as a Torch7 file: "
+                        f"{type(exc).__name__}: {shown(exc)}") from None
     if isinstance(model, dict):  # a checkpoint table holding the model
         model = {_text(k): v for k, v in model.items()}.get("model", model)
     layers = walk(model)
     if not layers:
-        raise UserError(f"{path}: the Torch7 model has no convolution, batch-norm or linear "
+        raise UserError(f"{shown(path)}: the Torch7 model has no convolution, batch-norm or linear "
                         "layers")
     return layers
 
@@ -359,5 +359,5 @@ def read_torch7_model(path: str | Path, graph: Graph) -> tuple[dict[str, np.ndar
             first_problems = problems
     tried = [form for form, _ in candidates]
     where = f"in block forms {', '.join(tried)}" if len(tried) > 1 else "(layers in order)"
-    raise UserError(f"{Path(path).name} does not fit {graph.name} {where}:\n"
+    raise UserError(f"{shown(Path(path).name)} does not fit {graph.name} {where}:\n"
                     f"{list_problems(first_problems)}")

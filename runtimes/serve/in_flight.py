@@ -18,12 +18,15 @@ class InFlight:
     Both front ends reserve here before they decode a large request (HTTP from its declared
     length, before reading the body; gRPC from the received message, before parsing it), so
     the same load gets the same answer: 503 + Retry-After, or RESOURCE_EXHAUSTED with a
-    retry-after trailer. Requests under `SMALL_BODY_BYTES` are not counted.
+    retry-after trailer. Requests under `SMALL_BODY_BYTES` are not counted. `peak` is the
+    most bytes held at once since the server started (a metric: it shows how close the load
+    came to the budget, and that the budget held).
     """
 
     def __init__(self, limit: int):
         self.limit = limit
         self.used = 0
+        self.peak = 0
         self._lock = threading.Lock()
 
     def reserve(self, amount: int) -> bool:
@@ -31,6 +34,7 @@ class InFlight:
             if self.used + amount > self.limit:
                 return False
             self.used += amount
+            self.peak = max(self.peak, self.used)
             return True
 
     def release(self, amount: int) -> None:

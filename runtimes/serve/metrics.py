@@ -66,6 +66,14 @@ class ServeMetrics:
                                       ["method"], buckets=LATENCY_BUCKETS,
                                       registry=self.registry)
 
+    def track_in_flight(self, used: Callable[[], int], peak: Callable[[], int]) -> None:
+        Gauge("resnext_serve_request_bytes_in_flight", "Bytes of large HTTP bodies and gRPC "
+              "messages held now (--max-inflight-mb)",
+              registry=self.registry).set_function(used)
+        Gauge("resnext_serve_request_bytes_in_flight_peak", "The most bytes of large HTTP "
+              "bodies and gRPC messages held at once since the server started",
+              registry=self.registry).set_function(peak)
+
     def batch_observer(self, model: str) -> Callable[[int, float], None]:
         size, latency = self.batch_size.labels(model), self.batch_latency.labels(model)
 

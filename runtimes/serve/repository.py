@@ -19,7 +19,7 @@ from resnext_compiler.artifact_format import (
     is_model_folder,
     newest_model_file,
 )
-from resnext_compiler.errors import UserError, sanitise
+from resnext_compiler.errors import UserError, sanitise, shown
 from resnext_compiler.named_files import (
     LABELS,
     ONNX_MODEL,
@@ -54,7 +54,7 @@ def find_models(path: Path) -> list[ModelSource]:
     `named_files`), config.pbtxt of at most 1 MiB, and no two models with one name.
     """
     if not path.exists():
-        raise UserError(f"model not found: {path}")
+        raise UserError(f"model not found: {shown(path)}")
     if not path.is_dir():  # one file: regular (a FIFO is refused, not waited on), <= 2 GiB
         named_file(path, ONNX_MODEL, None)
         return [ModelSource(name=path.stem, version="1", onnx_path=path,
@@ -68,19 +68,19 @@ def find_models(path: Path) -> list[ModelSource]:
             continue
         model_dirs.append(child)
         if len(model_dirs) > MAX_MODELS:
-            raise UserError(f"{path}: more than {MAX_MODELS} models (folders with a "
+            raise UserError(f"{shown(path)}: more than {MAX_MODELS} models (folders with a "
                             f"{CONFIG_FILE}); serve a repository of fewer models")
     if not model_dirs:
-        raise UserError(f"{path} is neither an ONNX file nor a Triton model repository "
+        raise UserError(f"{shown(path)} is neither an ONNX file nor a Triton model repository "
                         f"(expected REPO/<name>/{CONFIG_FILE} and "
                         f"REPO/<name>/{FIRST_VERSION}/{MODEL_FILE})")
     found = [_triton_model(child, root) for child in model_dirs]
     first: dict[str, Path] = {}
     for model_dir, source in zip(model_dirs, found, strict=True):
         if source.name in first:
-            raise UserError(f"{path}: two models are named {sanitise(source.name)!r} "
-                            f"({first[source.name] / CONFIG_FILE} and {model_dir / CONFIG_FILE}); "
-                            "model names must be unique")
+            raise UserError(f"{shown(path)}: two models are named {sanitise(source.name)!r} "
+                            f"({shown(first[source.name] / CONFIG_FILE)} and "
+                            f"{shown(model_dir / CONFIG_FILE)}); model names must be unique")
         first[source.name] = model_dir
     return found
 
@@ -91,7 +91,7 @@ def _triton_model(model_dir: Path, root: Path) -> ModelSource:
     config = read_named_text(config_path, TRITON_CONFIG, root)
     platform = re.search(r'^\s*(?:platform|backend)\s*:\s*"([^"]+)"', config, re.MULTILINE)
     if platform and platform.group(1) not in ("onnxruntime_onnx", "onnxruntime"):
-        raise UserError(f"{config_path}: platform {sanitise(platform.group(1))!r} is not "
+        raise UserError(f"{shown(config_path)}: platform {sanitise(platform.group(1))!r} is not "
                         "ONNX; this server runs onnxruntime_onnx models only")
     name = re.search(r'^\s*name\s*:\s*"([^"]+)"', config, re.MULTILINE)
     max_batch = re.search(r"^\s*max_batch_size\s*:\s*([0-9]{1,9})\s*$", config, re.MULTILINE)

@@ -73,6 +73,7 @@ class InferenceService:
         self.config = config
         self.in_flight = InFlight(config.max_inflight_bytes)  # HTTP bodies and gRPC messages
         self.metrics = ServeMetrics(max(model.max_batch for model in models))
+        self.metrics.track_in_flight(lambda: self.in_flight.used, lambda: self.in_flight.peak)
         # each front end adds a count of its open client connections (see DynamicBatcher)
         self.connection_counters: list[Callable[[], int]] = []
         # front ends to stop (letting in-flight calls finish) before the batchers close

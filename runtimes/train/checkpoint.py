@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from resnext_compiler.artifacts import atomic_writer, write_bytes_atomic
-from resnext_compiler.errors import UserError
+from resnext_compiler.errors import UserError, shown
 from resnext_compiler.named_files import CHECKPOINT as CHECKPOINT_FILE
 from resnext_compiler.named_files import open_named
 from resnext_compiler.weights import strip_wrapper_prefixes
@@ -40,16 +40,17 @@ def save_training_state(path: Path, state: dict[str, Any]) -> None:
 def load_training_state(path: Path) -> dict[str, Any]:
     """The state in a run's `checkpoints/last.pt` (kept inside the run directory)."""
     if not path.is_file():
-        raise UserError(f"no checkpoint to resume from: expected {path}")
+        raise UserError(f"no checkpoint to resume from: expected {shown(path)}")
     try:
         with open_named(path, CHECKPOINT_FILE, path.parent.parent) as handle:
             state = torch.load(handle, map_location="cpu", weights_only=True)
     except UserError:
         raise
     except Exception as exc:  # torch raises many types for a damaged file
-        raise UserError(f"{path}: not a readable training checkpoint ({exc})") from None
+        raise UserError(f"{shown(path)}: not a readable training checkpoint "
+                        f"({shown(exc)[:300]})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise UserError(f"{path}: not a resnext-compile training checkpoint "
+        raise UserError(f"{shown(path)}: not a resnext-compile training checkpoint "
                         f"(expected format {FORMAT!r})")
     return state
 

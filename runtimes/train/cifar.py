@@ -11,6 +11,7 @@ Each batch is a dict with b"data" (N, 3072) uint8 (R, G, B planes of 32x32) and 
 from __future__ import annotations
 
 import io
+import itertools
 import math
 import pickle
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from resnext_compiler.errors import UserError
+from resnext_compiler.errors import UserError, shown
 from resnext_compiler.named_files import DATA_BATCH, read_named_bytes
 
 _LAYOUT = {
@@ -80,7 +81,8 @@ def _read_pickle(path: Path) -> Any:
         return _ArraysOnly(read_named_bytes(path, DATA_BATCH, path.parent)).load()
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
             IndexError, KeyError, RecursionError, MemoryError) as exc:
-        raise UserError(f"{path}: not a CIFAR python batch file ({exc})") from None
+        raise UserError(f"{shown(path)}: not a CIFAR python batch file "
+                        f"({shown(exc)[:300]})") from None
 
 
 def find_root(data_dir: Path, dataset: str) -> Path:
@@ -92,30 +94,33 @@ def find_root(data_dir: Path, dataset: str) -> Path:
     train, test = _LAYOUT[dataset][:2]
     expected = ", ".join([*train, *test])
     raise UserError(
-        f"{dataset} data not found in {data_dir}: expected the python-version batch files "
-        f"({expected}) there or in {data_dir / _SUBFOLDER[dataset]} (extract "
+        f"{dataset} data not found in {shown(data_dir)}: expected the python-version batch "
+        f"files ({expected}) there or in {shown(data_dir / _SUBFOLDER[dataset])} (extract "
         f"{_ARCHIVE[dataset]}; nothing is downloaded)")
 
 
 def _read_batch(path: Path, label_key: bytes, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
     if not path.is_file():
-        raise UserError(f"{path}: missing CIFAR batch file")
+        raise UserError(f"{shown(path)}: missing CIFAR batch file")
     batch = _read_pickle(path)
     if not isinstance(batch, dict) or b"data" not in batch or label_key not in batch:
-        keys = sorted(batch) if isinstance(batch, dict) else type(batch).__name__
-        raise UserError(f"{path}: expected a dict with b'data' and {label_key!r}; got {keys}")
+        # a few keys, each cut short: the file chose them (any type, any length, any count)
+        keys = (f"keys {', '.join(repr(key)[:40] for key in itertools.islice(batch, 10))}"
+                if isinstance(batch, dict) else type(batch).__name__)
+        raise UserError(f"{shown(path)}: expected a dict with b'data' and {label_key!r}; "
+                        f"got {keys}")
     try:
         data = np.asarray(batch[b"data"])
         labels = np.asarray(batch[label_key])
     except (ValueError, TypeError):
-        raise UserError(f"{path}: b'data' and {label_key!r} must be arrays") from None
+        raise UserError(f"{shown(path)}: b'data' and {label_key!r} must be arrays") from None
     if (data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32
             or not data.flags.c_contiguous):
-        raise UserError(f"{path}: expected b'data' of shape (N, 3072) uint8; got "
+        raise UserError(f"{shown(path)}: expected b'data' of shape (N, 3072) uint8; got "
                         f"{data.shape} {data.dtype}")
     if (labels.shape != (data.shape[0],) or labels.dtype.kind not in "iu" or labels.size == 0
             or labels.min() < 0 or labels.max() >= num_classes):
-        raise UserError(f"{path}: expected {data.shape[0]} labels in 0..{num_classes - 1}")
+        raise UserError(f"{shown(path)}: expected {data.shape[0]} labels in 0..{num_classes - 1}")
     return data.reshape(-1, 3, 32, 32), labels.astype(np.int64)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
-from resnext_compiler.errors import UserError
+from resnext_compiler.errors import UserError, shown
 from resnext_compiler.named_files import IMAGE, open_named
 
 SHOWN = 10  # problems listed in the error
@@ -23,7 +23,8 @@ def _problem(path: str) -> str | None:
         with open_named(path, IMAGE, None) as handle, Image.open(handle) as image:
             image.verify()
     except Exception as exc:  # noqa: BLE001 - Pillow raises many types for a bad file
-        return f"{path}: {exc or type(exc).__name__}"
+        # the name is the data folder's, the message Pillow's: one line each, escaped
+        return f"{shown(path)}: {shown(exc or type(exc).__name__)[:300]}"
     return None
 
 
