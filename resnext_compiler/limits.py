@@ -19,6 +19,8 @@ DEFAULT_MAX_BATCH = 32
 MAX_SERVE_BATCH = 1 << 16
 DEFAULT_WORKERS, MAX_WORKERS = 2, 256  # data loader processes (train and evaluate)
 DEVICES = ("auto", "cpu", "cuda")  # what --device accepts (train, evaluate, serve)
+# Learning-rate schedules (runtimes/train/schedule.py implements them).
+SCHEDULES = ("step", "cosine")
 MAX_LR = 1e30  # any finite rate: a huge one diverges, and training says so
 MAX_IMAGE_PIXELS = 50_000_000  # decoded pixels of one image (source or resize target)
 # float32 activations of every node at the batch: the compile budget's and serve's default

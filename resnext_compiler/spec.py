@@ -45,6 +45,7 @@ from resnext_compiler.limits import (
     MAX_LR,
     MAX_STAGE_DEPTH,
     MAX_STAGES,
+    SCHEDULES,
 )
 from resnext_compiler.named_files import (
     BASE_SPEC,
@@ -157,7 +158,7 @@ class TrainSpec(_Model):
                             description="Global batch; lr is the rate at this batch.")
     lr: float = Field(0.1, gt=0, le=MAX_LR,
                       description="Learning rate at batch_size (scaled linearly).")
-    schedule: Literal["step", "cosine"] = "step"
+    schedule: _choice(SCHEDULES) = "step"  # type: ignore[valid-type]
     milestones: list[Annotated[int, Field(ge=1, le=MAX_EPOCHS)]] | None = Field(
         None,
         description="Epochs where a step schedule multiplies lr by 0.1 (default per data set).",

@@ -20,7 +20,7 @@ from resnext_compiler.commands.options import (
 from resnext_compiler.dataset_types import AUGMENTS, dataset_names_help
 from resnext_compiler.errors import UserError, sanitise
 from resnext_compiler.extras import require
-from resnext_compiler.limits import MAX_BATCH, MAX_EPOCHS, MAX_LR
+from resnext_compiler.limits import MAX_BATCH, MAX_EPOCHS, MAX_LR, SCHEDULES
 
 if TYPE_CHECKING:
     from resnext_compiler.runtimes.train.distributed import Rendezvous
@@ -101,7 +101,7 @@ def train_command(
         callback=number_range(1, MAX_BATCH)),
     lr: float | None = typer.Option(None, "--lr", help="Learning rate, used as given.",
                                     callback=number_range(0, MAX_LR, min_open=True)),
-    schedule: str | None = typer.Option(None, "--schedule", help="step | cosine"),
+    schedule: str | None = typer.Option(None, "--schedule", help=" | ".join(SCHEDULES)),
     milestones: str | None = typer.Option(
         None, "--milestones", help="Step schedule: epochs where lr x0.1, e.g. 30,60,90."),
     warmup_epochs: int | None = typer.Option(None, "--warmup-epochs", help="Linear warmup.",

@@ -15,10 +15,9 @@ from pathlib import Path
 from resnext_compiler.dataset_types import AUGMENTS, dataset_type, dataset_types
 from resnext_compiler.errors import UserError
 from resnext_compiler.input_contract import InputContract
-from resnext_compiler.limits import DEFAULT_WORKERS
+from resnext_compiler.limits import DEFAULT_WORKERS, SCHEDULES
 from resnext_compiler.spec import Spec
 
-SCHEDULES = ("step", "cosine")
 AMP_DTYPES = ("bf16", "fp16")
 
 
