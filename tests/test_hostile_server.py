@@ -255,11 +255,12 @@ def test_stalled_bodies_are_bounded_and_timed_out(server: ServeProcess) -> None:
             for _ in range(BODY_MB - 1):
                 sock.sendall(chunk)
         sockets.append(sock)
-    assert refused >= 30, refused
     assert_normal_request_is_fast(server)
     started = time.perf_counter()
     statuses = [_status(sock, 6) for sock in sockets]
-    assert set(statuses) <= {408, 0}, statuses
+    # on a busy machine a 503 can come after the 50 ms looked for above: it still counts
+    assert set(statuses) <= {408, 503, 0}, statuses
+    assert refused + statuses.count(503) >= 30, (refused, statuses)
     assert statuses.count(408) >= 1
     assert time.perf_counter() - started < 6
     for sock in sockets:
