@@ -190,21 +190,29 @@ def contract_from_metadata(metadata: dict[str, str], channels: int, height: int,
                          get("scale"), _labels_value(metadata), fmt)
 
 
+def _input_layout_of(structure: OnnxStructure) -> tuple[str, tuple[int, int, int]]:
+    """(input format, (channels, height, width)) of a model's first input; UserError naming
+    the file when the input is not an image batch."""
+    from onnx import TensorProto
+
+    tensor = structure.inputs[0].type.tensor_type
+    fmt = input_format(structure.metadata, tensor.elem_type == TensorProto.UINT8)
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
+    try:
+        return fmt, input_layout(dims, fmt)
+    except UserError as exc:
+        raise UserError(f"{structure.path}: {exc}") from None
+
+
 def contract_of(structure: OnnxStructure) -> InputContract | None:
     """The contract an ONNX model read by `onnx_cost.read_structure` records, or None when
     it records neither preprocessing nor class names. Its class names must be one per
     output."""
-    from onnx import TensorProto
-
-    metadata = structure.metadata
-    tensor = structure.inputs[0].type.tensor_type
-    dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
-    fmt = input_format(metadata, tensor.elem_type == TensorProto.UINT8)
+    fmt, (channels, height, width) = _input_layout_of(structure)
     output = structure.model.graph.output[0].type.tensor_type.shape.dim
     classes = output[-1].dim_value if output and output[-1].dim_value > 0 else -1
     try:
-        channels, height, width = input_layout(dims, fmt)
-        contract = contract_from_metadata(metadata, channels, height, width, fmt)
+        contract = contract_from_metadata(structure.metadata, channels, height, width, fmt)
         if contract is None:
             return None
         check_label_count(contract.labels, classes, f"metadata {KEY_CLASS_NAMES}")
@@ -216,18 +224,10 @@ def contract_of(structure: OnnxStructure) -> InputContract | None:
 def contract_or_default(structure: OnnxStructure) -> InputContract:
     """`contract_of(structure)`, or the default contract for the model's input layout (and
     input format) when the file records none."""
-    from onnx import TensorProto
-
     contract = contract_of(structure)
     if contract is not None:
         return contract
-    tensor = structure.inputs[0].type.tensor_type
-    fmt = input_format(structure.metadata, tensor.elem_type == TensorProto.UINT8)
-    dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
-    try:
-        layout = input_layout(dims, fmt)
-    except UserError as exc:
-        raise UserError(f"{structure.path}: {exc}") from None
+    fmt, layout = _input_layout_of(structure)
     return replace(default_contract(*layout), input_format=fmt)
 
 

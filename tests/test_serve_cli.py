@@ -66,3 +66,24 @@ def test_serving_modules_do_not_import_torch() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             check=True)
     assert result.stdout.strip() == "False"
+
+
+def test_serve_refuses_a_model_whose_input_is_not_an_image_batch(tmp_path: Path,
+                                                                  run_cli) -> None:
+    """The one input-layout rule (artifact_format.input_layout) answers for serve too: a 2-D
+    input is refused with exit 2 before anything is bound."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])], "flat",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 10])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10])])
+    path = tmp_path / "flat.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    started = time.perf_counter()
+    result = run_cli("serve", path, "--port", "0")
+    assert result.code == 2, result.err
+    assert result.err.strip() == (f"error: {path}: the model input must be 4-D with static "
+                                  "sizes after the batch, got [None, 10]"), result.err
+    assert time.perf_counter() - started < 30

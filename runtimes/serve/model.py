@@ -78,14 +78,12 @@ class LoadedModel:
                             f"provider for {self.path} (it fell back to {self.provider}); check "
                             "the CUDA/cuDNN libraries or use --device cpu")
         self.input = _tensor_info(self.session.get_inputs()[0], self.path)
-        if len(self.input.shape) != 4 or any(dim < 1 for dim in self.input.shape[1:]):
-            raise UserError(f"{self.path}: input {self.input.name!r} needs 4 dimensions, static "
-                            f"after the batch, got {list(self.input.shape)}")
         self.outputs = [_tensor_info(out, self.path) for out in self.session.get_outputs()]
         spec_name = self.metadata.get(KEY_SPEC_NAME, "")
         if source.name_from_metadata and re.fullmatch(r"[A-Za-z0-9_.-]+", spec_name):
             self.name = spec_name  # the ONNX backend records the spec's name here
-        # the recorded contract (its class names one per output), else the defaults
+        # the recorded contract (its class names one per output), else the defaults; a model
+        # whose input is not a 4-D image batch, static after the batch, is refused here
         self.contract = contract_or_default(structure)
         self.contract_recorded = records_preprocessing(self.metadata)
         warm_up = np.zeros((self.static_batch or 1, *self.input.shape[1:]), self.input_dtype)
