@@ -55,6 +55,8 @@ CHECKPOINT = FileKind("training checkpoint", 64 * GiB)
 ONNX_MODEL = FileKind("ONNX model", 2 * GiB)  # protobuf's limit; larger models use external data
 CAFFE_MODEL = FileKind("Caffe model", ONNX_MODEL.max_bytes)  # a protobuf message too
 WEIGHTS = FileKind("weights file", CHECKPOINT.max_bytes)  # --weights, import-weights: .t7 too
+# an ONNX model's weights stored beside it (onnxruntime reads them; the opener checks first)
+ONNX_EXTERNAL_DATA = FileKind("ONNX external data file", WEIGHTS.max_bytes)
 
 READ_CHUNK = 1 * MiB  # reads past what fstat said (/proc, a file that grows) go this far at once
 MAX_FOLDER_FILES = 10_000_000  # directory entries one folder walk may visit

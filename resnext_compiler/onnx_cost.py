@@ -35,9 +35,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from resnext_compiler.errors import UserError, sanitise
+from resnext_compiler.errors import UserError, sanitise, shown
 from resnext_compiler.limited_process import run_limited
-from resnext_compiler.named_files import ONNX_MODEL, NamedFileError, open_named, read_named_bytes
+from resnext_compiler.named_files import (
+    ONNX_EXTERNAL_DATA,
+    ONNX_MODEL,
+    NamedFileError,
+    named_file,
+    open_named,
+    read_named_bytes,
+)
 from resnext_compiler.protobuf_wire import (
     LENGTH_DELIMITED,
     WireError,
@@ -59,8 +66,10 @@ DATA_PROP_TIMEOUT_S = 60.0  # dims of one tensor; onnxruntime's own kernels stop
 MODEL_GRAPH = 7
 GRAPH_INITIALIZER, GRAPH_INPUT, GRAPH_SPARSE_INITIALIZER = 5, 11, 15
 TENSOR_DIMS, TENSOR_DATA_TYPE, TENSOR_NAME = 1, 2, 8
+TENSOR_EXTERNAL_DATA, TENSOR_DATA_LOCATION = 13, 14
 SPARSE_VALUES, SPARSE_DIMS = 1, 3
-TENSOR_HEADER_FIELDS = (TENSOR_DIMS, TENSOR_DATA_TYPE, TENSOR_NAME)
+TENSOR_HEADER_FIELDS = (TENSOR_DIMS, TENSOR_DATA_TYPE, TENSOR_NAME, TENSOR_EXTERNAL_DATA,
+                        TENSOR_DATA_LOCATION)
 
 
 def machine_memory() -> tuple[int, str]:
@@ -92,11 +101,13 @@ def memory_budget(max_memory_bytes: int | None = None) -> tuple[int, str]:
 
 @dataclass(frozen=True)
 class Initializer:
-    """An initializer as declared: its name, element type and dims (data never read)."""
+    """An initializer as declared: its name, element type and dims (data never read), and
+    the file holding its data when that is stored outside the model (relative to it)."""
 
     name: str
     elem_type: int
     dims: tuple[int, ...]
+    external: str | None = None
 
     @property
     def nbytes(self) -> int:
@@ -186,6 +197,7 @@ def read_structure(path: str | Path, max_memory_bytes: int | None = None) -> Onn
     except OSError as exc:
         raise UserError(f"{path}: cannot read it ({exc.strerror or exc})") from None
     model.graph.input.extend(stand_ins)
+    _check_external_data(path, initializers)
     structure = OnnxStructure(path, model, initializers, size)
     _check_signature(structure)
     return structure
@@ -220,7 +232,12 @@ def _without_large_initializers(data: memoryview, size: int, initializers: list[
                 graph += data[g_field_start:g_end]
                 continue
             header = _tensor_header(data, g_start, g_end, sparse, TensorProto)
-            initializers.append(Initializer(header.name, header.data_type, tuple(header.dims)))
+            external = None
+            if header.data_location == TensorProto.EXTERNAL:
+                external = next((entry.value for entry in header.external_data
+                                 if entry.key == "location"), "")
+            initializers.append(Initializer(header.name, header.data_type, tuple(header.dims),
+                                            external))
             if not sparse and g_end - g_start <= KEEP_INITIALIZER_BYTES:
                 graph += data[g_field_start:g_end]
                 continue
@@ -228,6 +245,22 @@ def _without_large_initializers(data: memoryview, size: int, initializers: list[
                                                            list(header.dims)))
         kept += _frame(MODEL_GRAPH, graph)
     return kept, stand_ins
+
+
+def _check_external_data(path: Path, initializers: list[Initializer]) -> None:
+    """Every external data file the model names is a regular file of bounded size under the
+    model's folder (onnxruntime reads them; a location of `../x`, `/etc/passwd`, a symlink out
+    or a FIFO is refused here first)."""
+    folder = path.resolve().parent
+    checked: set[str] = set()
+    for init in initializers:
+        if init.external is None or init.external in checked:
+            continue
+        checked.add(init.external)
+        where = f"{shown(path)}: initializer {sanitise(init.name[:80])!r}'s external data"
+        if not init.external:
+            raise UserError(f"{where} names no file (no 'location')")
+        named_file(folder / init.external, ONNX_EXTERNAL_DATA, folder, where)
 
 
 def _tensor_header(data: memoryview, start: int, end: int, sparse: bool,

@@ -156,12 +156,14 @@ def test_budget_defaults_to_half_the_machine() -> None:
 
 def test_initializer_declaring_terabytes_is_refused_unread(tmp_path: Path) -> None:
     """An initializer whose data lives outside the file declares 2**40 floats: its declared
-    size counts, and nothing is read (the external file need not even exist)."""
+    size counts, and nothing is read (the external file is a few bytes: its name is checked,
+    its contents are not)."""
     huge = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[2**20, 2**20])
     huge.data_location = TensorProto.EXTERNAL
     huge.external_data.add(key="location", value="weights.bin")
     model = image_model([helper.make_node("Identity", ["w"], ["big"])], [huge], ("big",))
     path = save(model, tmp_path / "external.onnx")
+    (tmp_path / "weights.bin").write_bytes(b"\0" * 16)
     refused(path, "initializer 'w' [1048576, 1048576], 4,398,046,511,104 bytes")
 
 
@@ -195,7 +197,8 @@ def test_inspect_of_a_sparse_1_9_gb_onnx_reads_only_its_structure(tmp_path: Path
     assert path.stat().st_size > 1.9e9
     structure = refused_within(lambda: (_ for _ in ()).throw(UserError(
         str(read_structure(path).initializers))), UserError, SECONDS, PEAK)
-    assert "Initializer(name='w', elem_type=1, dims=(475000000,))" in str(structure)
+    assert "Initializer(name='w', elem_type=1, dims=(475000000,), external=None)" in str(
+        structure)
     run = run_cli_bounded("inspect", path)
     assert run.code == 0 and "records no input contract" in run.out, run
     assert run.peak_bytes < 400 * MiB, run  # 3.8 GB when read whole
@@ -374,3 +377,57 @@ def test_data_propagation_that_would_expand_runs_in_a_bounded_child(tmp_path: Pa
     message = refused(path, "node 'exp' (Expand) output 'big'", "propagating them in a child",
                       seconds=30.0, max_memory_bytes=8 * GiB)
     assert "a shape computed from constants is too large" in message
+
+
+# -- weights stored outside the model file ----------------------------------------------
+
+def _external_model(folder: Path, location: str | None) -> tuple[Path, bytes]:
+    """The tiny image model with its classifier weight (120 bytes) stored in the external
+    file `location` (None: marked external but naming no file)."""
+    model = image_model([], [])
+    weight = model.graph.initializer[0]
+    data = weight.raw_data or np.ones((10, 3), np.float32).tobytes()
+    weight.ClearField("raw_data")
+    weight.ClearField("float_data")
+    weight.data_location = TensorProto.EXTERNAL
+    if location is not None:
+        weight.external_data.add(key="location", value=location)
+        weight.external_data.add(key="length", value=str(len(data)))
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "model.onnx"
+    path.write_bytes(model.SerializeToString())
+    return path, data
+
+
+@pytest.mark.parametrize("case", ["parent", "absolute", "symlink_out", "fifo", "missing",
+                                  "no_location"])
+def test_external_data_outside_the_model_folder_is_refused(tmp_path: Path, case: str) -> None:
+    """onnxruntime would read what an initializer's external-data location names; the opener
+    checks it first: under the model's folder, a regular file, of bounded size."""
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(b"\0" * 120)
+    folder = tmp_path / "model"
+    location = {"parent": "../secret.bin", "absolute": str(secret), "symlink_out": "w.bin",
+                "fifo": "w.bin", "missing": "w.bin", "no_location": None}[case]
+    path, _ = _external_model(folder, location)
+    if case == "symlink_out":
+        (folder / "w.bin").symlink_to(secret)
+    elif case == "fifo":
+        os.mkfifo(folder / "w.bin")
+    fragment = {"parent": "outside", "absolute": "outside", "symlink_out": "outside",
+                "fifo": "not a regular file", "missing": "not found",
+                "no_location": "names no file"}[case]
+    message = str(refused_within(lambda: read_structure(path), UserError, SECONDS, PEAK))
+    assert "initializer 'fc.w'" in message and fragment in message, message
+    refused(path, "initializer 'fc.w'", fragment)  # serve's load says the same
+
+
+def test_external_data_beside_the_model_is_served(tmp_path: Path) -> None:
+    folder = tmp_path / "model"
+    path, data = _external_model(folder, "weights.bin")
+    (folder / "weights.bin").write_bytes(data)
+    structure = read_structure(path)
+    assert structure.initializers[0].external == "weights.bin"
+    model = load(path)
+    logits = model.session.run(None, {"input": np.ones((1, 3, 8, 8), np.float32)})[0]
+    assert logits.shape == (1, 10) and np.allclose(logits, 3.0)
