@@ -102,16 +102,24 @@ LABEL_CASES: list[tuple[str, Maker, str]] = [
 ]
 
 
+def _check_refused(tmp_path: Path, run_cli, make: Maker, message: str,  # noqa: ANN001
+                   spec_text: Callable[[str], str]):  # noqa: ANN202 - run_cli's result
+    """`check` of a spec in tmp_path/spec naming the file `make` puts there: refused with
+    `message`, within the corpus's time and memory bounds."""
+    folder = tmp_path / "spec"
+    folder.mkdir()
+    spec = folder / "spec.yaml"
+    spec.write_text(spec_text(make(folder)))
+    result, elapsed, peak = bounded(lambda: run_cli("check", spec))
+    _assert_refused(result, message, elapsed, peak)
+    return result
+
+
 @pytest.mark.parametrize("case,make,message", LABEL_CASES, ids=[c[0] for c in LABEL_CASES])
 def test_hostile_labels_file_is_refused_located(case: str, make: Maker, message: str,
                                                 tmp_path: Path, run_cli) -> None:
-    folder = tmp_path / "spec"
-    folder.mkdir()
-    labels = make(folder)
-    spec = folder / "spec.yaml"
-    spec.write_text(LABELS_SPEC.replace("LABELS", f'"{labels}"'))
-    result, elapsed, peak = bounded(lambda: run_cli("check", spec))
-    _assert_refused(result, message, elapsed, peak)
+    result = _check_refused(tmp_path, run_cli, make, message,
+                            lambda labels: LABELS_SPEC.replace("LABELS", f'"{labels}"'))
     assert "spec.yaml:6:" in result.err and "preprocess.labels" in result.err, result
 
 
@@ -177,13 +185,8 @@ def _copy_passwd(folder: Path) -> str:
 @pytest.mark.parametrize("case,make,message", EXTENDS_CASES, ids=[c[0] for c in EXTENDS_CASES])
 def test_hostile_extends_is_refused_without_printing_the_file(
         case: str, make: Maker, message: str, tmp_path: Path, run_cli) -> None:
-    folder = tmp_path / "spec"
-    folder.mkdir()
-    target = make(folder)
-    spec = folder / "spec.yaml"
-    spec.write_text(f'extends: "{target}"\nname: top\n')
-    result, elapsed, peak = bounded(lambda: run_cli("check", spec))
-    _assert_refused(result, message, elapsed, peak)
+    result = _check_refused(tmp_path, run_cli, make, message,
+                            lambda target: f'extends: "{target}"\nname: top\n')
     assert "spec.yaml:1:" in result.err and "extends" in result.err, result
 
 

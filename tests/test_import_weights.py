@@ -257,16 +257,23 @@ def test_console_script_exit_code_without_traceback(tmp_path):
     assert "the .t7 has 1 conv/BN/linear layers, resnet18 needs 41" in proc.stderr
 
 
-def test_opencv_runs_the_seed_torch7_model_to_our_logits(tmp_path, write_spec, run_cli):
-    """OpenCV's own Torch7 reader runs the seed-layout .t7 (form B) to the logits of our
-    model with the weights `import-weights` read from the same file."""
-    cv2 = pytest.importorskip("cv2")
+def _imported_seed_t7(tmp_path, write_spec, run_cli):  # noqa: ANN001, ANN202 - fixtures
+    """(spec, a seed-layout form-B .t7 of the tiny spec, the safetensors `import-weights`
+    wrote from it)."""
     spec_path = write_spec(TINY_SEED)
     _, weights = _tiny_seed_reference("B", spec_path)
     rng = np.random.default_rng(3)
     t7 = write_t7(tmp_path / "seed.t7", seed_model(weights, TINY_SEED_STAGES, "B", 4, rng))
     out = tmp_path / "seed.safetensors"
     assert run_cli("import-weights", t7, "--spec", spec_path, "-o", out).code == 0
+    return spec_path, t7, out
+
+
+def test_opencv_runs_the_seed_torch7_model_to_our_logits(tmp_path, write_spec, run_cli):
+    """OpenCV's own Torch7 reader runs the seed-layout .t7 (form B) to the logits of our
+    model with the weights `import-weights` read from the same file."""
+    cv2 = pytest.importorskip("cv2")
+    spec_path, t7, out = _imported_seed_t7(tmp_path, write_spec, run_cli)
     x = np.random.default_rng(5).normal(size=(2, 3, 16, 16)).astype(np.float32)
     net = cv2.dnn.readNetFromTorch(str(t7))
     net.setInput(x)
@@ -283,12 +290,7 @@ def test_model_weights_reads_a_torch7_file_like_import_weights(tmp_path, write_s
     `--weights seed.t7` gives the tensors `import-weights` writes."""
     from resnext_compiler.weights import model_weights
 
-    spec_path = write_spec(TINY_SEED)
-    _, weights = _tiny_seed_reference("B", spec_path)
-    rng = np.random.default_rng(3)
-    t7 = write_t7(tmp_path / "seed.t7", seed_model(weights, TINY_SEED_STAGES, "B", 4, rng))
-    out = tmp_path / "seed.safetensors"
-    assert run_cli("import-weights", t7, "--spec", spec_path, "-o", out).code == 0
+    spec_path, t7, out = _imported_seed_t7(tmp_path, write_spec, run_cli)
     imported = load_file(out)
     loaded = model_weights(compile_spec(load_spec(spec_path)), t7)
     assert set(loaded) == set(imported)
